@@ -1,0 +1,63 @@
+"""Shared test helpers: small synthetic shapes and catalogs (prices here are made up;
+tests of the real bundled catalog live in tests/shapes/test_bundled_catalog.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shapes.catalog import Catalog
+from shapes.model import Provisioning, Shape
+
+
+def make_shape(
+    instance_type: str = "p4d.24xlarge",
+    *,
+    provider: str = "aws",
+    region: str = "us-east-1",
+    gpu: str = "A100-40GB",
+    gpus: int = 8,
+    price: float = 10.0,
+    provisioning: Provisioning | str = Provisioning.ON_DEMAND,
+    zones: tuple[str, ...] = ("use1-az1", "use1-az2"),
+    **extra: Any,
+) -> Shape:
+    return Shape(
+        provider=provider,
+        region=region,
+        instance_type=instance_type,
+        gpu=gpu,
+        gpus_per_node=gpus,
+        gpu_memory_gib=40,
+        vcpus=8 * gpus,
+        memory_gib=64.0 * gpus,
+        provisioning=Provisioning(provisioning),
+        price_per_node_hour=price,
+        zones=zones,
+        **extra,
+    )
+
+
+@pytest.fixture
+def small_catalog() -> Catalog:
+    return Catalog.of(
+        [
+            make_shape("p5.48xlarge", gpu="H100", gpus=8, price=55.04),
+            make_shape("p5.48xlarge", gpu="H100", gpus=8, price=30.0, provisioning="spot"),
+            make_shape("g6.xlarge", gpu="L4", gpus=1, price=0.8048),
+            make_shape("g6.12xlarge", gpu="L4", gpus=4, price=4.6016),
+            make_shape(
+                "a3-highgpu-8g", provider="gcp", region="us-central1", gpu="H100", price=88.0,
+                zones=("us-central1-a",),
+            ),
+            make_shape(
+                "a2-highgpu-2g", provider="gcp", region="us-central1", gpu="A100-40GB", gpus=2,
+                price=7.0, zones=("us-central1-a",),
+            ),
+            make_shape(
+                "Standard_NC24ads_A100_v4", provider="azure", region="eastus", gpu="A100-80GB",
+                gpus=1, price=3.67, provisioning="spot", zones=("1", "2", "3"),
+            ),
+        ]
+    )

@@ -1,0 +1,136 @@
+"""Catalog loading, the override directory, and filter verdicts (per shape vs columns)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shapes.catalog import (
+    BUNDLED_DIR,
+    Catalog,
+    CatalogError,
+    ShapeFilter,
+    load_catalog,
+    parse_catalog_file,
+)
+from shapes.model import Provisioning
+from tests.conftest import make_shape
+
+MINI = {
+    "provider": "aws",
+    "currency": "USD",
+    "prices_as_of": "2026-11-01",
+    "retrieved": "2026-11-02",
+    "price_source": "test fixture",
+    "notes": "",
+    "instance_types": {
+        "g6.xlarge": {
+            "gpu": "L4", "gpus": 1, "gpu_memory_gib": 24, "vcpus": 4, "memory_gib": 16,
+            "regions": {
+                "us-east-1": {
+                    "zones": ["use1-az1", "use1-az2", "use1-az4"],
+                    "on_demand": 0.8048,
+                    "spot": {"use1-az1": 0.31, "use1-az2": 0.45},
+                }
+            },
+        }
+    },
+}
+
+
+def write(tmp_path: Path, doc: object, name: str = "aws.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_parse_file_expands_markets_and_keeps_zone_prices(tmp_path: Path) -> None:
+    source, shapes = parse_catalog_file(write(tmp_path, MINI), bundled=False)
+    assert source.shapes == 2 and source.price_source == "test fixture"
+    by_market = {s.provisioning: s for s in shapes}
+    od, spot = by_market[Provisioning.ON_DEMAND], by_market[Provisioning.SPOT]
+    assert od.price_per_node_hour == 0.8048 and od.zone_prices is None
+    # AWS spot varies by zone: the shape is quoted at the highest zone's price
+    assert spot.price_per_node_hour == 0.45
+    assert spot.zone_prices == {"use1-az1": 0.31, "use1-az2": 0.45}
+    assert spot.zones == ("use1-az1", "use1-az2", "use1-az4")
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d.pop("instance_types"),
+        lambda d: d["instance_types"]["g6.xlarge"].update(gpu="L4-24GB"),
+        lambda d: d["instance_types"]["g6.xlarge"]["regions"]["us-east-1"].update(on_demand=-1),
+    ],
+)
+def test_malformed_catalog_is_a_catalog_error(tmp_path: Path, breakage) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads(json.dumps(MINI))
+    breakage(doc)
+    with pytest.raises(CatalogError, match="malformed catalog"):
+        parse_catalog_file(write(tmp_path, doc), bundled=False)
+
+
+def test_unreadable_catalog_is_a_catalog_error(tmp_path: Path) -> None:
+    path = tmp_path / "aws.json"
+    path.write_text("{not json")
+    with pytest.raises(CatalogError, match="cannot read catalog"):
+        parse_catalog_file(path, bundled=False)
+
+
+def test_override_dir_replaces_one_provider(tmp_path: Path) -> None:
+    write(tmp_path, MINI)
+    cat = load_catalog(tmp_path)
+    aws = [s for s in cat.shapes if s.provider == "aws"]
+    assert {s.instance_type for s in aws} == {"g6.xlarge"}
+    assert any(s.provider == "gcp" for s in cat.shapes)  # others still bundled
+    src = {s.provider: s for s in cat.sources}
+    assert not src["aws"].bundled and src["gcp"].bundled
+    assert src["aws"].path == str(tmp_path / "aws.json")
+
+
+def test_override_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, MINI)
+    monkeypatch.setenv("BROKER_CATALOG_DIR", str(tmp_path))
+    assert len([s for s in load_catalog().shapes if s.provider == "aws"]) == 2
+
+
+def test_catalog_as_of_is_unknown_if_any_source_is() -> None:
+    cat = load_catalog(BUNDLED_DIR / "does-not-exist")
+    stamps = [s.prices_as_of for s in cat.sources]
+    if None in stamps:
+        assert cat.as_of is None
+        assert "price date unknown" in cat.describe_age()
+
+
+def test_duplicate_ids_are_refused() -> None:
+    with pytest.raises(CatalogError, match="duplicate shape id"):
+        Catalog.of([make_shape("x.1"), make_shape("X.1")])
+
+
+def test_catalog_is_sorted_and_looked_up_case_insensitively() -> None:
+    cat = Catalog.of([make_shape("b.1"), make_shape("a.1")])
+    assert [s.instance_type for s in cat.shapes] == ["a.1", "b.1"]
+    assert cat.get("AWS:US-EAST-1:B.1:ON-DEMAND") is cat.shapes[1]
+    assert cat.get("aws:us-east-1:c.1:on-demand") is None
+
+
+filters = st.builds(
+    ShapeFilter,
+    gpus=st.lists(st.sampled_from(["H100", "A100", "a100-80gb", "L4", "T4"]), max_size=2).map(tuple),
+    providers=st.lists(st.sampled_from(["aws", "GCP", "azure"]), max_size=2).map(tuple),
+    regions=st.lists(st.sampled_from(["us-east-1", "US-CENTRAL1", "eastus"]), max_size=2).map(tuple),
+    provisioning=st.sampled_from([None, Provisioning.SPOT, Provisioning.ON_DEMAND]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(flt=filters)
+def test_columnar_select_agrees_with_per_shape_reject(flt: ShapeFilter) -> None:
+    cat = load_catalog()
+    kept = flt.select(cat.columns)
+    assert kept == [i for i, s in enumerate(cat.shapes) if flt.reject(s) is None]
