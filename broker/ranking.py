@@ -1,0 +1,268 @@
+"""Ranking: which shapes can serve a request of G GPUs, in which order, at what price.
+
+Pure functions of (request, catalog, what is known to be unavailable): no I/O, no clock.
+
+Node split: for a shape with g GPUs per node, NNODES is the smallest n >= ceil(G/g) that
+divides G, and N_PROC = G / n, so NNODES x N_PROC = G exactly (the launch-file contract).
+Order: a priority list, when it names known shapes, is kept as given; otherwise every
+shape is a candidate, cheapest plan first, then fewer nodes, then shape id (prices are
+compared in whole micro-dollars, so float noise never reorders equal prices).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple, overload
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.diagnostics import Diagnostic, InvalidRequest
+from broker.settings import DEFAULT_BURST_MAX_GPUS, MAX_GPUS, MIN_GPUS
+from shapes.catalog import Catalog, ShapeFilter
+from shapes.model import Shape, parse_shape_id, shape_key
+
+
+def split_gpus(gpus: int, gpus_per_node: int) -> tuple[int, int]:
+    """(NNODES, N_PROC) for ``gpus`` GPUs on nodes of ``gpus_per_node``; NNODES*N_PROC == gpus."""
+    if gpus < 1 or gpus_per_node < 1:
+        raise ValueError("gpus and gpus_per_node must be positive")
+    nodes = -(-gpus // gpus_per_node)  # ceil
+    while gpus % nodes:
+        nodes += 1
+    return nodes, gpus // nodes
+
+
+class Rule(StrEnum):
+    """Why a shape was removed from the candidates."""
+
+    PROVIDER = "provider"
+    REGION = "region"
+    GPU = "gpu"
+    PROVISIONING = "provisioning"
+    MAX_PRICE = "max_price"
+    UNAVAILABLE = "unavailable"
+
+
+class Plan(NamedTuple):
+    """One way to serve the request: ``nodes`` nodes of ``shape``, ``procs_per_node`` each."""
+
+    shape: Shape
+    nodes: int
+    procs_per_node: int
+    price_per_hour: float  # all nodes together, USD
+
+    @property
+    def gpus_billed(self) -> int:
+        return self.nodes * self.shape.gpus_per_node
+
+
+class Exclusion(NamedTuple):
+    shape_id: str
+    rule: Rule
+    reason: str
+    price_per_hour: float | None = None  # the plan's price, when it was computed
+
+
+class RankRequest(BaseModel):
+    """A request to rank shapes for G GPUs in burst mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpus: int
+    priority: tuple[str, ...] | None = None  # None: no list given
+    priority_field: str = "priority"  # how diagnostics name the list (CLI flag or TOML key)
+    filter: ShapeFilter = Field(default_factory=ShapeFilter)
+    max_price_per_hour: float | None = None
+    burst_max_gpus: int = DEFAULT_BURST_MAX_GPUS
+
+
+@dataclass(frozen=True)
+class Ranking:
+    plans: Sequence[Plan]
+    excluded: list[Exclusion]
+    warnings: list[Diagnostic]
+    priority_used: bool  # False when there was no list or it named no known shape
+
+
+def check_request(request: RankRequest) -> None:
+    """Raise InvalidRequest if the request itself cannot be served by any catalog."""
+    errors: list[Diagnostic] = []
+    if not MIN_GPUS <= request.gpus <= MAX_GPUS:
+        errors.append(
+            Diagnostic(
+                field="gpus",
+                message=f"must be an integer between {MIN_GPUS} and {MAX_GPUS}, got {request.gpus}",
+            )
+        )
+    elif request.gpus > request.burst_max_gpus:
+        errors.append(
+            Diagnostic(
+                field="gpus",
+                message=(
+                    f"burst experiments are limited to {request.burst_max_gpus} GPUs "
+                    f"(got {request.gpus})"
+                ),
+            )
+        )
+    cap = request.max_price_per_hour
+    if cap is not None and not cap > 0:
+        errors.append(Diagnostic(field="max_price_per_hour", message=f"must be > 0, got {cap}"))
+    if errors:
+        raise InvalidRequest(errors)
+
+
+def _resolve_priority(
+    request: RankRequest, catalog: Catalog
+) -> tuple[list[Shape], list[Diagnostic]]:
+    """The catalog shapes the priority list names, in order, duplicates dropped."""
+    named: list[Shape] = []
+    seen: set[str] = set()
+    warnings: list[Diagnostic] = []
+    for i, raw in enumerate(request.priority or ()):
+        field = f"{request.priority_field}[{i}]"
+        try:
+            parse_shape_id(raw)
+        except ValueError as exc:
+            warnings.append(Diagnostic(field=field, message=f"ignored: {exc}"))
+            continue
+        shape = catalog.get(raw)
+        if shape is None:
+            hint = difflib.get_close_matches(shape_key(raw), list(catalog.by_key), n=1)
+            suffix = f"; did you mean {catalog.by_key[hint[0]].id}?" if hint else ""
+            warnings.append(
+                Diagnostic(field=field, message=f"ignored: no shape {raw!r} in the catalog{suffix}")
+            )
+            continue
+        if shape.key in seen:
+            warnings.append(Diagnostic(field=field, message=f"ignored: {shape.id} is listed twice"))
+            continue
+        seen.add(shape.key)
+        named.append(shape)
+    return named, warnings
+
+
+class RankedPlans(Sequence[Plan]):
+    """Plans in rank order, decoded on access from the sorted integer keys.
+
+    Ranking a large catalog decides the order of every shape, but callers usually read the
+    first few plans; building a Plan object per shape would cost more than the ranking.
+    Each key is ``((nodes * price_micros) << 7 | nodes) << shift | catalog_index``.
+    """
+
+    def __init__(self, catalog: Catalog, keys: list[int], shift: int, gpus: int) -> None:
+        self._shapes = catalog.shapes
+        self._price = catalog.columns.price
+        self._keys = keys
+        self._shift = shift
+        self._mask = (1 << shift) - 1
+        self._gpus = gpus
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, i: int) -> Plan: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Plan]: ...
+    def __getitem__(self, i: int | slice) -> Plan | list[Plan]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        key = self._keys[i]  # IndexError and negative indexes as for a list
+        k = key & self._mask
+        nodes = (key >> self._shift) & 127
+        return Plan(self._shapes[k], nodes, self._gpus // nodes, nodes * self._price[k])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _price_ordered(
+    request: RankRequest, catalog: Catalog, blocked: Mapping[str, str]
+) -> RankedPlans:
+    """Every shape the filters keep, by (price per hour, nodes, id), over the columns."""
+    cols = catalog.columns
+    idx = request.filter.select(cols)
+    if blocked:
+        ids = cols.keys
+        idx = [i for i in idx if ids[i] not in blocked]
+    gpn, micros = cols.gpus_per_node, cols.price_micros
+    nodes_for = {g: split_gpus(request.gpus, g)[0] for g in set(gpn)}
+    # One exact integer per plan: price per hour in micro-dollars, then nodes (< 128), then
+    # the catalog index (the catalog is sorted by id). Sorting these ints is the whole
+    # ranking: no key function, no float noise, ties broken by fewer nodes then id.
+    shift = len(micros).bit_length()
+    keys = [
+        ((n * micros[i]) << 7 | n) << shift | i
+        for n, i in zip([nodes_for[gpn[i]] for i in idx], idx, strict=True)
+    ]
+    if request.max_price_per_hour is not None:
+        cap = round(request.max_price_per_hour * 1_000_000)
+        keys = [k for k in keys if k >> (shift + 7) <= cap]
+    keys.sort()
+    return RankedPlans(catalog, keys, shift, request.gpus)
+
+
+def _explain(
+    request: RankRequest,
+    shapes: Sequence[Shape],
+    blocked: Mapping[str, str],
+) -> tuple[list[Plan], list[Exclusion]]:
+    """Plans for ``shapes`` in the given order, and why each other shape was removed."""
+    flt = request.filter
+    cap = request.max_price_per_hour
+    plans: list[Plan] = []
+    excluded: list[Exclusion] = []
+    for shape in shapes:
+        rejected = flt.reject(shape)
+        if rejected is not None:
+            excluded.append(Exclusion(shape.id, Rule(rejected.filter), rejected.reason))
+            continue
+        if shape.key in blocked:
+            excluded.append(Exclusion(shape.id, Rule.UNAVAILABLE, blocked[shape.key]))
+            continue
+        nodes, procs = split_gpus(request.gpus, shape.gpus_per_node)
+        price = nodes * shape.price_per_node_hour
+        if cap is not None and price > cap:
+            reason = f"${price:,.2f}/h for {nodes} node(s) is over the cap of ${cap:,.2f}/h"
+            excluded.append(Exclusion(shape.id, Rule.MAX_PRICE, reason, price))
+            continue
+        plans.append(Plan(shape, nodes, procs, price))
+    return plans, excluded
+
+
+def rank(
+    request: RankRequest,
+    catalog: Catalog,
+    *,
+    unavailable: Mapping[str, str] | None = None,
+    explain: bool = False,
+) -> Ranking:
+    """Rank the catalog's shapes for ``request``.
+
+    ``unavailable`` maps shape keys (lower-case ids) to why they cannot be used now (e.g. a
+    remembered stockout). Exclusions are reported for shapes the priority list named, and for
+    every shape when ``explain`` is set.
+    """
+    check_request(request)
+    named, warnings = _resolve_priority(request, catalog)
+    blocked = unavailable or {}
+    if named:
+        plans, excluded = _explain(request, named, blocked)
+        return Ranking(plans, excluded, warnings, priority_used=True)
+    if request.priority is not None:
+        warnings.append(
+            Diagnostic(
+                field=request.priority_field,
+                message="names no known shape; trying every shape in the catalog",
+            )
+        )
+    ranked = _price_ordered(request, catalog, blocked)
+    excluded = _explain(request, catalog.shapes, blocked)[1] if explain else []
+    return Ranking(ranked, excluded, warnings, priority_used=False)
