@@ -1,0 +1,46 @@
+"""`broker --help` and `broker quote` must not import any cloud SDK (they cost ~1.5 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN = ("boto3", "botocore", "google.cloud", "google.api_core", "azure")
+
+PROBE = """
+import sys
+from broker.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "azure")
+             or m.startswith(("google.cloud", "google.api_core")))
+print("IMPORTED:" + ",".join(bad), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["quote", "--gpus", "16", "--json"],
+        ["quote", "--gpus", "16"],
+        ["shapes", "--json"],
+        ["validate", "examples/burst16.isc"],
+    ],
+)
+def test_no_cloud_sdk_imported(argv: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("IMPORTED:")]
+    assert marker, proc.stderr
+    assert marker[0] == "IMPORTED:", f"cloud SDK imported by {argv}: {marker[0]}"
+    assert "Traceback" not in proc.stderr
