@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, overload
+from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -183,6 +184,27 @@ class RankedPlans(Sequence[Plan]):
     __hash__ = None  # type: ignore[assignment]
 
 
+_KEY_BASES: WeakKeyDictionary[Catalog, tuple[int, list[int]]] = WeakKeyDictionary()
+
+
+def _key_bases(catalog: Catalog) -> tuple[int, list[int]]:
+    """Per catalog: ``shift`` (bits for a catalog index) and, per shape, the base b with
+    ``nodes * b + index == ((nodes * price_micros) << 7 | nodes) << shift | index``.
+
+    That integer orders plans by (price per hour in micro-dollars, nodes, id), since the
+    catalog is sorted by id and nodes < 128; precomputing b leaves one multiply and one add
+    per shape for each request.
+    """
+    cached = _KEY_BASES.get(catalog)
+    if cached is None:
+        micros = catalog.columns.price_micros
+        shift = len(micros).bit_length()
+        one = 1 << shift
+        cached = shift, [(m << (7 + shift)) + one for m in micros]
+        _KEY_BASES[catalog] = cached
+    return cached
+
+
 def _price_ordered(
     request: RankRequest, catalog: Catalog, blocked: Mapping[str, str]
 ) -> RankedPlans:
@@ -192,16 +214,10 @@ def _price_ordered(
     if blocked:
         ids = cols.keys
         idx = [i for i in idx if ids[i] not in blocked]
-    gpn, micros = cols.gpus_per_node, cols.price_micros
+    gpn = cols.gpus_per_node
     nodes_for = {g: split_gpus(request.gpus, g)[0] for g in set(gpn)}
-    # One exact integer per plan: price per hour in micro-dollars, then nodes (< 128), then
-    # the catalog index (the catalog is sorted by id). Sorting these ints is the whole
-    # ranking: no key function, no float noise, ties broken by fewer nodes then id.
-    shift = len(micros).bit_length()
-    keys = [
-        ((n * micros[i]) << 7 | n) << shift | i
-        for n, i in zip([nodes_for[gpn[i]] for i in idx], idx, strict=True)
-    ]
+    shift, bases = _key_bases(catalog)
+    keys = [nodes_for[gpn[i]] * bases[i] + i for i in idx]
     if request.max_price_per_hour is not None:
         cap = round(request.max_price_per_hour * 1_000_000)
         keys = [k for k in keys if k >> (shift + 7) <= cap]

@@ -151,9 +151,12 @@ class Columns:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Catalog:
-    """An immutable set of shapes, sorted by id, with the sources they came from."""
+    """An immutable set of shapes, sorted by id, with the sources they came from.
+
+    Compared and hashed by identity, so per-catalog caches can key on it cheaply.
+    """
 
     shapes: tuple[Shape, ...]
     sources: tuple[CatalogSource, ...] = field(default=())
