@@ -66,7 +66,9 @@ def test_gcp_prices_are_host_plus_gpus() -> None:
 
 
 def test_aws_spot_is_priced_per_zone() -> None:
-    spot = [s for s in CATALOG.shapes if s.provider == "aws" and s.provisioning is Provisioning.SPOT]
+    spot = [
+        s for s in CATALOG.shapes if s.provider == "aws" and s.provisioning is Provisioning.SPOT
+    ]
     assert spot and all(s.zone_prices for s in spot)
     for s in spot:
         assert s.price_per_node_hour == max(s.zone_prices.values())  # type: ignore[union-attr]
@@ -74,8 +76,11 @@ def test_aws_spot_is_priced_per_zone() -> None:
 
 def test_spot_is_cheaper_than_on_demand_for_most_shapes() -> None:
     # A sanity check on the transcription: spot discounts are the norm, not the rule.
-    od = {(s.provider, s.region, s.instance_type): s.price_per_node_hour
-          for s in CATALOG.shapes if s.provisioning is Provisioning.ON_DEMAND}
+    od = {
+        (s.provider, s.region, s.instance_type): s.price_per_node_hour
+        for s in CATALOG.shapes
+        if s.provisioning is Provisioning.ON_DEMAND
+    }
     verdicts = Counter(
         s.price_per_node_hour < od[(s.provider, s.region, s.instance_type)]
         for s in CATALOG.shapes

@@ -29,7 +29,11 @@ MINI = {
     "notes": "",
     "instance_types": {
         "g6.xlarge": {
-            "gpu": "L4", "gpus": 1, "gpu_memory_gib": 24, "vcpus": 4, "memory_gib": 16,
+            "gpu": "L4",
+            "gpus": 1,
+            "gpu_memory_gib": 24,
+            "vcpus": 4,
+            "memory_gib": 16,
             "regions": {
                 "us-east-1": {
                     "zones": ["use1-az1", "use1-az2", "use1-az4"],
@@ -121,9 +125,13 @@ def test_catalog_is_sorted_and_looked_up_case_insensitively() -> None:
 
 filters = st.builds(
     ShapeFilter,
-    gpus=st.lists(st.sampled_from(["H100", "A100", "a100-80gb", "L4", "T4"]), max_size=2).map(tuple),
+    gpus=st.lists(st.sampled_from(["H100", "A100", "a100-80gb", "L4", "T4"]), max_size=2).map(
+        tuple
+    ),
     providers=st.lists(st.sampled_from(["aws", "GCP", "azure"]), max_size=2).map(tuple),
-    regions=st.lists(st.sampled_from(["us-east-1", "US-CENTRAL1", "eastus"]), max_size=2).map(tuple),
+    regions=st.lists(st.sampled_from(["us-east-1", "US-CENTRAL1", "eastus"]), max_size=2).map(
+        tuple
+    ),
     provisioning=st.sampled_from([None, Provisioning.SPOT, Provisioning.ON_DEMAND]),
 )
 

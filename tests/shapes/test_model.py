@@ -13,7 +13,10 @@ from tests.conftest import make_shape
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("aws:us-east-1:p5.48xlarge:spot", ShapeId("aws", "us-east-1", "p5.48xlarge", Provisioning.SPOT)),
+        (
+            "aws:us-east-1:p5.48xlarge:spot",
+            ShapeId("aws", "us-east-1", "p5.48xlarge", Provisioning.SPOT),
+        ),
         (
             "GCP:us-central1:a3-highgpu-8g:On-Demand",
             ShapeId("gcp", "us-central1", "a3-highgpu-8g", Provisioning.ON_DEMAND),
@@ -43,8 +46,14 @@ def test_parse_shape_id_rejects(text: str, fragment: str) -> None:
 
 
 def test_shape_id_and_key() -> None:
-    s = make_shape("Standard_NC24ads_A100_v4", provider="azure", region="eastus", gpu="A100-80GB",
-                   provisioning="spot", zones=("1",))
+    s = make_shape(
+        "Standard_NC24ads_A100_v4",
+        provider="azure",
+        region="eastus",
+        gpu="A100-80GB",
+        provisioning="spot",
+        zones=("1",),
+    )
     assert s.id == "azure:eastus:Standard_NC24ads_A100_v4:spot"
     assert s.key == "azure:eastus:standard_nc24ads_a100_v4:spot"
     assert str(parse_shape_id(s.id)) == s.id
@@ -52,9 +61,20 @@ def test_shape_id_and_key() -> None:
 
 def test_shape_json_has_the_documented_fields() -> None:
     doc = make_shape().to_json_dict()
-    for field in ("id", "provider", "region", "instance_type", "gpu", "gpus_per_node",
-                  "gpu_memory_gib", "vcpus", "memory_gib", "provisioning",
-                  "price_per_node_hour", "zones"):
+    for field in (
+        "id",
+        "provider",
+        "region",
+        "instance_type",
+        "gpu",
+        "gpus_per_node",
+        "gpu_memory_gib",
+        "vcpus",
+        "memory_gib",
+        "provisioning",
+        "price_per_node_hour",
+        "zones",
+    ):
         assert field in doc
     assert doc["provisioning"] == "on-demand"
 
