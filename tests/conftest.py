@@ -10,6 +10,24 @@ import pytest
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
+# What `broker shapes --json` promises for each shape (the list).
+SHAPE_JSON_FIELDS = frozenset(
+    {
+        "id",
+        "provider",
+        "region",
+        "instance_type",
+        "gpu",
+        "gpus_per_node",
+        "gpu_memory_gib",
+        "vcpus",
+        "memory_gib",
+        "provisioning",
+        "price_per_node_hour",
+        "zones",
+    }
+)
+
 
 def make_shape(
     instance_type: str = "p4d.24xlarge",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
+from tests.conftest import SHAPE_JSON_FIELDS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -220,20 +221,7 @@ def test_shapes_json_and_filters(capsys: pytest.CaptureFixture[str]) -> None:
     shapes = json.loads(out)
     assert shapes
     for s in shapes:
-        assert {
-            "id",
-            "provider",
-            "region",
-            "instance_type",
-            "gpu",
-            "gpus_per_node",
-            "gpu_memory_gib",
-            "vcpus",
-            "memory_gib",
-            "provisioning",
-            "price_per_node_hour",
-            "zones",
-        } <= set(s)
+        assert set(s) >= SHAPE_JSON_FIELDS
         assert (
             s["provider"] == "gcp" and s["gpu"].startswith("A100") and s["provisioning"] == "spot"
         )
