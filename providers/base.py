@@ -1,0 +1,100 @@
+"""The provider interface every cloud adapter (and the simulated cloud) implements.
+
+A provider sells shapes and launches *gangs*: N identical nodes of one shape in one zone,
+all or nothing. Every resource it creates carries the broker's tags (cluster, attempt), so
+that ``list_tagged`` can find whatever a crashed or confused broker left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shapes.model import Shape
+
+TAG_BROKER = "broker"  # value: the deployment name (``BROKER_DEPLOYMENT``, default "default")
+TAG_CLUSTER = "broker-cluster"
+TAG_ATTEMPT = "broker-attempt"
+
+
+class NodeState(StrEnum):
+    PENDING = "pending"  # created, not yet running or without an address
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+class Node(BaseModel):
+    """One instance a provider created for the broker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str
+    provider_id: str  # the cloud's instance id / name
+    shape_id: str
+    region: str
+    zone: str
+    state: NodeState
+    private_ip: str | None = None
+    tags: Mapping[str, str] = Field(default_factory=dict)
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self.tags.get(TAG_CLUSTER)
+
+    @property
+    def attempt(self) -> str | None:
+        return self.tags.get(TAG_ATTEMPT)
+
+
+class LaunchRequest(BaseModel):
+    """Launch ``count`` nodes of ``shape`` in ``zone``, all or nothing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shape: Shape
+    zone: str
+    count: int = Field(ge=1)
+    # Idempotency token of this attempt (at most 64 characters, AWS's limit). Clouds that
+    # want another form (GCP: a UUID) derive it deterministically, e.g. uuid5 of the token.
+    token: str = Field(min_length=1, max_length=64)
+    tags: Mapping[str, str]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What the provisioner needs from a cloud. Errors are :mod:`providers.errors` types."""
+
+    name: str
+
+    def list_shapes(self) -> list[Shape]:
+        """The shapes this provider can launch now, spot and on-demand, with prices."""
+        ...
+
+    def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:
+        """Create the gang and wait until every node is running with a private address.
+
+        Returns the nodes in a stable order, or raises a ProviderError. On error some
+        nodes may exist (a partial gang); they carry the request's tags, and the caller
+        finds and terminates them with :meth:`describe` and :meth:`terminate`. Calling
+        again with the same token must not create a second gang; the same token with a
+        different shape, zone or count is an InvalidLaunchError (IdempotentParameterMismatch).
+        """
+        ...
+
+    def describe(self, cluster_id: str) -> list[Node]:
+        """Every node tagged ``broker-cluster=<cluster_id>`` that still exists (pending,
+        running or terminating: a terminating node still bills)."""
+        ...
+
+    def terminate(self, nodes: Sequence[Node]) -> None:
+        """Terminate these nodes; nodes already gone are fine. Raises ProviderError."""
+        ...
+
+    def list_tagged(self) -> list[Node]:
+        """Every node that still exists and carries a ``broker-cluster`` tag, in every
+        region the provider is configured for."""
+        ...

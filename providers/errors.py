@@ -1,0 +1,111 @@
+"""Typed cloud errors: what went wrong, and how far the failure reaches.
+
+Adapters catch their SDK's exceptions and raise one of these; the provisioner decides what
+to do from ``reach`` alone, never from message text::
+
+    ProviderError                       reach      lifecycle reason
+    +-- TransientError                  CALL       Error     retry the same call (backoff)
+    |   +-- ThrottledError              CALL       Error     429 / RequestLimitExceeded
+    |   +-- CallTimeoutError            CALL       Timeout   the call itself timed out
+    +-- CapacityError                   ZONE       NoCapacity      next zone
+    +-- QuotaError                      REGION     QuotaExceeded   next region
+    +-- ProviderUnavailableError        PROVIDER   Unauthorized    skip the provider
+    |   +-- AuthError                   PROVIDER   Unauthorized
+    |   +-- GlobalQuotaError            PROVIDER   QuotaExceeded
+    |   +-- NotConfiguredError          PROVIDER   NotConfigured
+    +-- InvalidLaunchError              REQUEST    InvalidRequest  fail the request
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class Reach(StrEnum):
+    """How far a failure reaches: the smallest scope that is worth trying again."""
+
+    CALL = "call"  # the same call again, after a backoff
+    ZONE = "zone"  # another zone of the same region
+    REGION = "region"  # another region
+    PROVIDER = "provider"  # another provider
+    REQUEST = "request"  # nothing: the request itself is wrong
+
+
+class ProviderError(Exception):
+    """A classified cloud error. ``code`` is the cloud's own error code, kept for the record."""
+
+    reach: ClassVar[Reach] = Reach.REQUEST
+    reason: ClassVar[str] = "Error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        provider: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.provider = provider
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.code}: {self.message}"
+
+
+class TransientError(ProviderError):
+    """Throttling, 5xx, a dropped connection: the same call may work after a backoff."""
+
+    reach = Reach.CALL
+    reason = "Error"
+
+
+class ThrottledError(TransientError):
+    reason = "Error"
+
+
+class CallTimeoutError(TransientError):
+    reason = "Timeout"
+
+
+class CapacityError(ProviderError):
+    """The zone has no capacity for this shape now (stockout)."""
+
+    reach = Reach.ZONE
+    reason = "NoCapacity"
+
+
+class QuotaError(ProviderError):
+    """A regional quota is exhausted for this shape's quota bucket."""
+
+    reach = Reach.REGION
+    reason = "QuotaExceeded"
+
+
+class ProviderUnavailableError(ProviderError):
+    """Nothing on this provider can work now (credentials, account-wide quota, config)."""
+
+    reach = Reach.PROVIDER
+    reason = "Unauthorized"
+
+
+class AuthError(ProviderUnavailableError):
+    reason = "Unauthorized"
+
+
+class GlobalQuotaError(ProviderUnavailableError):
+    reason = "QuotaExceeded"
+
+
+class NotConfiguredError(ProviderUnavailableError):
+    reason = "NotConfigured"
+
+
+class InvalidLaunchError(ProviderError):
+    """The request is malformed for the cloud; trying elsewhere would not help."""
+
+    reach = Reach.REQUEST
+    reason = "InvalidRequest"
