@@ -1,0 +1,688 @@
+"""The simulated cloud (provider name ``sim``): dry runs, demos and integration tests.
+
+It sells the catalog's shapes under their real ids (it simulates every cloud) and launches
+gangs that exist only as rows in a SQLite file in the caller's state directory, so separate
+processes see one simulated cloud. Nodes get private 10.0.0.0/8 addresses that nothing ever
+contacts. A TOML *scenario* scripts what the cloud does per shape: capacity per zone,
+launch latency, errors consumed one per call, and non-atomic (partial) gangs::
+
+    [default]                   # every shape not matched below
+    capacity_nodes = 1000       # per (shape, zone): nodes alive at once
+    latency_ms = 0              # per launch call, failed ones too
+    [shapes."aws:*:*:spot"]     # exact id (case-insensitive) or fnmatch glob; first match wins
+    errors = ["throttle"]       # one per launch call, then normal
+    zones = { "use1-az4" = 0 }  # per-zone capacity
+    partial = true              # on a shortfall create what fits, then raise CapacityError
+    terminate_errors = ["server_error"]
+
+Every read-modify-write runs in ``BEGIN IMMEDIATE`` ... ``COMMIT``, so concurrent processes
+never double-allocate capacity or addresses, or consume a scripted error twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
+
+from providers.base import TAG_CLUSTER, LaunchRequest, Node, NodeState
+from providers.errors import (
+    AuthError,
+    CallTimeoutError,
+    CapacityError,
+    GlobalQuotaError,
+    InvalidLaunchError,
+    ProviderError,
+    QuotaError,
+    ThrottledError,
+    TransientError,
+)
+from shapes.catalog import Catalog
+from shapes.model import Shape, parse_shape_id, shape_key
+
+if TYPE_CHECKING:
+    from providers.base import Provider
+
+__all__ = [
+    "DB_FILENAME",
+    "ERROR_KINDS",
+    "ErrorKind",
+    "SimCall",
+    "SimDefaults",
+    "SimProvider",
+    "SimRule",
+    "SimScenario",
+    "SimShapeRule",
+    "load_scenario",
+]
+
+PROVIDER = "sim"
+DB_FILENAME = "sim-cloud.sqlite3"
+_SCHEMA_VERSION = 1
+
+ErrorKind = Literal[
+    "capacity", "quota", "throttle", "server_error", "timeout", "auth", "global_quota", "invalid"
+]
+
+# kind -> (exception, the code a real cloud would report)
+ERROR_KINDS: Mapping[ErrorKind, tuple[type[ProviderError], str]] = {
+    "capacity": (CapacityError, "InsufficientCapacity"),
+    "quota": (QuotaError, "QuotaExceeded"),
+    "throttle": (ThrottledError, "Throttling"),
+    "server_error": (TransientError, "InternalError"),
+    "timeout": (CallTimeoutError, "RequestTimeout"),
+    "auth": (AuthError, "AuthFailure"),
+    "global_quota": (GlobalQuotaError, "GlobalQuotaExceeded"),
+    "invalid": (InvalidLaunchError, "InvalidParameterValue"),
+}
+assert set(ERROR_KINDS) == set(get_args(ErrorKind))
+
+_Count = Annotated[StrictInt, Field(ge=0)]
+_Millis = Annotated[StrictInt | StrictFloat, Field(ge=0)]
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _check_pattern(pattern: str) -> str:
+    if not _GLOB_CHARS & set(pattern):
+        parse_shape_id(pattern)  # an exact id must be a well-formed one: catches typos
+    return pattern
+
+
+_Pattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class SimDefaults(BaseModel):
+    """``[default]``: what every shape gets unless its ``[shapes.*]`` entry says otherwise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    capacity_nodes: _Count = 1000
+    latency_ms: _Millis = 0
+    errors: tuple[ErrorKind, ...] = ()
+    zones: dict[str, _Count] = Field(default_factory=dict)
+    partial: StrictBool = False
+    terminate_errors: tuple[ErrorKind, ...] = ()
+
+
+class SimShapeRule(BaseModel):
+    """One ``[shapes."<id or glob>"]`` entry; a key left out (None) falls back to [default]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    capacity_nodes: _Count | None = None
+    latency_ms: _Millis | None = None
+    errors: tuple[ErrorKind, ...] | None = None
+    zones: dict[str, _Count] | None = None
+    partial: StrictBool | None = None
+    terminate_errors: tuple[ErrorKind, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SimRule:
+    """What the sim does for one shape: the first matching entry, completed by [default].
+
+    ``errors_entry``/``terminate_errors_entry`` name the entry whose list is used: the
+    error counters are per entry, so shapes sharing one entry's list consume it together.
+    """
+
+    capacity_nodes: int
+    latency_ms: float
+    errors: tuple[ErrorKind, ...]
+    errors_entry: str
+    zones: Mapping[str, int]
+    partial: bool
+    terminate_errors: tuple[ErrorKind, ...]
+    terminate_errors_entry: str
+
+    def capacity(self, zone: str) -> int:
+        return self.zones.get(zone, self.capacity_nodes)
+
+
+class SimScenario(BaseModel):
+    """A scripted simulated cloud. The default scenario has plenty of capacity, no errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default: SimDefaults = Field(default_factory=SimDefaults)
+    shapes: dict[_Pattern, SimShapeRule] = Field(default_factory=dict)  # file order matters
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> SimScenario:
+        """Read a scenario file; a ValueError names the file, the key and (if found) the line."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read sim scenario {os.fspath(path)}: {exc}") from exc
+        return cls.from_toml_text(text, source=os.fspath(path))
+
+    @classmethod
+    def from_toml_text(cls, text: str, *, source: str = "<scenario>") -> SimScenario:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:  # its message carries line and column
+            raise ValueError(f"sim scenario {source}: invalid TOML: {exc}") from None
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            problems = [_describe_problem(err, text) for err in exc.errors()]
+            raise ValueError(f"sim scenario {source}: " + "; ".join(problems)) from None
+
+    def entry_for(self, shape_id: str) -> str | None:
+        """The pattern of the first ``[shapes.*]`` entry matching this id, None if none does."""
+        key = shape_key(shape_id)
+        for pattern in self.shapes:
+            wanted = pattern.strip().lower()
+            if key == wanted or (_GLOB_CHARS & set(wanted) and fnmatch.fnmatchcase(key, wanted)):
+                return pattern
+        return None
+
+    def rule_for(self, shape_id: str) -> SimRule:
+        """What the sim does for this shape: its entry's keys, the others from [default]."""
+        d = self.default
+        pattern = self.entry_for(shape_id)
+        r = SimShapeRule() if pattern is None else self.shapes[pattern]
+        entry = f"shapes.{pattern}"
+        return SimRule(
+            capacity_nodes=d.capacity_nodes if r.capacity_nodes is None else r.capacity_nodes,
+            latency_ms=d.latency_ms if r.latency_ms is None else r.latency_ms,
+            errors=d.errors if r.errors is None else r.errors,
+            errors_entry="default" if r.errors is None else entry,
+            zones=d.zones if r.zones is None else r.zones,
+            partial=d.partial if r.partial is None else r.partial,
+            terminate_errors=d.terminate_errors
+            if r.terminate_errors is None
+            else r.terminate_errors,
+            terminate_errors_entry="default" if r.terminate_errors is None else entry,
+        )
+
+
+def load_scenario(path: str | os.PathLike[str] | None) -> SimScenario:
+    """The scenario in this TOML file, or the default scenario for None."""
+    return SimScenario() if path is None else SimScenario.from_toml(path)
+
+
+def _toml_key(part: str) -> str:
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+
+
+def _describe_problem(err: Mapping[str, Any], text: str) -> str:
+    loc = [p for p in err["loc"] if p != "[key]"]
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else ("." if where else "") + _toml_key(part)
+    if err["type"] == "extra_forbidden":
+        if len(loc) <= 1:
+            allowed = ["default", "shapes"]
+        elif loc[0] == "default":
+            allowed = list(SimDefaults.model_fields)
+        else:
+            allowed = list(SimShapeRule.model_fields)
+        what = f"unknown key {loc[-1]!r} (known keys: {', '.join(allowed)})"
+    elif err["type"] == "literal_error":
+        what = f"unknown error kind {err['input']!r} (known kinds: {', '.join(ERROR_KINDS)})"
+    elif err["type"] == "value_error":
+        what = str(err["ctx"]["error"])
+    else:
+        what = f"{err['msg']} (got {err['input']!r})"
+    line = _line_of(text, [p for p in loc if isinstance(p, str)])
+    return f"{where or 'top level'}: {what}" + (f" (line {line})" if line else "")
+
+
+def _line_of(text: str, keys: Sequence[str]) -> int | None:
+    """Best effort: the line of the innermost key, looked for inside its table."""
+    if not keys:
+        return None
+
+    def defines(line: str, key: str) -> bool:
+        return re.search(rf"(?:^|[\s{{,.\[\"]){re.escape(key)}\"?\s*[=.\]]", line) is not None
+
+    lines = text.splitlines()
+    table = keys[:2] if keys[0] == "shapes" and len(keys) > 1 else keys[:1]
+    header = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.lstrip().startswith("[") and all(defines(line, k) for k in table)
+        ),
+        None,
+    )
+    start = header or 0
+    for i in range(start, len(lines)):
+        if i > start and lines[i].lstrip().startswith("["):
+            break
+        if defines(lines[i], keys[-1]):
+            return i + 1
+    return None if header is None else header + 1
+
+
+class SimCall(TypedDict):
+    """One recorded call: ``outcome`` is "ok", "idempotent" or the error code raised."""
+
+    op: Literal["launch", "terminate"]
+    shape_id: str | None
+    zone: str | None
+    token: str | None
+    count: int  # nodes asked for (launch) or given (terminate)
+    nodes: list[str]  # ids created (launch) or terminated (terminate) by this call
+    outcome: str
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider_id TEXT NOT NULL UNIQUE,
+    shape_id TEXT NOT NULL,
+    shape_key TEXT NOT NULL,
+    region TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    state TEXT NOT NULL,
+    private_ip TEXT NOT NULL UNIQUE,
+    tags TEXT NOT NULL,
+    cluster TEXT,
+    token TEXT NOT NULL,
+    ready_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nodes_by_shape_zone ON nodes (shape_key, zone, state);
+CREATE INDEX IF NOT EXISTS nodes_by_cluster ON nodes (cluster, state);
+CREATE INDEX IF NOT EXISTS nodes_by_token ON nodes (token);
+CREATE TABLE IF NOT EXISTS tokens (
+    token TEXT PRIMARY KEY, shape_key TEXT NOT NULL, zone TEXT NOT NULL, count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, used INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, shape_id TEXT, zone TEXT,
+    token TEXT, count INTEGER NOT NULL, nodes TEXT NOT NULL, outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_ALIVE = (NodeState.PENDING.value, NodeState.RUNNING.value)
+_ALIVE_SQL = "state IN ('pending', 'running')"
+_MAX_HOST = (1 << 24) - 2  # 10.255.255.254
+
+
+def _error(kind: ErrorKind, message: str) -> ProviderError:
+    cls, code = ERROR_KINDS[kind]
+    return cls(f"simulated {code}: {message}", code=code, provider=PROVIDER)
+
+
+class SimProvider:
+    """The simulated cloud; implements :class:`providers.base.Provider`."""
+
+    name: str = PROVIDER
+
+    def __init__(
+        self, state_dir: Path | str, catalog: Catalog, scenario: SimScenario | None = None
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.catalog = catalog
+        self.scenario = scenario if scenario is not None else SimScenario()
+        self.db_path = self.state_dir / DB_FILENAME
+        self._rules: dict[str, SimRule] = {}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                db.execute("ROLLBACK")
+                raise RuntimeError(f"{self.db_path}: unknown sim schema version {version}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            db.execute("COMMIT")
+
+    # -- the Provider interface ------------------------------------------------------------
+
+    def list_shapes(self) -> list[Shape]:
+        return list(self.catalog.shapes)
+
+    def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:
+        shape = self.catalog.get(request.shape.id)
+        if shape is None or request.zone not in shape.zones:
+            with self._write() as db:
+                self._record(db, request, [], "InvalidParameterValue")
+            if shape is None:
+                raise _error("invalid", f"shape {request.shape.id} is not sold here")
+            raise _error("invalid", f"zone {request.zone!r} is not one of {shape.id}'s zones")
+
+        rule = self._rule(shape.id)
+        error: ProviderError | None = None
+        created: list[str] = []  # nodes this call creates; a repeated token creates none
+        with self._write() as db:
+            existing = [row["provider_id"] for row in self._token_nodes(db, request.token)]
+            if existing:  # the same token again: the gang it made, if it is whole
+                error = self._check_repeat(db, request, shape.key, len(existing))
+                ids = existing
+            else:
+                created, error = self._launch_new(db, request, shape, rule)
+                ids = created
+            if error is not None:
+                self._record(db, request, created, error.code)
+            ready_at = max((row["ready_at"] for i in ids if (row := self._row(db, i))), default=0)
+        if error is not None:
+            # A cloud takes its time to say no, too: a failed call costs the same latency
+            # (bounded by the call's timeout), so failover timings are realistic.
+            time.sleep(min(rule.latency_ms / 1000, max(timeout, 0.0)))
+            raise error
+
+        wait = ready_at - time.time()
+        if wait > timeout:  # the call gives up; the cloud keeps the pending nodes (lost launch)
+            time.sleep(max(timeout, 0.0))
+            with self._write() as db:
+                self._record(db, request, created, "RequestTimeout")
+            raise _error(
+                "timeout", f"{request.count} x {shape.id} still pending after {timeout:g}s"
+            )
+        if wait > 0:
+            time.sleep(wait)
+        with self._write() as db:
+            db.executemany(
+                "UPDATE nodes SET state = 'running' WHERE provider_id = ? AND state = 'pending'",
+                [(i,) for i in ids],
+            )
+            self._record(db, request, created, "idempotent" if existing else "ok")
+            rows = [self._row(db, i) for i in ids]
+        return [_node(row) for row in rows if row is not None]
+
+    def describe(self, cluster_id: str) -> list[Node]:
+        return self._select(f"cluster = ? AND {_ALIVE_SQL}", (cluster_id,))
+
+    def terminate(self, nodes: Sequence[Node]) -> None:
+        ids = list(dict.fromkeys(n.provider_id for n in nodes))
+        error: ProviderError | None = None
+        with self._write() as db:
+            rows = [row for i in ids if (row := self._row(db, i)) and row["state"] in _ALIVE]
+            seen: set[str] = set()
+            for row in rows:
+                rule = self._rule(row["shape_id"])
+                if rule.terminate_errors_entry in seen:
+                    continue
+                seen.add(rule.terminate_errors_entry)
+                kind = self._consume(
+                    db, rule.terminate_errors_entry, "terminate", rule.terminate_errors
+                )
+                if kind is not None and error is None:
+                    error = _error(kind, f"scripted terminate error for {row['shape_id']}")
+            done = [] if error is not None else [row["provider_id"] for row in rows]
+            db.executemany(
+                "UPDATE nodes SET state = 'terminated' WHERE provider_id = ?",
+                [(i,) for i in done],
+            )
+            db.execute(
+                "INSERT INTO calls (op, count, nodes, outcome) VALUES ('terminate', ?, ?, ?)",
+                (len(ids), json.dumps(done), "ok" if error is None else error.code),
+            )
+        if error is not None:
+            raise error
+
+    def list_tagged(self) -> list[Node]:
+        return self._select(f"cluster IS NOT NULL AND {_ALIVE_SQL}", ())
+
+    # -- for tests and `broker util` -------------------------------------------------------
+
+    def all_nodes(self, include_terminated: bool = False) -> list[Node]:
+        return self._select("1" if include_terminated else _ALIVE_SQL, ())
+
+    def calls(self) -> list[SimCall]:
+        """Every launch and terminate call made against this simulated cloud, oldest first."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT * FROM calls ORDER BY seq").fetchall()
+        return [
+            SimCall(
+                op=row["op"],
+                shape_id=row["shape_id"],
+                zone=row["zone"],
+                token=row["token"],
+                count=row["count"],
+                nodes=json.loads(row["nodes"]),
+                outcome=row["outcome"],
+            )
+            for row in rows
+        ]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # One connection per operation: safe across threads and forked processes.
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: safe against crashes, no fsync per commit
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the database lock is held from the first read to COMMIT."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _rule(self, shape_id: str) -> SimRule:
+        key = shape_key(shape_id)
+        rule = self._rules.get(key)
+        if rule is None:
+            rule = self._rules[key] = self.scenario.rule_for(shape_id)
+        return rule
+
+    def _launch_new(
+        self, db: sqlite3.Connection, request: LaunchRequest, shape: Shape, rule: SimRule
+    ) -> tuple[list[str], ProviderError | None]:
+        """Steps 2-4 of a launch, inside the caller's transaction: (nodes created, error)."""
+        kind = self._consume(db, rule.errors_entry, "launch", rule.errors)
+        if kind is not None:
+            return [], _error(kind, f"scripted for {shape.id} in {request.zone}")
+        capacity = rule.capacity(request.zone)
+        free = max(capacity - self._alive_count(db, shape.key, request.zone), 0)
+        if free >= request.count:
+            ready_at = time.time() + rule.latency_ms / 1000
+            return self._create(
+                db, request, shape.key, request.count, NodeState.PENDING, ready_at
+            ), None
+        # A non-atomic cloud keeps what it managed to create before running out.
+        created = self._create(
+            db, request, shape.key, free if rule.partial else 0, NodeState.RUNNING, time.time()
+        )
+        message = (
+            f"{shape.id} in {request.zone}: {request.count} node(s) asked, room for {free} "
+            f"(capacity {capacity})"
+        )
+        if created:
+            message += f"; {len(created)} created and left running (partial gang)"
+        return created, _error("capacity", message)
+
+    def _select(self, where: str, params: tuple[str, ...]) -> list[Node]:
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT * FROM nodes WHERE {where} ORDER BY seq", params)
+            return [_node(row) for row in rows.fetchall()]
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, provider_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM nodes WHERE provider_id = ?", (provider_id,)
+        ).fetchone()
+        return row
+
+    @staticmethod
+    def _token_nodes(db: sqlite3.Connection, token: str) -> list[sqlite3.Row]:
+        return db.execute(
+            f"SELECT * FROM nodes WHERE token = ? AND {_ALIVE_SQL} ORDER BY seq", (token,)
+        ).fetchall()
+
+    @staticmethod
+    def _check_repeat(
+        db: sqlite3.Connection, request: LaunchRequest, key: str, alive: int
+    ) -> ProviderError | None:
+        """A repeated token: fine if it names the same gang and that gang is whole."""
+        row = db.execute("SELECT * FROM tokens WHERE token = ?", (request.token,)).fetchone()
+        if row is not None and (row["shape_key"], row["zone"], row["count"]) != (
+            key,
+            request.zone,
+            request.count,
+        ):
+            return InvalidLaunchError(
+                f"token {request.token!r} was used for {row['count']} x {row['shape_key']} "
+                f"in {row['zone']}",
+                code="IdempotentParameterMismatch",
+                provider=PROVIDER,
+            )
+        if alive < request.count:
+            return _error(
+                "capacity",
+                f"token {request.token!r} already made a partial gang of {alive} of "
+                f"{request.count} nodes; launch again with a new token",
+            )
+        return None
+
+    @staticmethod
+    def _consume(
+        db: sqlite3.Connection, entry: str, op: str, kinds: tuple[ErrorKind, ...]
+    ) -> ErrorKind | None:
+        """The next scripted error of this entry's list (None once used up), consumed."""
+        if not kinds:
+            return None
+        # The list is part of the key: an edited scenario starts its list afresh.
+        digest = hashlib.sha256(json.dumps(kinds).encode()).hexdigest()[:12]
+        key = f"{op}|{entry}|{digest}"
+        row = db.execute("SELECT used FROM counters WHERE key = ?", (key,)).fetchone()
+        used = 0 if row is None else int(row["used"])
+        if used >= len(kinds):
+            return None
+        db.execute(
+            "INSERT INTO counters (key, used) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET used = excluded.used",
+            (key, used + 1),
+        )
+        return kinds[used]
+
+    @staticmethod
+    def _alive_count(db: sqlite3.Connection, key: str, zone: str) -> int:
+        row = db.execute(
+            f"SELECT COUNT(*) FROM nodes WHERE shape_key = ? AND zone = ? AND {_ALIVE_SQL}",
+            (key, zone),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _create(
+        db: sqlite3.Connection,
+        request: LaunchRequest,
+        key: str,
+        count: int,
+        state: NodeState,
+        ready_at: float,
+    ) -> list[str]:
+        if count <= 0:
+            return []
+        row = db.execute("SELECT value FROM meta WHERE key = 'next_ip'").fetchone()
+        host = 1 if row is None else int(row["value"])
+        hosts: list[int] = []
+        while len(hosts) < count:
+            if host & 0xFF not in (0, 255):  # skip .0 and .255: they look like no host
+                hosts.append(host)
+            host += 1
+        if hosts[-1] > _MAX_HOST:
+            raise CapacityError(
+                "the simulated 10.0.0.0/8 network has no free addresses",
+                code="InsufficientFreeAddressesInSubnet",
+                provider=PROVIDER,
+            )
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_ip', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (host,),
+        )
+        tags = dict(request.tags)
+        ids: list[str] = []
+        for h in hosts:
+            provider_id = f"sim-{secrets.token_hex(6)}"
+            while SimProvider._row(db, provider_id) is not None:
+                provider_id = f"sim-{secrets.token_hex(6)}"
+            db.execute(
+                "INSERT INTO nodes (provider_id, shape_id, shape_key, region, zone, state, "
+                "private_ip, tags, cluster, token, ready_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    provider_id,
+                    request.shape.id,
+                    key,
+                    request.shape.region,
+                    request.zone,
+                    state.value,
+                    str(IPv4Address(0x0A000000 + h)),
+                    json.dumps(tags, sort_keys=True),
+                    tags.get(TAG_CLUSTER),
+                    request.token,
+                    ready_at,
+                ),
+            )
+            ids.append(provider_id)
+        db.execute(
+            "INSERT OR REPLACE INTO tokens (token, shape_key, zone, count) VALUES (?, ?, ?, ?)",
+            (request.token, key, request.zone, request.count),
+        )
+        return ids
+
+    @staticmethod
+    def _record(
+        db: sqlite3.Connection, request: LaunchRequest, ids: list[str], outcome: str
+    ) -> None:
+        db.execute(
+            "INSERT INTO calls (op, shape_id, zone, token, count, nodes, outcome) "
+            "VALUES ('launch', ?, ?, ?, ?, ?, ?)",
+            (
+                request.shape.id,
+                request.zone,
+                request.token,
+                request.count,
+                json.dumps(ids),
+                outcome,
+            ),
+        )
+
+
+def _node(row: sqlite3.Row) -> Node:
+    return Node(
+        provider=PROVIDER,
+        provider_id=row["provider_id"],
+        shape_id=row["shape_id"],
+        region=row["region"],
+        zone=row["zone"],
+        state=NodeState(row["state"]),
+        private_ip=row["private_ip"],
+        tags=json.loads(row["tags"]),
+    )
+
+
+if TYPE_CHECKING:
+
+    def _implements_provider(sim: SimProvider) -> Provider:
+        return sim
