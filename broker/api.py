@@ -1,0 +1,358 @@
+"""The Broker: what a scheduler (and the CLI) calls. One object per state directory.
+
+broker = Broker(backend="sim")                     # or Broker() for the real clouds
+cluster = broker.provision(QuoteRequest(rank=RankRequest(gpus=16)))
+env = broker.env(cluster.id, rank=0)
+broker.release(cluster.id)                         # -> COMPLETED
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from broker.env import node_env
+from broker.lifecycle import LIVE, TERMINAL, FailReason, Status
+from broker.provisioner import (
+    Progress,
+    Provisioner,
+    ProvisionFailed,
+    ProvisionPolicy,
+    blocked_shapes,
+    owner_id,
+    terminate_cluster_nodes,
+)
+from broker.quote import Quote, QuoteRequest, quote
+from broker.state import (
+    AttemptRecord,
+    ClusterRecord,
+    ConflictError,
+    Store,
+    TransitionRecord,
+    default_state_dir,
+)
+from providers.base import Node, Provider
+from providers.errors import ProviderError
+from providers.registry import SIMULATED, open_provider
+from providers.sim import DB_FILENAME as SIM_DB_FILENAME
+from shapes.catalog import Catalog, load_catalog
+from shapes.model import Shape
+
+BILLED = frozenset({Status.STARTING, Status.RUNNING, Status.TERMINATING})
+OWNER_LEASE = 600.0  # seconds without a heartbeat after which another host's owner is dead
+
+
+class Usage(NamedTuple):
+    gpu_hours: float
+    cost: float
+
+
+def accrue(history: Sequence[TransitionRecord], now: float) -> Usage:
+    """GPU-hours and cost from entering STARTING to leaving TERMINATING, every cycle."""
+    gpu_hours = cost = 0.0
+    for i, t in enumerate(history):
+        if t.status not in BILLED:
+            continue
+        end = history[i + 1].at if i + 1 < len(history) else now
+        hours = max(0.0, end - t.at) / 3600.0
+        gpu_hours += hours * (t.gpus_billed or 0)
+        cost += hours * (t.price_per_hour or 0.0)
+    return Usage(gpu_hours, cost)
+
+
+@dataclass(frozen=True)
+class ClusterReport:
+    cluster: ClusterRecord
+    transitions: list[TransitionRecord]
+    attempts: list[AttemptRecord]
+    usage: Usage
+
+
+@dataclass
+class ReconcileReport:
+    terminated: list[Node] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # clusters whose dead owner left them live
+    problems: list[str] = field(default_factory=list)  # what could not be checked or removed
+
+
+def owner_alive(owner: str | None, updated_at: float, now: float) -> bool:
+    """Is the process that owns a provisioning still there? Same host: ask the kernel;
+    another host: trust its heartbeat for OWNER_LEASE seconds."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return now - updated_at < OWNER_LEASE
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+class Broker:
+    """Quotes, provisions and tracks clusters; all state lives in one store."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path | None = None,
+        store_url: str | None = None,
+        backend: str | None = None,
+        sim_scenario: str | os.PathLike[str] | None = None,
+        catalog: Catalog | None = None,
+        policy: ProvisionPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: Progress | None = None,
+    ) -> None:
+        self.state_dir = state_dir or default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(self.state_dir, store_url)
+        self.catalog = catalog or load_catalog()
+        self.backend = backend  # "sim": the simulated cloud serves every shape
+        self.sim_scenario = sim_scenario or os.environ.get("BROKER_SIM_SCENARIO")
+        self.policy = policy or ProvisionPolicy()
+        self.clock = clock
+        self.sleep = sleep
+        self.progress = progress
+        self._providers: dict[str, Provider] = {}
+
+    # -- providers ----------------------------------------------------------------------------
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = open_provider(
+                name, state_dir=self.state_dir, catalog=self.catalog, sim_scenario=self.sim_scenario
+            )
+        return self._providers[name]
+
+    def backend_of(self, shape: Shape) -> str:
+        return self.backend or shape.provider
+
+    def _provider_for(self, shape: Shape) -> Provider:
+        return self.provider(self.backend_of(shape))
+
+    def _cluster_provider(self, cluster: ClusterRecord) -> Provider | None:
+        name = cluster.backend or cluster.provider
+        return self.provider(name) if name else None
+
+    # -- quoting and provisioning -------------------------------------------------------------
+
+    def unavailable(self) -> dict[str, str]:
+        blocks = {k: b.reason for k, b in self.store.active_blocks(self.clock()).items()}
+        return blocked_shapes(self.catalog.shapes, blocks, self.backend_of) if blocks else {}
+
+    def quote(self, request: QuoteRequest, *, explain: bool = False) -> Quote:
+        """Rank and price, leaving out shapes known to be unavailable now."""
+        return quote(request, self.catalog, unavailable=self.unavailable(), explain=explain)
+
+    def provision(
+        self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
+    ) -> ClusterRecord:
+        """Bring up a whole cluster; raise ProvisionFailed (cluster FAILED) if none can be had."""
+        ranked = self.quote(request)
+        cluster = self.store.create_cluster(
+            f"bb-{uuid.uuid4().hex[:12]}",
+            request=request.model_dump(mode="json"),
+            experiment=experiment,
+            backend=self.backend,
+            owner=owner_id(),
+            now=self.clock(),
+        )
+        return self._run(cluster.id, ranked)
+
+    def _run(self, cluster_id: str, ranked: Quote) -> ClusterRecord:
+        if self.progress:
+            self.progress(f"cluster {cluster_id}: {len(ranked.plans)} candidate plan(s)")
+        provisioner = Provisioner(
+            self.store,
+            self._provider_for,
+            backend_of=self.backend_of,
+            policy=self.policy,
+            clock=self.clock,
+            sleep=self.sleep,
+            progress=self.progress,
+        )
+        return provisioner.run(cluster_id, list(ranked.plans))
+
+    def restart(self, cluster_id: str) -> ClusterRecord:
+        """Run a finished cluster's lifecycle again, as a new cycle; history is kept."""
+        cluster = self.store.find(cluster_id)
+        self.store.transition(
+            cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL, owner=owner_id()
+        )
+        request = QuoteRequest.model_validate(cluster.request)
+        return self._run(cluster.id, self.quote(request))
+
+    # -- tracking -----------------------------------------------------------------------------
+
+    def get(self, cluster_id: str) -> ClusterRecord:
+        return self.store.find(cluster_id)
+
+    def list(self, statuses: Sequence[Status] | None = None) -> list[ClusterRecord]:
+        return self.store.list_clusters(statuses)
+
+    def describe(self, cluster_id: str) -> ClusterReport:
+        cluster = self.store.find(cluster_id)
+        history = self.store.transitions(cluster.id)
+        return ClusterReport(
+            cluster, history, self.store.attempts(cluster.id), accrue(history, self.clock())
+        )
+
+    def env(self, cluster_id: str, rank: int) -> dict[str, str]:
+        return node_env(self.store.find(cluster_id), rank)
+
+    def util(self) -> dict[str, dict[str, float]]:
+        """GPUs starting and running, and spend per hour, per provider (or backend)."""
+        out: dict[str, dict[str, float]] = defaultdict(
+            lambda: {"gpus_starting": 0, "gpus_running": 0, "clusters": 0, "spend_per_hour": 0.0}
+        )
+        for c in self.store.list_clusters([Status.STARTING, Status.RUNNING, Status.TERMINATING]):
+            key = f"{c.backend}:{c.provider}" if c.backend else str(c.provider)
+            row = out[key]
+            row["clusters"] += 1
+            row["gpus_starting" if c.status is Status.STARTING else "gpus_running"] += (
+                c.gpus_billed or 0
+            )
+            row["spend_per_hour"] += c.price_per_hour or 0.0
+        return dict(out)
+
+    # -- ending clusters ----------------------------------------------------------------------
+
+    def release(self, cluster_id: str) -> ClusterRecord:
+        """The owner is done: terminate the nodes, then COMPLETED."""
+        return self._end(cluster_id, Status.COMPLETED)
+
+    def stop(self, cluster_id: str) -> ClusterRecord:
+        """Stop before completion (also cancels a provisioning in flight): STOPPED."""
+        return self._end(cluster_id, Status.STOPPED)
+
+    def _end(self, cluster_id: str, final: Status) -> ClusterRecord:
+        cluster = self.store.find(cluster_id)
+        now = self.clock()
+        if final is Status.STOPPED and cluster.status in (Status.PENDING, Status.QUEUED):
+            return self.store.transition(
+                cluster.id, Status.STOPPED, now=now, expect={Status.PENDING, Status.QUEUED}
+            )
+        if cluster.status in (Status.RUNNING, Status.STARTING):
+            allowed = (
+                {Status.RUNNING} if final is Status.COMPLETED else {Status.RUNNING, Status.STARTING}
+            )
+            cluster = self.store.transition(cluster.id, Status.TERMINATING, now=now, expect=allowed)
+        if cluster.status is not Status.TERMINATING:
+            raise ConflictError(
+                f"cluster {cluster.id} is {cluster.status.value}; "
+                f"cannot {'release' if final is Status.COMPLETED else 'stop'} it"
+            )
+        provider = self._cluster_provider(cluster)
+        if provider is not None:
+            terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
+        return self.store.transition(
+            cluster.id, final, now=self.clock(), expect={Status.TERMINATING}
+        )
+
+    def delete(self, cluster_id: str) -> None:
+        """Forget a finished cluster (COMPLETED, STOPPED or FAILED only)."""
+        cluster = self.store.find(cluster_id)
+        self.store.delete_cluster(cluster.id, allowed=TERMINAL)
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    def _backends_in_use(self) -> set[str]:
+        names = {c.backend or c.provider for c in self.store.list_clusters()}
+        if (self.state_dir / SIM_DB_FILENAME).exists() or self.backend == SIMULATED:
+            names.add(SIMULATED)
+        return {n for n in names if n}
+
+    def reconcile(self) -> ReconcileReport:
+        """Settle clusters whose provisioning process died, and terminate every tagged node
+        that no live cluster owns. Safe to run at any time, from any process."""
+        report = ReconcileReport()
+        now = self.clock()
+        for cluster in self.store.list_clusters(LIVE | {Status.TERMINATING}):
+            if cluster.status is Status.RUNNING:
+                continue
+            if cluster.status is not Status.TERMINATING and owner_alive(
+                cluster.owner, cluster.updated_at, now
+            ):
+                continue
+            try:
+                self._settle(cluster, report)
+            except (ProviderError, RuntimeError, ConflictError) as exc:
+                report.problems.append(f"{cluster.id}: {exc}")
+        for name in sorted(self._backends_in_use()):
+            try:
+                provider = self.provider(name)
+                tagged = provider.list_tagged()
+            except ProviderError as exc:
+                report.problems.append(f"{name}: cannot list tagged nodes: {exc}")
+                continue
+            orphans = [n for n in tagged if not self._owned(n, now)]
+            if orphans:
+                try:
+                    provider.terminate(orphans)
+                    report.terminated.extend(orphans)
+                except ProviderError as exc:
+                    report.problems.append(
+                        f"{name}: cannot terminate {len(orphans)} node(s): {exc}"
+                    )
+        return report
+
+    def _settle(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
+        provider = self._cluster_provider(cluster)
+        if provider is not None:
+            nodes = provider.describe(cluster.id)
+            if nodes:
+                terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
+                report.terminated.extend(nodes)
+        now = self.clock()
+        detail = f"its provisioning process ({cluster.owner}) died; settled by reconcile"
+        if cluster.status is Status.STARTING:
+            self.store.transition(cluster.id, Status.TERMINATING, now=now, expect={Status.STARTING})
+        if cluster.status in (Status.STARTING, Status.TERMINATING):
+            self.store.transition(
+                cluster.id,
+                Status.FAILED,
+                now=self.clock(),
+                expect={Status.TERMINATING},
+                reason=FailReason.ORPHANED.value,
+                detail=detail,
+            )
+        else:
+            self.store.transition(
+                cluster.id,
+                Status.FAILED,
+                now=now,
+                expect={Status.PENDING, Status.QUEUED},
+                reason=FailReason.ORPHANED.value,
+                detail=detail,
+            )
+        report.settled.append(cluster.id)
+
+    def _owned(self, node: Node, now: float) -> bool:
+        """Does a live cluster own this node? Unknown or finished clusters own nothing."""
+        cluster_id = node.cluster_id
+        if cluster_id is None:
+            return False
+        try:
+            cluster = self.store.get(cluster_id)
+        except Exception:
+            return False
+        if cluster.status is Status.RUNNING:
+            return any(n["provider_id"] == node.provider_id for n in cluster.nodes or [])
+        if cluster.status in (Status.PENDING, Status.QUEUED, Status.STARTING):
+            return owner_alive(cluster.owner, cluster.updated_at, now)
+        return False
+
+
+__all__ = ["Broker", "ClusterReport", "ProvisionFailed", "ReconcileReport", "Usage", "accrue"]

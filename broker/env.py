@@ -1,0 +1,59 @@
+"""The environment every node of a RUNNING cluster gets (the launch-file contract).
+
+NNODES x N_PROC = the experiment's GPUs; MASTER_ADDR is rank 0's private address;
+IP_TO_RANK_MAPPING is a JSON object {ip: rank}. Artifact paths are the ISC's mount points.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from broker.lifecycle import Status
+from broker.state import ClusterRecord
+
+DEFAULT_MASTER_PORT = 29500  # torchrun's default rendezvous port
+
+ARTIFACT_PATHS = {
+    "OUTPUT_PATH": "/mnt/checkpoints",
+    "CHECKPOINT_ARTIFACT_PATH": "/mnt/checkpoints",
+    "CRUD_ARTIFACT_PATH": "/mnt/crud",
+    "LOSSY_ARTIFACT_PATH": "/mnt/lossy",
+    "LOG_ARTIFACT_PATH": "/mnt/logs",
+}
+
+
+class EnvError(Exception):
+    """The cluster has no environment for that rank (not running, or no such rank)."""
+
+
+def node_env(
+    cluster: ClusterRecord, rank: int, *, master_port: int = DEFAULT_MASTER_PORT
+) -> dict[str, str]:
+    """The variables for node ``rank`` of a RUNNING cluster."""
+    if cluster.status is not Status.RUNNING or not cluster.nodes:
+        raise EnvError(f"cluster {cluster.id} is {cluster.status.value}, not RUNNING")
+    nodes = sorted(cluster.nodes, key=lambda n: int(n["rank"]))
+    if not 0 <= rank < len(nodes):
+        raise EnvError(f"cluster {cluster.id} has ranks 0..{len(nodes) - 1}, not {rank}")
+    experiment = cluster.experiment or {}
+    mapping = {str(n["private_ip"]): int(n["rank"]) for n in nodes}
+    env = {
+        "NNODES": str(len(nodes)),
+        "N_PROC": str(cluster.procs_per_node),
+        "NODE_RANK": str(rank),
+        "MASTER_ADDR": str(nodes[0]["private_ip"]),
+        "MASTER_PORT": str(master_port),
+        "IP_TO_RANK_MAPPING": json.dumps(mapping, separators=(",", ":")),
+        "STRONG_EXPERIMENT_ID": cluster.id,
+        "STRONG_EXPERIMENT_NAME": str(experiment.get("experiment_name", cluster.id)),
+        "STRONG_COMPUTE_MODE": str(experiment.get("compute_mode", "burst")),
+        "STRONG_CYCLE_COUNT": str(cluster.cycle),
+        **ARTIFACT_PATHS,
+    }
+    return env
+
+
+def export_lines(env: dict[str, str]) -> str:
+    """``export K=V`` lines, quoted for a POSIX shell."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
