@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NoReturn
 
-from broker import __version__
+from broker import __version__, cli_clusters
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.launchfile import parse_launch_file
 from broker.quote import QuoteRequest, quote, request_from_launch_file
@@ -67,6 +67,21 @@ def _add_filters(p: argparse.ArgumentParser, *, per_plan_price: bool) -> None:
     )
 
 
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    """What a quote and a provision both take: the GPUs (or a launch file), the priority
+    list and the filters."""
+    p.add_argument("launch_file", nargs="?", metavar="FILE.isc", help="a burst launch file")
+    p.add_argument("--gpus", type=int, help="number of GPUs (1..72; burst mode allows at most 48)")
+    p.add_argument(
+        "--priority",
+        nargs="+",
+        action="extend",
+        metavar="SHAPE_ID",
+        help="preferred shapes in order (overrides the file's burst_shape_priority_list)",
+    )
+    _add_filters(p, per_plan_price=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="broker",
@@ -91,17 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
             "into NNODES x N_PROC = G."
         ),
     )
-    q.add_argument("launch_file", nargs="?", metavar="FILE.isc", help="a burst launch file")
-    q.add_argument("--gpus", type=int, help="number of GPUs (1..72; burst mode allows at most 48)")
-    q.add_argument(
-        "--priority",
-        nargs="+",
-        action="extend",
-        metavar="SHAPE_ID",
-        help="preferred shapes in order (overrides the file's burst_shape_priority_list)",
-    )
+    add_request_args(q)
     q.add_argument("--hours", type=float, default=1.0, help="hours to estimate the cost for (1)")
-    _add_filters(q, per_plan_price=True)
     q.add_argument("--explain", action="store_true", help="list every excluded shape and why")
     q.add_argument(
         "--limit",
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("launch_file", metavar="FILE.isc")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    cli_clusters.add_parsers(sub, add_request_args)
     return parser
 
 
@@ -201,7 +208,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if result.valid else EXIT_INVALID
 
 
-def _quote_request(args: argparse.Namespace, settings: Settings) -> QuoteRequest:
+def quote_request_from_args(args: argparse.Namespace, settings: Settings) -> QuoteRequest:
+    """The request that ``quote`` and ``provision`` arguments describe."""
     flt = _shape_filter(args)
     overrides: dict[str, object] = {
         "filter": flt,
@@ -215,7 +223,8 @@ def _quote_request(args: argparse.Namespace, settings: Settings) -> QuoteRequest
                 [Diagnostic(field="gpus", message="give either FILE.isc or --gpus, not both")]
             )
         result = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
-        return request_from_launch_file(result, rank_overrides=overrides, hours=args.hours)
+        hours = getattr(args, "hours", 1.0)
+        return request_from_launch_file(result, rank_overrides=overrides, hours=hours)
     if args.gpus is None:
         raise InvalidRequest(
             [Diagnostic(field="gpus", message="give --gpus N or a burst launch file FILE.isc")]
@@ -223,7 +232,7 @@ def _quote_request(args: argparse.Namespace, settings: Settings) -> QuoteRequest
     rank = RankRequest.model_validate(
         {k: v for k, v in {**overrides, "gpus": args.gpus}.items() if v is not None}
     )
-    return QuoteRequest(rank=rank, hours=args.hours)
+    return QuoteRequest(rank=rank, hours=getattr(args, "hours", 1.0))
 
 
 _FILTER_FLAGS = {
@@ -253,7 +262,7 @@ def _print_refusal(excluded: Sequence[Exclusion]) -> None:
 
 
 def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
-    request = _quote_request(args, settings)
+    request = quote_request_from_args(args, settings)
     catalog = load_catalog()
     result = quote(request, catalog, explain=args.explain)
     if not result.plans and not args.explain:
@@ -338,7 +347,12 @@ def cmd_shapes(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"quote": cmd_quote, "shapes": cmd_shapes, "validate": cmd_validate}
+COMMANDS = {
+    "quote": cmd_quote,
+    "shapes": cmd_shapes,
+    "validate": cmd_validate,
+    **cli_clusters.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except InvalidRequest as exc:
         return _fail(exc.errors, exc.warnings, as_json)
-    except ValueError as exc:  # settings from the environment
+    except cli_clusters.BrokerCommandError as exc:
+        _fail([Diagnostic(field=None, message=str(exc))], [], as_json)
+        return exc.exit_code
+    except ValueError as exc:  # settings from the environment, a scenario file
         return _fail([Diagnostic(field=None, message=str(exc))], [], as_json)
 
 
