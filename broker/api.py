@@ -38,7 +38,7 @@ from broker.state import (
     TransitionRecord,
     default_state_dir,
 )
-from providers.base import Node, Provider
+from providers.base import Node, NodeState, Provider
 from providers.errors import ProviderError
 from providers.registry import SIMULATED, open_provider
 from providers.sim import DB_FILENAME as SIM_DB_FILENAME
@@ -79,6 +79,7 @@ class ClusterReport:
 class ReconcileReport:
     terminated: list[Node] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)  # clusters whose dead owner left them live
+    lost: list[str] = field(default_factory=list)  # RUNNING clusters that lost a node: FAILED
     problems: list[str] = field(default_factory=list)  # what could not be checked or removed
 
 
@@ -248,7 +249,9 @@ class Broker:
             allowed = (
                 {Status.RUNNING} if final is Status.COMPLETED else {Status.RUNNING, Status.STARTING}
             )
-            cluster = self.store.transition(cluster.id, Status.TERMINATING, now=now, expect=allowed)
+            cluster = self.store.transition(
+                cluster.id, Status.TERMINATING, now=now, expect=allowed, owner=owner_id()
+            )
         if cluster.status is not Status.TERMINATING:
             raise ConflictError(
                 f"cluster {cluster.id} is {cluster.status.value}; "
@@ -280,14 +283,11 @@ class Broker:
         report = ReconcileReport()
         now = self.clock()
         for cluster in self.store.list_clusters(LIVE | {Status.TERMINATING}):
-            if cluster.status is Status.RUNNING:
-                continue
-            if cluster.status is not Status.TERMINATING and owner_alive(
-                cluster.owner, cluster.updated_at, now
-            ):
-                continue
             try:
-                self._settle(cluster, report)
+                if cluster.status is Status.RUNNING:
+                    self._check_gang(cluster, report)
+                elif not owner_alive(cluster.owner, cluster.updated_at, now):
+                    self._settle(cluster, report)
             except (ProviderError, RuntimeError, ConflictError) as exc:
                 report.problems.append(f"{cluster.id}: {exc}")
         for name in sorted(self._backends_in_use()):
@@ -307,6 +307,34 @@ class Broker:
                         f"{name}: cannot terminate {len(orphans)} node(s): {exc}"
                     )
         return report
+
+    def _check_gang(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
+        """A gang that lost a node (spot preemption, a crash) is useless and still bills:
+        terminate the rest and fail the cluster with NodeLost."""
+        provider = self._cluster_provider(cluster)
+        if provider is None:
+            return
+        present = {
+            n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
+        }
+        lost = [n for n in cluster.nodes or [] if n["provider_id"] not in present]
+        if not lost:
+            return
+        detail = ", ".join(f"rank {n['rank']} ({n['provider_id']})" for n in lost) + " gone"
+        self.store.transition(
+            cluster.id, Status.TERMINATING, now=self.clock(), expect={Status.RUNNING}
+        )
+        report.terminated.extend(provider.describe(cluster.id))
+        terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
+        self.store.transition(
+            cluster.id,
+            Status.FAILED,
+            now=self.clock(),
+            expect={Status.TERMINATING},
+            reason=FailReason.NODE_LOST.value,
+            detail=detail,
+        )
+        report.lost.append(cluster.id)
 
     def _settle(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
         provider = self._cluster_provider(cluster)

@@ -264,12 +264,18 @@ def _print_refusal(excluded: Sequence[Exclusion]) -> None:
 def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     request = quote_request_from_args(args, settings)
     catalog = load_catalog()
-    result = quote(request, catalog, explain=args.explain)
+    # Only --explain reads the state store (recent stockouts): a plain quote stays pure.
+    unavailable, blocked = cli_clusters.blocked_for_explain(catalog) if args.explain else ({}, [])
+    result = quote(request, catalog, unavailable=unavailable, explain=args.explain)
     if not result.plans and not args.explain:
         result = quote(request, catalog, explain=True)  # so the refusal can say why
     if args.json:
-        _emit_json(result.to_json_dict(limit=args.limit))
+        doc = result.to_json_dict(limit=args.limit)
+        if args.explain:
+            doc["blocked"] = blocked
+        _emit_json(doc)
         return EXIT_OK if result.plans else EXIT_NO_SHAPE
+    cli_clusters.print_blocked(blocked)
 
     _print_warnings(result.warnings)
     r = request.rank

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from broker.settings import Settings
 if TYPE_CHECKING:
     from broker.api import Broker, ClusterReport
     from broker.state import AttemptRecord, ClusterRecord
+    from shapes.catalog import Catalog
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -48,6 +50,36 @@ def _broker(args: argparse.Namespace, *, backend: str | None = None) -> Broker:
         policy=policy,
         progress=_say,
     )
+
+
+def blocked_for_explain(
+    catalog: Catalog, backend: str | None = None
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """From the state store, if there is one: the shapes that recent failures block for
+    ``backend`` (None: the real clouds), and every active blocked scope, for --explain."""
+    from broker.provisioner import blocked_shapes
+    from broker.state import STATE_DB_FILENAME, Store, default_state_dir
+
+    has_store = (
+        os.environ.get("BROKER_STATE_URL") or (default_state_dir() / STATE_DB_FILENAME).exists()
+    )
+    if not has_store:
+        return {}, []
+    blocks = Store.open().active_blocks(time.time())
+    reasons = {scope: b.reason for scope, b in blocks.items()}
+    unavailable = blocked_shapes(catalog.shapes, reasons, lambda s: backend or s.provider)
+    listing = [
+        {"scope": scope, "reason": b.reason, "until": _when(b.until)}
+        for scope, b in sorted(blocks.items())
+    ]
+    return unavailable, listing
+
+
+def print_blocked(listing: list[dict[str, str]]) -> None:
+    if listing:
+        _say("Blocked scopes (recent provisioning failures; not asked again until they expire):")
+        for b in listing:
+            _say(f"  {b['scope']}: {b['reason']}")
 
 
 def attempt_json(a: AttemptRecord) -> dict[str, Any]:
@@ -132,6 +164,10 @@ def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
     for w in request.warnings:
         _say(f"warning: {w.render()}")
     broker = _broker(args, backend=backend)
+    if args.explain:
+        print_blocked(blocked_for_explain(broker.catalog, backend)[1])
+        for e in broker.quote(request, explain=True).ranking.excluded:
+            _say(f"  excluded {e.shape_id}: {e.reason}")
     try:
         cluster = broker.provision(request, experiment=experiment)
     except CleanupFailed as exc:
@@ -280,6 +316,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             for n in report.terminated
         ],
         "settled": report.settled,
+        "lost": report.lost,
         "problems": report.problems,
     }
     if args.json:
@@ -287,7 +324,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(
             f"terminated {len(report.terminated)} orphaned node(s); "
-            f"settled {len(report.settled)} cluster(s) of dead provisioners"
+            f"settled {len(report.settled)} cluster(s) of dead provisioners; "
+            f"{len(report.lost)} running cluster(s) had lost a node (now FAILED NodeLost)"
         )
         for n in report.terminated:
             print(f"  terminated {n.provider_id} ({n.shape_id}, cluster {n.cluster_id})")
@@ -383,6 +421,9 @@ def add_parsers(sub: Any, add_request_args: Callable[[argparse.ArgumentParser], 
     add_request_args(p)
     p.add_argument("--timeout", type=float, metavar="S", help="overall deadline (1800 s)")
     p.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for --provider sim")
+    p.add_argument(
+        "--explain", action="store_true", help="first list blocked scopes and excluded shapes"
+    )
     p.add_argument("--json", action="store_true", help="print the cluster as JSON")
 
     for name, text in (

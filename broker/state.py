@@ -118,6 +118,9 @@ blocks = Table(
 )
 
 
+STATE_DB_FILENAME = "broker.sqlite"
+
+
 class StateError(Exception):
     """The store refused a change (unknown cluster, illegal or lost transition)."""
 
@@ -243,7 +246,7 @@ class Store:
             return cls(create_engine(url))
         directory = state_dir or default_state_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(_sqlite_engine(directory / "broker.sqlite"))
+        return cls(_sqlite_engine(directory / STATE_DB_FILENAME))
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

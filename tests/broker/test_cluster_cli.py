@@ -201,3 +201,28 @@ def test_concurrent_provisioners_never_double_book(tmp_path: Path) -> None:
     rec = _broker_process(state_dir, "reconcile", "--json", scenario=scenario)
     out, _ = rec.communicate(timeout=60)
     assert json.loads(out)["terminated"] == []  # the store accounts for every node
+
+
+def test_explain_shows_blocked_scopes(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'[shapes."{A}"]\ncapacity_nodes = 0\n')
+    base = ["--provider", "sim", "--sim-scenario", str(scenario), "--gpus", "8"]
+    assert run(capsys, "provision", *base, "--priority", A, B)[0] == 0
+    code, _, err = run(capsys, "provision", *base, "--priority", A, B, "--explain")
+    assert code == 0
+    assert "Blocked scopes" in err and "InsufficientCapacity" in err
+    assert f"excluded {A}: every zone blocked" in err
+    # a quote (real clouds) lists the sim's blocks but they do not exclude real shapes
+    code, out, _ = run(capsys, "quote", "--gpus", "8", "--priority", A, "--explain", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["plans"][0]["shape_id"] == A
+    assert doc["blocked"] and all(b["scope"].startswith("sim/zone:") for b in doc["blocked"])
+
+
+def test_plain_quote_does_not_touch_the_state_store(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "quote", "--gpus", "8", "--json")[0] == 0
+    assert not state.exists()

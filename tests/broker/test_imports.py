@@ -44,3 +44,15 @@ def test_no_cloud_sdk_imported(argv: list[str]) -> None:
     assert marker, proc.stderr
     assert marker[0] == "IMPORTED:", f"cloud SDK imported by {argv}: {marker[0]}"
     assert "Traceback" not in proc.stderr
+
+
+def test_plain_quote_does_not_load_the_state_store() -> None:
+    """The store (SQLAlchemy) is for provisioning; a quote stays as cheap as it can be."""
+    probe = (
+        "import sys\nfrom broker.cli import main\nmain(['quote', '--gpus', '16', '--json'])\n"
+        "print('SQLA:' + str('sqlalchemy' in sys.modules), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "SQLA:False" in proc.stderr, proc.stderr[-2000:]

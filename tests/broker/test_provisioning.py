@@ -392,3 +392,20 @@ def test_scenario_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     broker = Broker(state_dir=tmp_path / "s", backend="sim", catalog=CATALOG, sleep=lambda _s: None)
     assert broker.provision(request(8, (A, B))).shape_id == B
     assert load_scenario(path) is not None
+
+
+def test_reconcile_fails_a_gang_that_lost_a_node(tmp_path: Path) -> None:
+    broker = make_broker(tmp_path)
+    cluster = broker.provision(request(24, (A,)))  # 3 nodes
+    sim = broker.provider("sim")
+    preempted = [
+        n for n in sim.describe(cluster.id) if n.provider_id == cluster.nodes[1]["provider_id"]
+    ]  # type: ignore[index]
+    sim.terminate(preempted)  # the cloud takes one node away
+    report = broker.reconcile()
+    assert report.lost == [cluster.id]
+    failed = broker.get(cluster.id)
+    assert (failed.status, failed.reason) == (Status.FAILED, "NodeLost")
+    assert "rank 1" in (failed.detail or "")
+    assert alive(broker) == []  # the other two nodes are useless without it: terminated
+    assert broker.reconcile().lost == []
