@@ -200,7 +200,7 @@ class Broker:
     def get(self, cluster_id: str) -> ClusterRecord:
         return self.store.find(cluster_id)
 
-    def list(self, statuses: Sequence[Status] | None = None) -> list[ClusterRecord]:
+    def list_clusters(self, statuses: Sequence[Status] | None = None) -> list[ClusterRecord]:
         return self.store.list_clusters(statuses)
 
     def describe(self, cluster_id: str) -> ClusterReport:
@@ -240,29 +240,58 @@ class Broker:
 
     def _end(self, cluster_id: str, final: Status) -> ClusterRecord:
         cluster = self.store.find(cluster_id)
+        if final is Status.COMPLETED:
+            startable = {Status.RUNNING, Status.TERMINATING}  # only a running cluster completes
+        else:
+            startable = {Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING}
+            startable.add(Status.TERMINATING)
+        if cluster.status not in startable:
+            verb = "release" if final is Status.COMPLETED else "stop"
+            raise ConflictError(f"cluster {cluster.id} is {cluster.status.value}; cannot {verb} it")
+        return self._wind_down(cluster, final)[0]
+
+    def _wind_down(
+        self,
+        cluster: ClusterRecord,
+        final: Status,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> tuple[ClusterRecord, list[Node]]:
+        """Take a live cluster to ``final``: through TERMINATING when it may have nodes,
+        which are terminated and confirmed gone first. Returns it and the nodes removed."""
         now = self.clock()
-        if final is Status.STOPPED and cluster.status in (Status.PENDING, Status.QUEUED):
-            return self.store.transition(
-                cluster.id, Status.STOPPED, now=now, expect={Status.PENDING, Status.QUEUED}
+        if cluster.status in (Status.PENDING, Status.QUEUED):
+            ended = self.store.transition(
+                cluster.id,
+                final,
+                now=now,
+                expect={Status.PENDING, Status.QUEUED},
+                reason=reason,
+                detail=detail,
             )
+            return ended, []
         if cluster.status in (Status.RUNNING, Status.STARTING):
-            allowed = (
-                {Status.RUNNING} if final is Status.COMPLETED else {Status.RUNNING, Status.STARTING}
-            )
             cluster = self.store.transition(
-                cluster.id, Status.TERMINATING, now=now, expect=allowed, owner=owner_id()
-            )
-        if cluster.status is not Status.TERMINATING:
-            raise ConflictError(
-                f"cluster {cluster.id} is {cluster.status.value}; "
-                f"cannot {'release' if final is Status.COMPLETED else 'stop'} it"
+                cluster.id,
+                Status.TERMINATING,
+                now=now,
+                expect={cluster.status},
+                owner=owner_id(),
             )
         provider = self._cluster_provider(cluster)
-        if provider is not None:
-            terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
-        return self.store.transition(
-            cluster.id, final, now=self.clock(), expect={Status.TERMINATING}
+        removed = (
+            terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep) if provider else []
         )
+        ended = self.store.transition(
+            cluster.id,
+            final,
+            now=self.clock(),
+            expect={Status.TERMINATING},
+            reason=reason,
+            detail=detail,
+        )
+        return ended, removed
 
     def delete(self, cluster_id: str) -> None:
         """Forget a finished cluster (COMPLETED, STOPPED or FAILED only)."""
@@ -321,50 +350,19 @@ class Broker:
         if not lost:
             return
         detail = ", ".join(f"rank {n['rank']} ({n['provider_id']})" for n in lost) + " gone"
-        self.store.transition(
-            cluster.id, Status.TERMINATING, now=self.clock(), expect={Status.RUNNING}
+        _, removed = self._wind_down(
+            cluster, Status.FAILED, reason=FailReason.NODE_LOST.value, detail=detail
         )
-        report.terminated.extend(provider.describe(cluster.id))
-        terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
-        self.store.transition(
-            cluster.id,
-            Status.FAILED,
-            now=self.clock(),
-            expect={Status.TERMINATING},
-            reason=FailReason.NODE_LOST.value,
-            detail=detail,
-        )
+        report.terminated.extend(removed)
         report.lost.append(cluster.id)
 
     def _settle(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
-        provider = self._cluster_provider(cluster)
-        if provider is not None:
-            nodes = provider.describe(cluster.id)
-            if nodes:
-                terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep)
-                report.terminated.extend(nodes)
-        now = self.clock()
-        detail = f"its provisioning process ({cluster.owner}) died; settled by reconcile"
-        if cluster.status is Status.STARTING:
-            self.store.transition(cluster.id, Status.TERMINATING, now=now, expect={Status.STARTING})
-        if cluster.status in (Status.STARTING, Status.TERMINATING):
-            self.store.transition(
-                cluster.id,
-                Status.FAILED,
-                now=self.clock(),
-                expect={Status.TERMINATING},
-                reason=FailReason.ORPHANED.value,
-                detail=detail,
-            )
-        else:
-            self.store.transition(
-                cluster.id,
-                Status.FAILED,
-                now=now,
-                expect={Status.PENDING, Status.QUEUED},
-                reason=FailReason.ORPHANED.value,
-                detail=detail,
-            )
+        """A cluster whose provisioning (or releasing) process died: remove its nodes, FAILED."""
+        detail = f"its owning process ({cluster.owner}) died; settled by reconcile"
+        _, removed = self._wind_down(
+            cluster, Status.FAILED, reason=FailReason.ORPHANED.value, detail=detail
+        )
+        report.terminated.extend(removed)
         report.settled.append(cluster.id)
 
     def _owned(self, node: Node, now: float) -> bool:

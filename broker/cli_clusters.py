@@ -208,7 +208,7 @@ def _provision_failed(exc: Any, as_json: bool, code: int) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    clusters = _broker(args).list()
+    clusters = _broker(args).list_clusters()
     if args.json:
         print(json.dumps([cluster_json(c) for c in clusters], indent=2))
         return EXIT_OK

@@ -459,11 +459,11 @@ def terminate_cluster_nodes(
     *,
     attempts: int = 4,
     sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    """Terminate every node tagged with the cluster and confirm none is left. Returns count."""
+) -> list[Node]:
+    """Terminate every node tagged with the cluster, confirm none is left, return them."""
     nodes = provider.describe(cluster_id)
     if not nodes:
-        return 0
+        return []
     for call in Retrying(
         retry=retry_if_exception_type(TransientError),
         stop=stop_after_attempt(attempts),
@@ -476,7 +476,7 @@ def terminate_cluster_nodes(
     left = provider.describe(cluster_id)
     if left:
         raise RuntimeError(f"{len(left)} node(s) of {cluster_id} still alive after terminate")
-    return len(nodes)
+    return nodes
 
 
 def blocked_shapes(

@@ -266,7 +266,7 @@ def test_release_stop_restart_delete_and_history(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert [a.cycle for a in broker.store.attempts(cluster.id)] == [1, 2]
     broker.delete(cluster.id)
-    assert broker.list() == []
+    assert broker.list_clusters() == []
 
 
 def test_stop_cancels_a_queued_cluster(tmp_path: Path) -> None:
