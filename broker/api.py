@@ -137,11 +137,9 @@ class Broker:
             )
         return self._providers[name]
 
-    def backend_of(self, shape: Shape) -> str:
-        return self.backend or shape.provider
-
-    def _provider_for(self, shape: Shape) -> Provider:
-        return self.provider(self.backend_of(shape))
+    def _backend_of(self, backend: str | None) -> Callable[[Shape], str]:
+        """Which adapter serves a shape: the simulated cloud for every shape, or its own."""
+        return lambda shape: backend or shape.provider
 
     def _cluster_provider(self, cluster: ClusterRecord) -> Provider | None:
         name = cluster.backend or cluster.provider
@@ -149,13 +147,16 @@ class Broker:
 
     # -- quoting and provisioning -------------------------------------------------------------
 
-    def unavailable(self) -> dict[str, str]:
+    def _unavailable(self, backend: str | None) -> dict[str, str]:
+        """Shapes that recent failures block on ``backend`` (None: the real clouds)."""
         blocks = {k: b.reason for k, b in self.store.active_blocks(self.clock()).items()}
-        return blocked_shapes(self.catalog.shapes, blocks, self.backend_of) if blocks else {}
+        backend_of = self._backend_of(backend)
+        return blocked_shapes(self.catalog.shapes, blocks, backend_of) if blocks else {}
 
     def quote(self, request: QuoteRequest, *, explain: bool = False) -> Quote:
         """Rank and price, leaving out shapes known to be unavailable now."""
-        return quote(request, self.catalog, unavailable=self.unavailable(), explain=explain)
+        unavailable = self._unavailable(self.backend)
+        return quote(request, self.catalog, unavailable=unavailable, explain=explain)
 
     def provision(
         self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
@@ -170,15 +171,16 @@ class Broker:
             owner=owner_id(),
             now=self.clock(),
         )
-        return self._run(cluster.id, ranked)
+        return self._run(cluster.id, ranked, self.backend)
 
-    def _run(self, cluster_id: str, ranked: Quote) -> ClusterRecord:
+    def _run(self, cluster_id: str, ranked: Quote, backend: str | None) -> ClusterRecord:
         if self.progress:
             self.progress(f"cluster {cluster_id}: {len(ranked.plans)} candidate plan(s)")
+        backend_of = self._backend_of(backend)
         provisioner = Provisioner(
             self.store,
-            self._provider_for,
-            backend_of=self.backend_of,
+            lambda shape: self.provider(backend_of(shape)),
+            backend_of=backend_of,
             policy=self.policy,
             clock=self.clock,
             sleep=self.sleep,
@@ -187,13 +189,16 @@ class Broker:
         return provisioner.run(cluster_id, list(ranked.plans))
 
     def restart(self, cluster_id: str) -> ClusterRecord:
-        """Run a finished cluster's lifecycle again, as a new cycle; history is kept."""
+        """Run a finished cluster's lifecycle again, as a new cycle, on the backend it was
+        provisioned on; its history is kept."""
         cluster = self.store.find(cluster_id)
         self.store.transition(
             cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL, owner=owner_id()
         )
         request = QuoteRequest.model_validate(cluster.request)
-        return self._run(cluster.id, self.quote(request))
+        unavailable = self._unavailable(cluster.backend)
+        ranked = quote(request, self.catalog, unavailable=unavailable)
+        return self._run(cluster.id, ranked, cluster.backend)
 
     # -- tracking -----------------------------------------------------------------------------
 

@@ -285,7 +285,6 @@ def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
     from broker.provisioner import CleanupFailed, ProvisionFailed
 
     broker = _broker(args)
-    broker.backend = broker.get(args.cluster_id).backend
     try:
         cluster = broker.restart(args.cluster_id)
     except CleanupFailed as exc:
