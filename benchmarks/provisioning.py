@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 from broker.api import Broker  # noqa: E402
 from broker.quote import QuoteRequest  # noqa: E402
 from broker.ranking import RankRequest  # noqa: E402
-from shapes.catalog import load_catalog  # noqa: E402
+from shapes.catalog import load_bundled_catalog  # noqa: E402
 
-CATALOG = load_catalog()
+CATALOG = load_bundled_catalog()
 # Single-zone shapes (Azure regions are one pseudo-zone in the catalog): one call each.
 ONE_ZONE = [s.id for s in CATALOG.shapes if len(s.zones) == 1 and s.gpus_per_node == 8]
 

@@ -1,9 +1,10 @@
 """The shape catalog: bundled, dated price lists, and the filters users apply to them.
 
 The bundled data lives in ``shapes/data/<provider>.json`` (one file per cloud, each stamped
-with where its prices come from and when). A directory named by ``BROKER_CATALOG_DIR`` may
-hold newer files of the same format (written by a live refresh); a provider's file there
-replaces the bundled one. Loading is pure JSON + validation and runs on every quote, so it
+with where its prices come from and when). The local catalog directory
+(``BROKER_CATALOG_DIR``, default ``$XDG_DATA_HOME/burst-broker/catalog``) holds newer files
+of the same format written by ``broker catalog refresh``; a provider's file there replaces
+the bundled one. Loading is pure JSON + validation and runs on every quote, so it
 is kept cheap (see ``benchmarks/bench_catalog.py``).
 """
 
@@ -207,9 +208,19 @@ class Catalog:
         return len(self.shapes)
 
 
+def local_catalog_dir() -> Path:
+    """Where refreshed catalogs are written and read: BROKER_CATALOG_DIR, else the user's
+    data directory."""
+    env = os.environ.get("BROKER_CATALOG_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "burst-broker" / "catalog"
+
+
 def catalog_paths(override_dir: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
     """The file to use for each provider: a refreshed one where present, else the bundled one."""
-    override = override_dir if override_dir is not None else os.environ.get("BROKER_CATALOG_DIR")
+    override = override_dir if override_dir is not None else local_catalog_dir()
     chosen: list[tuple[Path, bool]] = []
     for provider in PROVIDERS:
         local = Path(override) / f"{provider}.json" if override else None
@@ -225,7 +236,10 @@ _CACHE: dict[tuple[tuple[Path, bool], ...], Catalog] = {}
 
 def load_catalog(override_dir: str | os.PathLike[str] | None = None) -> Catalog:
     """Load the catalog (cached per process and per set of files)."""
-    files = tuple(catalog_paths(override_dir))
+    return _load(tuple(catalog_paths(override_dir)))
+
+
+def _load(files: tuple[tuple[Path, bool], ...]) -> Catalog:
     cached = _CACHE.get(files)
     if cached is not None:
         return cached
@@ -246,6 +260,11 @@ class Rejection(NamedTuple):
 
     filter: str
     reason: str
+
+
+def load_bundled_catalog() -> Catalog:
+    """The catalog shipped with the package, ignoring any refreshed files."""
+    return _load(tuple((BUNDLED_DIR / f"{p}.json", True) for p in PROVIDERS))
 
 
 class ShapeFilter(BaseModel):

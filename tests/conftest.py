@@ -94,3 +94,23 @@ def small_catalog() -> Catalog:
             ),
         ]
     )
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test reads the developer's own configuration, refreshed catalog or state."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    for var in (
+        "BROKER_CONFIG",
+        "BROKER_CATALOG_DIR",
+        "BROKER_STATE_DIR",
+        "BROKER_STATE_URL",
+        "BROKER_SIM_SCENARIO",
+        "BROKER_BURST_MAX_GPUS",
+    ):
+        monkeypatch.delenv(var, raising=False)

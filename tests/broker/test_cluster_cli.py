@@ -17,10 +17,10 @@ from broker.cli import main
 from broker.state import Store
 from providers.sim import DB_FILENAME as SIM_DB
 from providers.sim import SimProvider
-from shapes.catalog import load_catalog
+from shapes.catalog import load_bundled_catalog
 from tests.broker.test_provisioning import A, B
 
-CATALOG = load_catalog()
+CATALOG = load_bundled_catalog()
 ROOT = Path(__file__).resolve().parents[2]
 
 

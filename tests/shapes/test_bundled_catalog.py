@@ -7,11 +7,11 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from shapes.catalog import BUNDLED_DIR, PROVIDERS, load_catalog
+from shapes.catalog import BUNDLED_DIR, PROVIDERS, load_bundled_catalog
 from shapes.gpus import CANONICAL_GPUS, GPU_MEMORY_GIB
 from shapes.model import Provisioning
 
-CATALOG = load_catalog(BUNDLED_DIR / "no-override")
+CATALOG = load_bundled_catalog()
 
 
 def test_at_least_200_shapes_on_every_cloud_both_markets() -> None:
