@@ -38,7 +38,8 @@ from broker.state import (
     TransitionRecord,
     default_state_dir,
 )
-from providers.base import Node, NodeState, Provider
+from providers.base import TAG_BROKER, Node, NodeState, Provider
+from providers.config import BrokerConfig, load_config
 from providers.errors import ProviderError
 from providers.registry import SIMULATED, open_provider
 from providers.sim import DB_FILENAME as SIM_DB_FILENAME
@@ -111,6 +112,7 @@ class Broker:
         backend: str | None = None,
         sim_scenario: str | os.PathLike[str] | None = None,
         catalog: Catalog | None = None,
+        config: BrokerConfig | None = None,
         policy: ProvisionPolicy | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -120,6 +122,7 @@ class Broker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(self.state_dir, store_url)
         self.catalog = catalog or load_catalog()
+        self.config = config if config is not None else load_config()
         self.backend = backend  # "sim": the simulated cloud serves every shape
         self.sim_scenario = sim_scenario or os.environ.get("BROKER_SIM_SCENARIO")
         self.policy = policy or ProvisionPolicy()
@@ -133,7 +136,11 @@ class Broker:
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             self._providers[name] = open_provider(
-                name, state_dir=self.state_dir, catalog=self.catalog, sim_scenario=self.sim_scenario
+                name,
+                state_dir=self.state_dir,
+                catalog=self.catalog,
+                config=self.config,
+                sim_scenario=self.sim_scenario,
             )
         return self._providers[name]
 
@@ -148,10 +155,19 @@ class Broker:
     # -- quoting and provisioning -------------------------------------------------------------
 
     def _unavailable(self, backend: str | None) -> dict[str, str]:
-        """Shapes that recent failures block on ``backend`` (None: the real clouds)."""
+        """Shapes that cannot be tried on ``backend`` (None: the real clouds): recent
+        failures block them, or their region is not among a configured cloud's regions."""
         blocks = {k: b.reason for k, b in self.store.active_blocks(self.clock()).items()}
         backend_of = self._backend_of(backend)
-        return blocked_shapes(self.catalog.shapes, blocks, backend_of) if blocks else {}
+        out = blocked_shapes(self.catalog.shapes, blocks, backend_of) if blocks else {}
+        if backend is None:
+            for shape in self.catalog.shapes:
+                regions = self.config.regions(shape.provider)
+                if regions is not None and shape.region not in regions:
+                    out.setdefault(
+                        shape.key, f"region {shape.region} is not in [{shape.provider}] regions"
+                    )
+        return out
 
     def quote(self, request: QuoteRequest, *, explain: bool = False) -> Quote:
         """Rank and price, leaving out shapes known to be unavailable now."""
@@ -331,7 +347,9 @@ class Broker:
             except ProviderError as exc:
                 report.problems.append(f"{name}: cannot list tagged nodes: {exc}")
                 continue
-            orphans = [n for n in tagged if not self._owned(n, now)]
+            # Only this deployment's nodes: another broker in the same account owns its own.
+            mine = [n for n in tagged if n.tags.get(TAG_BROKER) == self.policy.deployment]
+            orphans = [n for n in mine if not self._owned(n, now)]
             if orphans:
                 try:
                     provider.terminate(orphans)

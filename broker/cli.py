@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NoReturn
 
-from broker import __version__, cli_clusters
+from broker import __version__, cli_clusters, cli_providers
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.launchfile import parse_launch_file
 from broker.quote import QuoteRequest, quote, request_from_launch_file
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("launch_file", metavar="FILE.isc")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON")
     cli_clusters.add_parsers(sub, add_request_args)
+    cli_providers.add_parsers(sub)
     return parser
 
 
@@ -358,6 +359,7 @@ COMMANDS = {
     "shapes": cmd_shapes,
     "validate": cmd_validate,
     **cli_clusters.COMMANDS,
+    **cli_providers.COMMANDS,
 }
 
 

@@ -68,12 +68,18 @@ def zone_scope(backend: str, shape: Shape, zone: str) -> str:
     return f"{backend}/zone:{where}:{shape.instance_type}:{shape.provisioning.value}"
 
 
+def quota_bucket(shape: Shape) -> str:
+    """The quota a shape draws on, within its region and market. AWS counts vCPUs per
+    instance family letter (P, G, ...) for on-demand and for spot apart; GCP counts GPUs
+    per model; Azure per VM family, approximated here by the GPU model."""
+    if shape.provider == "aws":
+        return "family-" + shape.instance_type[:1].lower()  # p5.48xlarge -> P family
+    return "gpu-" + shape.gpu
+
+
 def region_scope(backend: str, shape: Shape) -> str:
-    # A regional quota covers a bucket of shapes, not one type; the GPU model and market
-    # approximate the bucket (AWS P/G vCPU buckets, GCP per-GPU metrics, Azure families).
-    return (
-        f"{backend}/region:{shape.provider}:{shape.region}:{shape.gpu}:{shape.provisioning.value}"
-    )
+    where = f"{shape.provider}:{shape.region}"
+    return f"{backend}/region:{where}:{quota_bucket(shape)}:{shape.provisioning.value}"
 
 
 def provider_scope(backend: str, shape: Shape) -> str:

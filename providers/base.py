@@ -91,10 +91,13 @@ class Provider(Protocol):
         ...
 
     def terminate(self, nodes: Sequence[Node]) -> None:
-        """Terminate these nodes; nodes already gone are fine. Raises ProviderError."""
+        """Terminate these nodes; nodes already gone are fine. Returns once they no longer
+        show in :meth:`describe` (the provisioner confirms a cleanup that way); raises
+        ProviderError, or CallTimeoutError if they linger."""
         ...
 
     def list_tagged(self) -> list[Node]:
         """Every node that still exists and carries a ``broker-cluster`` tag, in every
-        region the provider is configured for."""
+        region the provider is configured for, whatever its ``broker`` (deployment) tag:
+        the caller keeps only its own deployment's nodes."""
         ...

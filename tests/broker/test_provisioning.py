@@ -16,9 +16,9 @@ from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from broker.state import ConflictError
 from providers.sim import SimProvider, load_scenario
-from shapes.catalog import load_catalog
+from shapes.catalog import load_bundled_catalog
 
-CATALOG = load_catalog()
+CATALOG = load_bundled_catalog()
 
 
 def _pick(provider: str, region: str | None = None, min_zones: int = 2) -> str:
@@ -370,7 +370,7 @@ def test_reconcile_leaves_running_clusters_alone(tmp_path: Path) -> None:
 
 
 def test_reconcile_terminates_untracked_tagged_nodes(tmp_path: Path) -> None:
-    from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest
+    from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
 
     broker = make_broker(tmp_path)
     sim = broker.provider("sim")
@@ -378,7 +378,7 @@ def test_reconcile_terminates_untracked_tagged_nodes(tmp_path: Path) -> None:
     assert shape is not None
     sim.launch(
         LaunchRequest(shape=shape, zone=shape.zones[0], count=2, token="stray-1",
-                      tags={TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "1.1"}),
+                      tags={TAG_BROKER: "default", TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "1.1"}),
         timeout=10,
     )  # fmt: skip
     assert len(alive(broker)) == 2
@@ -409,3 +409,46 @@ def test_reconcile_fails_a_gang_that_lost_a_node(tmp_path: Path) -> None:
     assert "rank 1" in (failed.detail or "")
     assert alive(broker) == []  # the other two nodes are useless without it: terminated
     assert broker.reconcile().lost == []
+
+
+def test_reconcile_leaves_other_deployments_nodes_alone(tmp_path: Path) -> None:
+    from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
+
+    broker = make_broker(tmp_path)
+    shape = CATALOG.get(A)
+    assert shape is not None
+    tags = {TAG_BROKER: "another-team", TAG_CLUSTER: "bb-theirs", TAG_ATTEMPT: "1.1"}
+    broker.provider("sim").launch(
+        LaunchRequest(shape=shape, zone=shape.zones[0], count=1, token="t-1", tags=tags),
+        timeout=10,
+    )
+    assert broker.reconcile().terminated == []
+    assert len(alive(broker)) == 1
+
+
+def test_quota_error_blocks_the_whole_aws_family_in_the_region(tmp_path: Path) -> None:
+    from broker.provisioner import quota_bucket
+
+    p_types = [s for s in CATALOG.shapes if s.provider == "aws" and s.instance_type[0] == "p"]
+    g_types = [s for s in CATALOG.shapes if s.provider == "aws" and s.instance_type[0] == "g"]
+    assert {quota_bucket(s) for s in p_types} == {"family-p"}
+    assert {quota_bucket(s) for s in g_types} == {"family-g"}
+    same_region = [
+        s for s in p_types if s.region == "us-east-1" and s.provisioning.value == "on-demand"
+    ]
+    first, second = same_region[0].id, same_region[1].id
+    broker = make_broker(tmp_path, f'[shapes."{first}"]\nerrors = ["quota"]\n')
+    cluster = broker.provision(request(8, (first, second, B)))
+    assert cluster.shape_id == B  # the second P type in the region shares the exhausted quota
+    assert [a.shape_id for a in broker.store.attempts(cluster.id)] == [first, B]
+
+
+def test_shapes_outside_configured_regions_are_not_tried(tmp_path: Path) -> None:
+    from providers.config import load_config
+
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('[broker]\nproviders = ["aws"]\n[aws]\nregions = ["us-west-2"]\n')
+    broker = Broker(state_dir=tmp_path / "s", catalog=CATALOG, config=load_config(config_file))
+    quote = broker.quote(request(8, (A, B)))
+    assert [p.shape.id for p in quote.plans] == [B]
+    assert quote.ranking.excluded[0].reason == "region us-east-1 is not in [aws] regions"
