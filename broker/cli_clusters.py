@@ -348,6 +348,9 @@ def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
         )
         for name, u in sorted(util.items())
     ]
+    if not rows:
+        print("no cluster is starting or running")
+        return EXIT_OK
     print(
         table(["PROVIDER", "CLUSTERS", "GPUS STARTING", "GPUS RUNNING", "$/H"], rows, {1, 2, 3, 4})
     )
