@@ -29,6 +29,24 @@ SHAPE_JSON_FIELDS = frozenset(
 )
 
 
+class FakeClock:
+    """A clock that moves only when something sleeps on it, or by ``step`` at each reading
+    (to make deadlines pass). ``slept`` records every sleep."""
+
+    def __init__(self, start: float = 1_800_000_000.0, step: float = 0.0) -> None:
+        self.now = start
+        self.step = step
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def make_shape(
     instance_type: str = "p4d.24xlarge",
     *,

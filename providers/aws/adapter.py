@@ -46,14 +46,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
-from providers.aws.errors import BOTO_ERRORS, PROVIDER, RegionConfigError, classify, error_code
+from providers.aws.errors import (
+    BOTO_ERRORS,
+    PROVIDER,
+    RegionConfigError,
+    call,
+    chunks,
+    classify,
+    error_code,
+    pages,
+)
 from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
 from providers.config import AwsConfig
 from providers.errors import (
@@ -100,27 +109,6 @@ def client_config(*, connect_timeout: float = 10, read_timeout: float = 60) -> A
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-
-
-def _call(client: Any, operation: str, **params: Any) -> Any:
-    """One API call; a botocore exception becomes its ProviderError."""
-    try:
-        return getattr(client, operation)(**params)
-    except BOTO_ERRORS as exc:
-        raise classify(exc) from exc
-
-
-def _pages(client: Any, operation: str, **params: Any) -> list[Any]:
-    """Every page of a paginated call."""
-    try:
-        return list(client.get_paginator(operation).paginate(**params))
-    except BOTO_ERRORS as exc:
-        raise classify(exc) from exc
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _tag_dict(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
@@ -270,7 +258,7 @@ class AwsProvider:
         deadline = self._clock() + self.terminate_timeout
         for region, ids in by_region.items():
             ec2 = self.client(region)
-            for chunk in _chunks(ids, TERMINATE_CHUNK):
+            for chunk in chunks(ids, TERMINATE_CHUNK):
                 self._terminate_chunk(ec2, chunk)
         for region, ids in by_region.items():
             self._await_gone(self.client(region), region, ids, deadline)
@@ -303,7 +291,7 @@ class AwsProvider:
         """(AZ id -> name, AZ name -> id) of this account in ``region``, cached."""
         cached = self._zones.get(region)
         if cached is None:
-            zones = _call(self.client(region), "describe_availability_zones")
+            zones = call(self.client(region), "describe_availability_zones")
             by_id = {z["ZoneId"]: z["ZoneName"] for z in zones.get("AvailabilityZones", [])}
             cached = (by_id, {name: zid for zid, name in by_id.items()})
             self._zones[region] = cached
@@ -342,7 +330,7 @@ class AwsProvider:
                 code="NotConfigured",
                 provider=PROVIDER,
             )
-        found = _call(self._client("ssm", region), "get_parameter", Name=parameter)
+        found = call(self._client("ssm", region), "get_parameter", Name=parameter)
         image = str(found["Parameter"]["Value"])
         self._images[region] = image
         return image
@@ -361,7 +349,7 @@ class AwsProvider:
             filters = [{"Name": "instance-type", "Values": [request.shape.instance_type]}]
         return [
             instance
-            for page in _pages(ec2, "describe_instances", Filters=filters)
+            for page in pages(ec2, "describe_instances", Filters=filters)
             for reservation in page.get("Reservations", [])
             for instance in reservation.get("Instances", [])
             if instance.get("ClientToken") == request.token
@@ -429,7 +417,7 @@ class AwsProvider:
         if self.config.key_name:
             params["KeyName"] = self.config.key_name
         try:
-            reservation = _call(ec2, "run_instances", **params)
+            reservation = call(ec2, "run_instances", **params)
         except ProviderError as exc:
             # EC2 said no (nothing was launched): the group is of no use. After a transient
             # error the same attempt is retried and reuses it.
@@ -451,7 +439,7 @@ class AwsProvider:
         key = (region, instance_type)
         cached = self._strategies.get(key)
         if cached is None:
-            found = _call(ec2, "describe_instance_types", InstanceTypes=[instance_type])
+            found = call(ec2, "describe_instance_types", InstanceTypes=[instance_type])
             types = found.get("InstanceTypes", [])
             info = types[0].get("PlacementGroupInfo", {}) if types else {}
             cached = frozenset(info.get("SupportedStrategies", ()))
@@ -481,16 +469,16 @@ class AwsProvider:
 
     def _delete_placement_group(self, ec2: Any, region: str, group: str) -> None:
         try:
-            _call(ec2, "delete_placement_group", GroupName=group)
+            call(ec2, "delete_placement_group", GroupName=group)
         except ProviderError as exc:
             log.warning("could not delete placement group %s in %s: %s", group, region, exc)
 
     def _instances_by_id(self, ec2: Any, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The instances with these ids, any state; ids EC2 does not show yet are absent."""
         found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(ids, FILTER_CHUNK):
+        for chunk in chunks(ids, FILTER_CHUNK):
             filters = [{"Name": "instance-id", "Values": chunk}]
-            for page in _pages(ec2, "describe_instances", Filters=filters):
+            for page in pages(ec2, "describe_instances", Filters=filters):
                 for reservation in page.get("Reservations", []):
                     for instance in reservation.get("Instances", []):
                         found[str(instance["InstanceId"])] = instance
@@ -567,7 +555,7 @@ class AwsProvider:
         states = {"Name": "instance-state-name", "Values": list(LIVE_STATES)}
         reservations = [
             reservation.get("Instances", [])
-            for page in _pages(ec2, "describe_instances", Filters=[*filters, states])
+            for page in pages(ec2, "describe_instances", Filters=[*filters, states])
             for reservation in page.get("Reservations", [])
         ]
         reservations = [r for r in reservations if r]
@@ -615,7 +603,7 @@ class AwsProvider:
         """Delete these clusters' placement groups that no live instance uses (best effort)."""
         ec2 = self.client(region)
         try:
-            found = _call(
+            found = call(
                 ec2,
                 "describe_placement_groups",
                 Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": sorted(clusters)}],

@@ -31,7 +31,7 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 
 from providers.aws.adapter import client_config
-from providers.aws.errors import BOTO_ERRORS, PROVIDER, classify
+from providers.aws.errors import BOTO_ERRORS, PROVIDER, chunks, classify, pages
 from providers.config import AwsConfig
 from providers.errors import ProviderError, ThrottledError
 from shapes.catalog import Catalog
@@ -73,18 +73,6 @@ def _client_factory(session_or_factory: Any) -> ClientFactory:
             raise classify(exc) from exc
 
     return make
-
-
-def _pages(client: Any, operation: str, **params: Any) -> list[Any]:
-    try:
-        return list(client.get_paginator(operation).paginate(**params))
-    except BOTO_ERRORS as exc:
-        raise classify(exc) from exc
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def on_demand_price(price_list: Iterable[str | Mapping[str, Any]]) -> float | None:
@@ -141,7 +129,7 @@ class _Pricing:
                 if self._client is None:
                     self._client = self._factory("pricing", PRICING_REGION)
                 self.calls += 1
-                pages = _pages(
+                found = pages(
                     self._client, "get_products", ServiceCode="AmazonEC2", Filters=filters
                 )
             except ProviderError as exc:
@@ -150,7 +138,7 @@ class _Pricing:
                     continue
                 self.error = exc
                 return None
-            return on_demand_price(item for page in pages for item in page.get("PriceList", []))
+            return on_demand_price(item for page in found for item in page.get("PriceList", []))
         return None  # pragma: no cover - the loop always returns
 
 
@@ -214,7 +202,7 @@ def build_catalog_document(
         ec2 = factory("ec2", region)
         gpu_types: dict[str, dict[str, Any]] = {}
         spot_capable: set[str] = set()
-        for page in _pages(ec2, "describe_instance_types"):
+        for page in pages(ec2, "describe_instance_types"):
             for info in page.get("InstanceTypes", []):
                 if not info.get("GpuInfo"):
                     continue
@@ -229,8 +217,8 @@ def build_catalog_document(
         names = sorted(gpu_types)
 
         zones: dict[str, set[str]] = {}
-        for chunk in _chunks(names, CHUNK):
-            for page in _pages(
+        for chunk in chunks(names, CHUNK):
+            for page in pages(
                 ec2,
                 "describe_instance_type_offerings",
                 LocationType="availability-zone-id",
@@ -293,8 +281,8 @@ def _spot_prices(ec2: Any, names: Sequence[str], when: datetime) -> dict[str, di
         return {}
     zone_ids: dict[str, str] | None = None
     newest: dict[tuple[str, str], tuple[datetime, float]] = {}
-    for chunk in _chunks(names, CHUNK):
-        for page in _pages(
+    for chunk in chunks(names, CHUNK):
+        for page in pages(
             ec2,
             "describe_spot_price_history",
             InstanceTypes=chunk,

@@ -17,7 +17,7 @@ anything shaped like an access key id redacted.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from botocore import exceptions as boto_exc  # type: ignore[import-untyped]
@@ -218,3 +218,25 @@ BOTO_ERRORS: tuple[type[Exception], ...] = (
     boto_exc.BotoCoreError,
     ResponseParserError,
 )
+
+
+def call(client: Any, operation: str, **params: Any) -> Any:
+    """One API call; a botocore exception becomes its ProviderError."""
+    try:
+        return getattr(client, operation)(**params)
+    except BOTO_ERRORS as exc:
+        raise classify(exc) from exc
+
+
+def pages(client: Any, operation: str, **params: Any) -> list[Any]:
+    """Every page of a paginated call; a botocore exception becomes its ProviderError."""
+    try:
+        return list(client.get_paginator(operation).paginate(**params))
+    except BOTO_ERRORS as exc:
+        raise classify(exc) from exc
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of at most ``size`` (EC2 calls cap how many ids they take)."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

@@ -17,6 +17,7 @@ from broker.ranking import RankRequest
 from broker.state import ConflictError
 from providers.sim import SimProvider, load_scenario
 from shapes.catalog import load_bundled_catalog
+from tests.conftest import FakeClock
 
 CATALOG = load_bundled_catalog()
 
@@ -40,21 +41,6 @@ B = _pick("aws", "us-west-2")
 C = _pick("gcp", min_zones=2)
 D = _pick("azure", min_zones=1)
 PRIORITY = (A, B, C, D)
-
-
-class FakeClock:
-    def __init__(self, step: float = 0.0) -> None:
-        self.now = 1_800_000_000.0
-        self.step = step
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def scenario(tmp_path: Path, text: str) -> Path:

@@ -26,6 +26,7 @@ from providers.aws.adapter import LIVE_STATES, AwsProvider, client_config
 from providers.base import TAG_CLUSTER
 from providers.config import AwsConfig
 from shapes.catalog import Catalog, load_bundled_catalog
+from tests.conftest import FakeClock
 
 REGIONS = ("us-east-1", "us-west-2")
 CONFIG_TAGS = {"team": "ml"}
@@ -263,21 +264,6 @@ class FakePlacementGroups:
             for i in r["Instances"]
             if i["State"]["Name"] in LIVE_STATES
         ]
-
-
-class FakeClock:
-    """A monotonic clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @dataclass

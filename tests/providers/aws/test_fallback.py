@@ -16,7 +16,7 @@ from providers.aws.adapter import AwsProvider
 from providers.base import TAG_ATTEMPT, TAG_CLUSTER
 from providers.config import BrokerConfig, BrokerSection
 from shapes.catalog import Catalog
-from tests.conftest import make_shape
+from tests.conftest import FakeClock, make_shape
 from tests.providers.aws.conftest import AwsWorld, inject, moto_instances, raw_client
 
 EAST = make_shape(
@@ -35,19 +35,6 @@ WEST = make_shape(
 )
 CATALOG = Catalog.of([EAST, WEST])
 REQUEST = QuoteRequest(rank=RankRequest(gpus=16, priority=(EAST.id, WEST.id)))  # 2 nodes
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def make_broker(tmp_path: Path, aws: AwsWorld, clock: FakeClock) -> tuple[Broker, AwsProvider]:
