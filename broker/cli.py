@@ -50,7 +50,12 @@ def _add_filters(p: argparse.ArgumentParser, *, per_plan_price: bool) -> None:
         help="GPU model, e.g. H100, A100-80GB, L4; a family (A100, V100, H100) selects all sizes. "
         "Repeat for several.",
     )
-    g.add_argument("--provider", action="append", default=[], help="aws, gcp or azure (repeatable)")
+    g.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        help="aws, gcp or azure (repeatable); provision also takes sim, the simulated cloud",
+    )
     g.add_argument("--region", action="append", default=[], help="e.g. us-east-1 (repeatable)")
     market = g.add_mutually_exclusive_group()
     market.add_argument("--spot", action="store_true", help="spot shapes only")
@@ -91,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Shape ids look like aws:us-east-1:p5.48xlarge:spot "
         "(provider:region:instance_type:spot|on-demand). Exit codes: 0 ok, 2 invalid input, "
-        "3 no shape can serve the request.",
+        "3 no shape can serve the request, 4 nodes may be left running (run broker reconcile).",
     )
     parser.add_argument("--version", action="version", version=f"burst-broker {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
