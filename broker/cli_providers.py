@@ -100,7 +100,9 @@ def add_parsers(sub: Any) -> None:
         "and write a dated catalog file that takes precedence over the bundled one "
         "(BROKER_CATALOG_DIR, default ~/.local/share/burst-broker/catalog).",
     )
-    r.add_argument("--provider", required=True, choices=["aws"], help="the cloud to refresh")
+    r.add_argument(
+        "--provider", required=True, choices=["aws", "gcp", "azure"], help="the cloud to refresh"
+    )
     r.add_argument("--output", metavar="DIR", help="write here instead of the local catalog dir")
     r.add_argument("--json", action="store_true")
 

@@ -19,6 +19,19 @@ provides them (boto3: environment, profile, SSO, instance role).
     use1-az4 = "subnet-0123"
     [aws.tags]                          # added to every resource
     team = "ml"
+
+    [gcp]                               # credentials: Application Default Credentials only
+    project = "my-project"
+    regions = ["us-central1"]
+    image = "projects/deeplearning-platform-release/global/images/family/..."
+
+    [azure]                             # credentials: DefaultAzureCredential only
+    subscription_id = "00000000-0000-0000-0000-000000000000"
+    resource_group = "ml-burst"
+    regions = ["eastus"]
+
+Each cloud section may name an ``endpoint`` (an emulator's URL); the adapters use it instead
+of the cloud's own API host. Tests and the README's try-outs point it at 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -49,6 +62,45 @@ class AwsConfig(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class GcpConfig(BaseModel):
+    """``[gcp]``: Compute Engine. Credentials come from Application Default Credentials."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project: str = Field(min_length=1)
+    regions: tuple[str, ...] = Field(min_length=1)
+    zones: tuple[str, ...] = ()  # restrict launches to these zones (default: every zone)
+    image: str = Field(min_length=1)  # image or image-family URL for the boot disk
+    boot_disk_gb: int = Field(default=200, ge=10)
+    network: str = "global/networks/default"
+    subnetworks: dict[str, str] = Field(default_factory=dict)  # region -> subnetwork URL
+    service_account: str | None = None  # e-mail of the VMs' service account
+    compact_placement: bool = True  # compact placement policy for multi-node gangs
+    labels: dict[str, str] = Field(default_factory=dict)  # added to every resource
+    endpoint: str | None = None  # Compute API root override (an emulator), full http(s) URL
+    billing_endpoint: str | None = None  # Cloud Billing Catalog API override
+
+
+class AzureConfig(BaseModel):
+    """``[azure]``: Azure Resource Manager. Credentials come from DefaultAzureCredential."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subscription_id: str = Field(min_length=1)
+    resource_group: str = Field(min_length=1)
+    regions: tuple[str, ...] = Field(min_length=1)
+    image: str = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest"  # URN or id
+    subnets: dict[str, str] = Field(default_factory=dict)  # region -> subnet resource id
+    admin_username: str = "azureuser"
+    ssh_public_key: str | None = None  # the public key text (never a private key)
+    os_disk_gb: int = Field(default=200, ge=30)
+    proximity_placement_group: bool = True  # for multi-node gangs
+    tags: dict[str, str] = Field(default_factory=dict)  # added to every resource
+    endpoint: str | None = None  # ARM root override (an emulator), https URL
+    ca_bundle: str | None = None  # CA certificate file that verifies ``endpoint``
+    prices_endpoint: str | None = None  # Retail Prices API override
+
+
 class BrokerSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,12 +108,14 @@ class BrokerSection(BaseModel):
 
 
 class BrokerConfig(BaseModel):
-    """The whole file. Sections of clouds whose adapters are not in this version are refused."""
+    """The whole file; unknown sections and keys are refused, naming the key."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     broker: BrokerSection = Field(default_factory=BrokerSection)
     aws: AwsConfig | None = None
+    gcp: GcpConfig | None = None
+    azure: AzureConfig | None = None
     path: str | None = None  # where it was read from (not a key of the file)
 
     def enabled(self, provider: str) -> bool:
@@ -109,6 +163,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
                 f"{where}: broker.providers: unknown provider {name!r} "
                 f"(known: {', '.join(KNOWN_PROVIDERS)})"
             )
-        if name == "aws" and config.aws is None:
-            raise ConfigError(f"{where}: aws is enabled but there is no [aws] section")
+        if getattr(config, name) is None:
+            raise ConfigError(f"{where}: {name} is enabled but there is no [{name}] section")
     return config

@@ -51,6 +51,14 @@ def open_provider(
         from providers.aws.adapter import AwsProvider
 
         return AwsProvider(config.aws, catalog)
+    if name == "gcp" and config.gcp is not None:
+        from providers.gcp.adapter import GcpProvider
+
+        return GcpProvider(config.gcp, catalog)
+    if name == "azure" and config.azure is not None:
+        from providers.azure.adapter import AzureProvider
+
+        return AzureProvider(config.azure, catalog)
     raise _not_configured(name, f"no {name} adapter is available in this version of burst-broker")
 
 
@@ -66,6 +74,14 @@ def refresh_document(
         from providers.aws.catalog import build_catalog_document
 
         return build_catalog_document(None, config.aws, bundled=bundled, today=today)
+    if name == "gcp" and config.gcp is not None:
+        from providers.gcp.catalog import build_catalog_document as build_gcp
+
+        return build_gcp(config.gcp, bundled=bundled, today=today)
+    if name == "azure" and config.azure is not None:
+        from providers.azure.catalog import build_catalog_document as build_azure
+
+        return build_azure(config.azure, bundled=bundled, today=today)
     raise _not_configured(name, f"no live catalog for {name} in this version")
 
 

@@ -29,6 +29,10 @@ SHAPE_JSON_FIELDS = frozenset(
 )
 
 
+# A loopback port nothing listens on (the discard port): connections are refused at once.
+CLOSED_LOOPBACK = "127.0.0.1:9"
+
+
 class FakeClock:
     """A clock that moves only when something sleeps on it, or by ``step`` at each reading
     (to make deadlines pass). ``slept`` records every sleep."""
@@ -130,5 +134,27 @@ def hermetic_environment(
         "BROKER_STATE_URL",
         "BROKER_SIM_SCENARIO",
         "BROKER_BURST_MAX_GPUS",
+        # The clouds' own credential chains: no test may find real credentials.
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_USERNAME",
+        "AZURE_PASSWORD",
+        "AZURE_TOKEN_CREDENTIALS",
+        "IDENTITY_ENDPOINT",
+        "MSI_ENDPOINT",
     ):
         monkeypatch.delenv(var, raising=False)
+    # The metadata services the credential chains probe (GCE's metadata server, Azure's
+    # IMDS) live on link-local addresses that no test may ever contact: point them at a
+    # closed port on loopback, so a chain that gets that far fails at once, locally.
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.setenv("GCE_METADATA_HOST", CLOSED_LOOPBACK)
+    monkeypatch.setenv("GCE_METADATA_IP", CLOSED_LOOPBACK)
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", f"http://{CLOSED_LOOPBACK}")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(home / "azure"))

@@ -88,3 +88,26 @@ def test_bad_config_is_a_clear_cli_error(
     code = main(["providers"])
     err = capsys.readouterr().err
     assert code == 2 and "broker.providers" in err and "Traceback" not in err
+
+
+def test_gcp_and_azure_sections(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[broker]\nproviders = ["gcp", "azure"]\n'
+            '[gcp]\nproject = "p"\nregions = ["us-central1"]\nimage = "img"\n'
+            'endpoint = "http://127.0.0.1:8480"\n'
+            '[azure]\nsubscription_id = "s"\nresource_group = "rg"\nregions = ["eastus"]\n',
+        )
+    )
+    assert config.gcp is not None and config.gcp.project == "p"
+    assert config.gcp.endpoint == "http://127.0.0.1:8480" and config.gcp.compact_placement
+    assert config.azure is not None and config.azure.resource_group == "rg"
+    assert config.regions("gcp") == frozenset({"us-central1"})
+    assert config.regions("azure") == frozenset({"eastus"})
+
+
+@pytest.mark.parametrize("name", ["gcp", "azure"])
+def test_enabled_cloud_needs_its_section(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"no \[{name}\] section"):
+        load_config(write(tmp_path, f'[broker]\nproviders = ["{name}"]\n'))

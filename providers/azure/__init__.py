@@ -1,0 +1,1 @@
+"""Azure adapter (azure-mgmt-compute, imported lazily by its modules)."""

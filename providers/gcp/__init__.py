@@ -1,0 +1,1 @@
+"""GCP Compute Engine adapter (google-cloud-compute, imported lazily by its modules)."""
