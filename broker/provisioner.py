@@ -238,7 +238,7 @@ class Provisioner:
         self._attempts_made += 1
         attempt_no = self._attempts_made
         token = f"{cluster.id}-c{cluster.cycle}-a{attempt_no}"
-        tag = f"{cluster.cycle}.{attempt_no}"
+        tag = f"c{cluster.cycle}-a{attempt_no}"  # valid as a GCP label value too
         now = self.clock()
         record = self.store.start_attempt(
             cluster.id,

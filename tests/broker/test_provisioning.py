@@ -364,7 +364,7 @@ def test_reconcile_terminates_untracked_tagged_nodes(tmp_path: Path) -> None:
     assert shape is not None
     sim.launch(
         LaunchRequest(shape=shape, zone=shape.zones[0], count=2, token="stray-1",
-                      tags={TAG_BROKER: "default", TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "1.1"}),
+                      tags={TAG_BROKER: "default", TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "c1-a1"}),
         timeout=10,
     )  # fmt: skip
     assert len(alive(broker)) == 2
@@ -403,7 +403,7 @@ def test_reconcile_leaves_other_deployments_nodes_alone(tmp_path: Path) -> None:
     broker = make_broker(tmp_path)
     shape = CATALOG.get(A)
     assert shape is not None
-    tags = {TAG_BROKER: "another-team", TAG_CLUSTER: "bb-theirs", TAG_ATTEMPT: "1.1"}
+    tags = {TAG_BROKER: "another-team", TAG_CLUSTER: "bb-theirs", TAG_ATTEMPT: "c1-a1"}
     broker.provider("sim").launch(
         LaunchRequest(shape=shape, zone=shape.zones[0], count=1, token="t-1", tags=tags),
         timeout=10,

@@ -62,7 +62,7 @@ def request(
     count: int = 2,
     *,
     cluster: str | None = None,
-    attempt: str = "1.1",
+    attempt: str = "c1-a1",
     token: str | None = None,
 ) -> LaunchRequest:
     return LaunchRequest(
@@ -131,7 +131,7 @@ def test_launch_a_spot_gang_in_one_zone(aws: AwsWorld) -> None:
         assert instance["Placement"]["AvailabilityZone"] == ZONE_NAME
         tags = tags_of(instance)
         assert tags.items() >= {**req.tags, **CONFIG_TAGS}.items()
-        assert tags["Name"] == f"{req.tags[TAG_CLUSTER]}-1.1"
+        assert tags["Name"] == f"{req.tags[TAG_CLUSTER]}-c1-a1"
         volumes = ec2.describe_volumes(
             Filters=[{"Name": "attachment.instance-id", "Values": [instance["InstanceId"]]}]
         )["Volumes"]
@@ -161,7 +161,7 @@ def test_a_cluster_placement_group_for_a_multi_node_gang(aws: AwsWorld) -> None:
     req = request(aws, count=2)
     nodes = provider.launch(req, timeout=60)
 
-    name = f"{req.tags[TAG_CLUSTER]}-1.1"
+    name = f"{req.tags[TAG_CLUSTER]}-c1-a1"
     groups = aws.placement_groups.in_region("us-east-1")
     assert list(groups) == [name]
     assert groups[name]["Strategy"] == "cluster"
@@ -180,14 +180,14 @@ def test_a_throttled_attempt_keeps_its_group_until_the_cluster_is_terminated(
     cluster later removes it, even in a region where the cluster has no node."""
     provider = aws.provider()
     inject(provider, "RunInstances", ["RequestLimitExceeded"])
-    east = request(aws, count=2, cluster="bb-moved", attempt="1.1")
+    east = request(aws, count=2, cluster="bb-moved", attempt="c1-a1")
     with pytest.raises(ThrottledError):
         provider.launch(east, timeout=60)
-    assert list(aws.placement_groups.in_region("us-east-1")) == ["bb-moved-1.1"]
+    assert list(aws.placement_groups.in_region("us-east-1")) == ["bb-moved-c1-a1"]
 
-    west = request(aws, G5_WEST, "usw2-az1", count=2, cluster="bb-moved", attempt="1.2")
+    west = request(aws, G5_WEST, "usw2-az1", count=2, cluster="bb-moved", attempt="c1-a2")
     nodes = provider.launch(west, timeout=60)
-    assert list(aws.placement_groups.in_region("us-west-2")) == ["bb-moved-1.2"]
+    assert list(aws.placement_groups.in_region("us-west-2")) == ["bb-moved-c1-a2"]
     provider.terminate(nodes)
     assert aws.placement_groups.groups == {}
 
@@ -558,7 +558,7 @@ def test_describe_and_list_tagged_across_two_regions(aws: AwsWorld) -> None:
     cluster = "bb-tworegions"
     east = provider.launch(request(aws, count=2, cluster=cluster), timeout=60)
     west = provider.launch(
-        request(aws, G5_WEST, "usw2-az2", count=1, cluster=cluster, attempt="1.2"), timeout=60
+        request(aws, G5_WEST, "usw2-az2", count=1, cluster=cluster, attempt="c1-a2"), timeout=60
     )
     other = provider.launch(request(aws, G5_WEST, "usw2-az3", count=1), timeout=60)
     untagged = raw_client("us-west-2").run_instances(

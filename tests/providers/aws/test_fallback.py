@@ -104,7 +104,7 @@ def test_fallback_across_zones_regions_and_retries(tmp_path: Path, aws: AwsWorld
     assert len(live) == 2
     for instance in live:
         tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
-        assert tags[TAG_CLUSTER] == cluster.id and tags[TAG_ATTEMPT] == "1.4"
+        assert tags[TAG_CLUSTER] == cluster.id and tags[TAG_ATTEMPT] == "c1-a4"
         assert instance["_region"] == "us-west-2"
 
     released = broker.release(cluster.id)
