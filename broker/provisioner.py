@@ -36,7 +36,7 @@ from broker.ranking import Plan
 from broker.state import AttemptRecord, ClusterRecord, ConflictError, Store
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, Provider
 from providers.errors import ProviderError, Reach, TransientError
-from shapes.model import Shape
+from shapes.model import Provisioning, Shape
 
 Progress = Callable[[str], None]
 ProviderFor = Callable[[Shape], Provider]  # raises ProviderError if the cloud is unusable
@@ -71,10 +71,23 @@ def zone_scope(backend: str, shape: Shape, zone: str) -> str:
 def quota_bucket(shape: Shape) -> str:
     """The quota a shape draws on, within its region and market. AWS counts vCPUs per
     instance family letter (P, G, ...) for on-demand and for spot apart; GCP counts GPUs
-    per model; Azure per VM family, approximated here by the GPU model."""
+    per model (spot from the PREEMPTIBLE_* metrics, apart); Azure counts on-demand vCPUs
+    per VM family and every Spot VM of a region against one ``lowPriorityCores`` bucket."""
     if shape.provider == "aws":
         return "family-" + shape.instance_type[:1].lower()  # p5.48xlarge -> P family
+    if shape.provider == "azure":
+        if shape.provisioning is Provisioning.SPOT:
+            return "low-priority-cores"
+        return "family-" + azure_family(shape.instance_type)
     return "gpu-" + shape.gpu
+
+
+def azure_family(size: str) -> str:
+    """The VM family of an Azure size, the sizes that share one per-family core quota:
+    ``Standard_NC24ads_A100_v4`` and ``Standard_NC96ads_A100_v4`` -> ``ncads-a100-v4``."""
+    parts = size.removeprefix("Standard_").split("_")
+    parts[0] = "".join(c for c in parts[0] if not c.isdigit())
+    return "-".join(parts).lower()
 
 
 def region_scope(backend: str, shape: Shape) -> str:

@@ -438,3 +438,18 @@ def test_shapes_outside_configured_regions_are_not_tried(tmp_path: Path) -> None
     quote = broker.quote(request(8, (A, B)))
     assert [p.shape.id for p in quote.plans] == [B]
     assert quote.ranking.excluded[0].reason == "region us-east-1 is not in [aws] regions"
+
+
+def test_azure_quota_buckets_follow_vm_families_and_one_spot_bucket() -> None:
+    from broker.provisioner import azure_family, quota_bucket
+
+    assert azure_family("Standard_NC24ads_A100_v4") == "ncads-a100-v4"
+    assert azure_family("Standard_NC96ads_A100_v4") == "ncads-a100-v4"
+    assert azure_family("Standard_NC6s_v3") == azure_family("Standard_NC24s_v3") == "ncs-v3"
+    assert azure_family("Standard_NC24rs_v3") == "ncrs-v3"
+    azure = [s for s in CATALOG.shapes if s.provider == "azure" and s.region == "eastus"]
+    spot = {quota_bucket(s) for s in azure if s.provisioning.value == "spot"}
+    assert spot == {"low-priority-cores"}  # every Spot size shares lowPriorityCores
+    on_demand = {s.instance_type: quota_bucket(s) for s in azure if s.provisioning.value != "spot"}
+    assert on_demand["Standard_NC24ads_A100_v4"] == on_demand["Standard_NC48ads_A100_v4"]
+    assert on_demand["Standard_NC24ads_A100_v4"] != on_demand["Standard_NC4as_T4_v3"]
