@@ -153,7 +153,7 @@ def hermetic_environment(
     # IMDS) live on link-local addresses that no test may ever contact: point them at a
     # closed port on loopback, so a chain that gets that far fails at once, locally.
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
-    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.setenv("NO_GCE_CHECK", "true")  # google-auth honours only "true"
     monkeypatch.setenv("GCE_METADATA_HOST", CLOSED_LOOPBACK)
     monkeypatch.setenv("GCE_METADATA_IP", CLOSED_LOOPBACK)
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", f"http://{CLOSED_LOOPBACK}")

@@ -362,11 +362,11 @@ def test_reconcile_terminates_untracked_tagged_nodes(tmp_path: Path) -> None:
     sim = broker.provider("sim")
     shape = CATALOG.get(A)
     assert shape is not None
+    tags = {TAG_BROKER: "default", TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "c1-a1"}
     sim.launch(
-        LaunchRequest(shape=shape, zone=shape.zones[0], count=2, token="stray-1",
-                      tags={TAG_BROKER: "default", TAG_CLUSTER: "bb-unknown", TAG_ATTEMPT: "c1-a1"}),
+        LaunchRequest(shape=shape, zone=shape.zones[0], count=2, token="stray-1", tags=tags),
         timeout=10,
-    )  # fmt: skip
+    )
     assert len(alive(broker)) == 2
     report = broker.reconcile()
     assert len(report.terminated) == 2 and alive(broker) == []
