@@ -322,7 +322,11 @@ class Broker:
     # -- reconciliation -----------------------------------------------------------------------
 
     def _backends_in_use(self) -> set[str]:
+        """Every cloud the configuration enables (a node may be there even when the store
+        has forgotten its cluster, or never knew it), every backend a stored cluster used,
+        and the simulated cloud once it exists."""
         names = {c.backend or c.provider for c in self.store.list_clusters()}
+        names.update(self.config.broker.providers)
         if (self.state_dir / SIM_DB_FILENAME).exists() or self.backend == SIMULATED:
             names.add(SIMULATED)
         return {n for n in names if n}

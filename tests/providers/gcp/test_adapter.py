@@ -16,7 +16,7 @@ from broker.lifecycle import Status
 from broker.provisioner import ProvisionPolicy
 from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
-from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
+from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
 from providers.config import BrokerConfig, BrokerSection
 from providers.errors import (
     CallTimeoutError,
@@ -486,3 +486,24 @@ def test_the_fake_also_answers_single_inserts(gcp: GcpWorld) -> None:
     (node,) = provider.describe("bb-single")
     assert node.shape_id == "gcp:us-central1:g2-standard-4:on-demand"
     provider.terminate([node])
+
+
+def test_reconcile_finds_orphans_on_an_enabled_cloud_the_store_never_used(
+    tmp_path: Path, gcp: GcpWorld
+) -> None:
+    """A fresh store (its clusters deleted, or another state dir) still sweeps the clouds
+    the configuration enables: a tagged VM of this deployment that no cluster owns goes."""
+    broker = make_broker(tmp_path, gcp, FakeClock())
+    assert broker.store.list_clusters() == []
+    provider = gcp.provider()
+    stray = gcp.request(count=2)
+    stray = stray.model_copy(update={"tags": {**stray.tags, TAG_BROKER: "default"}})
+    theirs = gcp.request(count=1)  # another deployment's ("test"): not ours to remove
+    provider.launch(stray, timeout=60)
+    kept = provider.launch(theirs, timeout=60)
+
+    report = broker.reconcile()
+
+    assert sorted(n.cluster_id or "" for n in report.terminated) == [stray.tags[TAG_CLUSTER]] * 2
+    assert [i["name"] for i in gcp.fake.live()] == [n.provider_id for n in kept]
+    assert report.problems == []
