@@ -70,7 +70,6 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
-    Reach,
 )
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
@@ -418,10 +417,12 @@ class AwsProvider:
             params["KeyName"] = self.config.key_name
         try:
             reservation = call(ec2, "run_instances", **params)
-        except ProviderError as exc:
-            # EC2 said no (nothing was launched): the group is of no use. After a transient
-            # error the same attempt is retried and reuses it.
-            if group and exc.reach is not Reach.CALL:
+        except ProviderError:
+            # EC2 said no, or the call failed: the group goes now, whatever comes next (a
+            # retry of the attempt makes it again; if tenacity gives up, no later terminate
+            # of this cluster might ever sweep it). A group that the call did fill after all
+            # (a lost response) refuses deletion: the cluster's terminate sweeps it then.
+            if group:
                 self._delete_placement_group(ec2, region, group)
             raise
         instances = sorted(reservation.get("Instances", []), key=_launch_order)

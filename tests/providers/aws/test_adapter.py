@@ -173,20 +173,20 @@ def test_a_cluster_placement_group_for_a_multi_node_gang(aws: AwsWorld) -> None:
     assert aws.placement_groups.deleted == [("us-east-1", name)]
 
 
-def test_a_throttled_attempt_keeps_its_group_until_the_cluster_is_terminated(
-    aws: AwsWorld,
-) -> None:
-    """A transient error keeps the group for the retry of the same attempt; terminating the
-    cluster later removes it, even in a region where the cluster has no node."""
+def test_a_failed_call_never_leaves_its_group_behind(aws: AwsWorld) -> None:
+    """Any error of RunInstances deletes the attempt's group at once (if tenacity then gives
+    up, nothing else would): the retry of the same attempt makes it again."""
     provider = aws.provider()
     inject(provider, "RunInstances", ["RequestLimitExceeded"])
     east = request(aws, count=2, cluster="bb-moved", attempt="c1-a1")
     with pytest.raises(ThrottledError):
         provider.launch(east, timeout=60)
-    assert list(aws.placement_groups.in_region("us-east-1")) == ["bb-moved-c1-a1"]
+    assert aws.placement_groups.groups == {}
 
+    nodes = provider.launch(east, timeout=60)  # the retry, same token
+    assert list(aws.placement_groups.in_region("us-east-1")) == ["bb-moved-c1-a1"]
     west = request(aws, G5_WEST, "usw2-az1", count=2, cluster="bb-moved", attempt="c1-a2")
-    nodes = provider.launch(west, timeout=60)
+    nodes += provider.launch(west, timeout=60)
     assert list(aws.placement_groups.in_region("us-west-2")) == ["bb-moved-c1-a2"]
     provider.terminate(nodes)
     assert aws.placement_groups.groups == {}
