@@ -8,7 +8,9 @@ to do from ``reach`` alone, never from message text::
     |   +-- ThrottledError              CALL       Error     429 / RequestLimitExceeded
     |   +-- CallTimeoutError            CALL       Timeout   the call itself timed out
     +-- CapacityError                   ZONE       NoCapacity      next zone
+    |   +-- RegionCapacityError         REGION     NoCapacity      next region
     +-- QuotaError                      REGION     QuotaExceeded   next region
+    +-- RegionConfigError               REGION     NotConfigured   next region
     +-- ProviderUnavailableError        PROVIDER   Unauthorized    skip the provider
     |   +-- AuthError                   PROVIDER   Unauthorized
     |   +-- GlobalQuotaError            PROVIDER   QuotaExceeded
@@ -76,6 +78,21 @@ class CapacityError(ProviderError):
 
     reach = Reach.ZONE
     reason = "NoCapacity"
+
+
+class RegionCapacityError(CapacityError):
+    """The whole region is out of this shape (GCP ``REGION_RESOURCE_POOL_EXHAUSTED``, Azure
+    ``SkuNotAvailable`` naming no zone): no zone of the region is worth asking."""
+
+    reach = Reach.REGION
+
+
+class RegionConfigError(ProviderError):
+    """This region cannot be used as configured (an image, subnet, security group or key
+    pair that does not exist there; no subnet configured for it): other regions may work."""
+
+    reach = Reach.REGION
+    reason = "NotConfigured"
 
 
 class QuotaError(ProviderError):

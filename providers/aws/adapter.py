@@ -56,7 +56,6 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from providers.aws.errors import (
     BOTO_ERRORS,
     PROVIDER,
-    RegionConfigError,
     call,
     chunks,
     classify,
@@ -70,6 +69,7 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
+    RegionConfigError,
 )
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape

@@ -31,21 +31,12 @@ from providers.errors import (
     NotConfiguredError,
     ProviderError,
     QuotaError,
-    Reach,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )
 
 PROVIDER = "aws"
-
-
-class RegionConfigError(ProviderError):
-    """This region cannot be used as configured (no AMI, a subnet, security group or key
-    pair that does not exist there): other regions may work, so the reach is REGION."""
-
-    reach = Reach.REGION
-    reason = "NotConfigured"
-
 
 # EC2's error codes (plus the few STS/SSM/Pricing ones the adapter can meet), exact match.
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {

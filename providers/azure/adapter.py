@@ -77,7 +77,7 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
 
-from providers.azure.errors import PROVIDER, RegionConfigError, classify, lookup
+from providers.azure.errors import PROVIDER, classify, lookup
 from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
 from providers.config import AzureConfig
 from providers.errors import (
@@ -87,6 +87,7 @@ from providers.errors import (
     NotConfiguredError,
     ProviderError,
     Reach,
+    RegionConfigError,
 )
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape

@@ -45,30 +45,13 @@ from providers.errors import (
     InvalidLaunchError,
     ProviderError,
     QuotaError,
-    Reach,
+    RegionCapacityError,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )
 
 PROVIDER = "azure"
-
-
-class RegionConfigError(ProviderError):
-    """This region cannot be used as configured (an image, subnet or other resource that
-    does not exist there, an operation the region refuses): other regions may work."""
-
-    reach = Reach.REGION
-    reason = "NotConfigured"
-
-
-class RegionCapacityError(CapacityError):
-    """The size is not available anywhere in this region for this subscription
-    (``SkuNotAvailable`` without zones): a capacity error whose reach is the region."""
-
-    reach = Reach.REGION
-    reason = "NoCapacity"
-
-
 # ARM / Compute error codes -> the typed error (exact match, case-insensitive).
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     # -- no capacity for this size here now: next zone ------------------------------------

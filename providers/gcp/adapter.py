@@ -78,8 +78,9 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
+    RegionConfigError,
 )
-from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, RegionConfigError, classify
+from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.gcp.errors import operation_error as _operation_error
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape

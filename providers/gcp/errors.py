@@ -45,7 +45,7 @@ from providers.errors import (
     NotConfiguredError,
     ProviderError,
     QuotaError,
-    Reach,
+    RegionCapacityError,
     ThrottledError,
     TransientError,
 )
@@ -57,8 +57,6 @@ __all__ = [
     "GOOGLE_ERRORS",
     "PROVIDER",
     "STATUS_TABLE",
-    "RegionCapacityError",
-    "RegionConfigError",
     "classify",
     "error_codes",
     "operation_error",
@@ -66,22 +64,6 @@ __all__ = [
     "quota_metrics",
     "redact",
 ]
-
-
-class RegionConfigError(ProviderError):
-    """This region cannot be used as configured (e.g. no subnetwork for it): other regions
-    may work, so the reach is REGION."""
-
-    reach = Reach.REGION
-    reason = "NotConfigured"
-
-
-class RegionCapacityError(CapacityError):
-    """The whole region is out of this resource (``REGION_RESOURCE_POOL_EXHAUSTED``)."""
-
-    reach = Reach.REGION
-
-
 # Error codes (operation errors, upper case) and reasons (synchronous errors, camelCase).
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     # -- stockouts: no capacity for this shape in this zone now -> next zone ------------------

@@ -15,7 +15,6 @@ from botocore.exceptions import ReadTimeoutError
 
 from providers.aws import adapter as adapter_module
 from providers.aws.adapter import client_config
-from providers.aws.errors import RegionConfigError
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
 from providers.config import AwsConfig
 from providers.errors import (
@@ -26,6 +25,7 @@ from providers.errors import (
     ProviderError,
     QuotaError,
     Reach,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )

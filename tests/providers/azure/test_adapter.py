@@ -17,7 +17,6 @@ from broker.provisioner import ProvisionFailed, ProvisionPolicy
 from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from providers.azure.adapter import TAG_SHAPE, TAG_TOKEN, AzureProvider, vm_base_name
-from providers.azure.errors import RegionConfigError
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
 from providers.config import BrokerConfig, BrokerSection
 from providers.errors import (
@@ -25,6 +24,7 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     NotConfiguredError,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )

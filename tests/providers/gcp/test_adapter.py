@@ -23,9 +23,9 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     Reach,
+    RegionConfigError,
 )
 from providers.gcp.adapter import TAG_REQUEST, instance_names, request_id
-from providers.gcp.errors import RegionConfigError
 from shapes.catalog import Catalog
 from tests.conftest import FakeClock, make_shape
 from tests.providers.gcp.conftest import CONFIG_LABELS, IMAGE, GcpWorld, gcp_config
