@@ -71,6 +71,7 @@ from providers.errors import (
     ProviderError,
     RegionConfigError,
 )
+from providers.polling import Backoff
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
@@ -488,7 +489,7 @@ class AwsProvider:
     def _await_running(
         self, ec2: Any, region: str, ids: Sequence[str], request: LaunchRequest, deadline: float
     ) -> list[Node]:
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         while True:
             found = self._instances_by_id(ec2, ids)
             gone = [found[i] for i in ids if i in found and _state(found[i]) in _GONE]
@@ -500,8 +501,7 @@ class AwsProvider:
                 for i in ready
             ):
                 return [self._node(region, found[i]) for i in ids]
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 waiting = sum(1 for i in ready if i is None or _state(i) != "running")
                 raise CallTimeoutError(
                     f"{waiting} of {len(ids)} {request.shape.instance_type} instance(s) in "
@@ -510,8 +510,6 @@ class AwsProvider:
                     code="LaunchWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     @staticmethod
     def _partial_gang(
@@ -583,22 +581,19 @@ class AwsProvider:
                     self._terminate_chunk(ec2, [one])
 
     def _await_gone(self, ec2: Any, region: str, ids: Sequence[str], deadline: float) -> None:
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         while True:
             found = self._instances_by_id(ec2, ids)
             alive = [i for i, inst in found.items() if _state(inst) in LIVE_STATES]
             if not alive:
                 return
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 raise CallTimeoutError(
                     f"{len(alive)} instance(s) in {region} still not terminated "
                     f"({', '.join(sorted(alive)[:5])}{', ...' if len(alive) > 5 else ''})",
                     code="TerminateWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     def _sweep_placement_groups(self, region: str, clusters: set[str]) -> None:
         """Delete these clusters' placement groups that no live instance uses (best effort)."""

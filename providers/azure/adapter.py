@@ -89,6 +89,7 @@ from providers.errors import (
     Reach,
     RegionConfigError,
 )
+from providers.polling import Backoff
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
@@ -587,7 +588,7 @@ class AzureProvider:
         self, request: LaunchRequest, base: str, names: Sequence[str], deadline: float
     ) -> list[Node]:
         """Poll the VMs until every one is running with a private address."""
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         addresses: dict[str, str] = {}
         while True:
             vms = {str(vm.name): vm for vm in self._list_vms(instance_view=True)}
@@ -609,8 +610,7 @@ class AzureProvider:
                         addresses[n] = ip
             if all(n in addresses for n in names):
                 return [self._node(vms[n], addresses[n]) for n in names]
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 waiting = sum(1 for n in names if n not in addresses)
                 raise CallTimeoutError(
                     f"{waiting} of {len(names)} {request.shape.instance_type} VM(s) in "
@@ -619,8 +619,6 @@ class AzureProvider:
                     code="LaunchWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     @staticmethod
     def _partial(
@@ -746,7 +744,7 @@ class AzureProvider:
             self._delete_raw(rid)
 
     def _await_gone(self, wanted: set[str], deadline: float) -> None:
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         while True:
             alive = sorted(
                 str(vm.name)
@@ -755,16 +753,13 @@ class AzureProvider:
             )
             if not alive:
                 return
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 raise CallTimeoutError(
                     f"{len(alive)} VM(s) still not deleted "
                     f"({', '.join(alive[:5])}{', ...' if len(alive) > 5 else ''})",
                     code="TerminateWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     def _delete_raw(self, resource_id: str) -> None:
         """DELETE a NIC or disk by id (best effort; gone already is fine)."""

@@ -82,6 +82,7 @@ from providers.errors import (
 )
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.gcp.errors import operation_error as _operation_error
+from providers.polling import Backoff
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
@@ -596,7 +597,7 @@ class GcpProvider:
         region: str | None = None,
     ) -> compute_v1.Operation:
         """Wait for a zonal or regional operation to be DONE; raise its error, if any."""
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         while op.status != compute_v1.Operation.Status.DONE:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -628,8 +629,7 @@ class GcpProvider:
             if op.status != compute_v1.Operation.Status.DONE:
                 # ``wait`` returns after at most ~2 minutes server-side, or at once on an
                 # emulator: back off between calls.
-                self._sleep(min(delay, max(0.0, deadline - self._clock())))
-                delay = min(delay * 2, self.poll_interval)
+                waits.pause()
         failure = _operation_error(op)
         if failure is not None:
             raise classify(failure)
@@ -686,7 +686,7 @@ class GcpProvider:
     def _await_running(
         self, request: LaunchRequest, names: Sequence[str], label: str, deadline: float
     ) -> list[Node]:
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         filter_ = f'labels.{TAG_REQUEST} = "{label}"'
         while True:
             found = {
@@ -704,8 +704,7 @@ class GcpProvider:
             ready = [n for n in names if _status(found[n]) == "RUNNING" and _address(found[n])]
             if len(ready) == len(names):
                 return [self._node(found[n], request.zone) for n in names]
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 raise CallTimeoutError(
                     f"{len(names) - len(ready)} of {len(names)} {request.shape.instance_type} "
                     f"VM(s) in {request.zone} not RUNNING with an address yet; call again with "
@@ -713,8 +712,6 @@ class GcpProvider:
                     code="LaunchWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     @staticmethod
     def _partial_gang(
@@ -803,14 +800,13 @@ class GcpProvider:
         return True
 
     def _await_gone(self, targets: Sequence[tuple[str, str]], deadline: float) -> None:
-        delay = min(1.0, self.poll_interval)
+        waits = Backoff(self.poll_interval, deadline, self._clock, self._sleep)
         left = list(targets)
         while True:
             left = [(zone, name) for zone, name in left if self._exists(zone, name)]
             if not left:
                 return
-            remaining = deadline - self._clock()
-            if remaining <= 0:
+            if not waits.pause():
                 shown = ", ".join(name for _, name in left[:5])
                 raise CallTimeoutError(
                     f"{len(left)} VM(s) still not deleted ({shown}"
@@ -818,8 +814,6 @@ class GcpProvider:
                     code="TerminateWaitTimeout",
                     provider=PROVIDER,
                 )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_interval)
 
     def _sweep_policies(self, region: str, clusters: set[str]) -> None:
         """Delete these clusters' placement policies that no VM uses any more (best effort)."""
