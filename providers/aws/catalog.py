@@ -34,6 +34,7 @@ from providers.aws.adapter import client_config
 from providers.aws.errors import BOTO_ERRORS, PROVIDER, chunks, classify, pages
 from providers.config import AwsConfig
 from providers.errors import ProviderError, ThrottledError
+from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog
 from shapes.gpus import GPU_MEMORY_GIB, normalize_gpu
 from shapes.model import Provisioning
@@ -264,15 +265,13 @@ def build_catalog_document(
     if fallback:
         price_source += "; bundled catalog on-demand prices where the Price List API failed"
     notes = _notes(config, bundled, pricing, skipped, fallback, unpriced, spot_only)
-    return {
-        "provider": PROVIDER,
-        "currency": "USD",
-        "prices_as_of": today.isoformat(),
-        "retrieved": today.isoformat(),
-        "price_source": price_source,
-        "notes": notes,
-        "instance_types": {name: types[name] for name in sorted(types)},
-    }
+    return catalog_document(
+        PROVIDER,
+        today=today,
+        price_source=price_source,
+        notes=notes,
+        instance_types=types,
+    )
 
 
 def _spot_prices(ec2: Any, names: Sequence[str], when: datetime) -> dict[str, dict[str, float]]:
@@ -345,19 +344,13 @@ def _notes(
             f"their on-demand price is the bundled catalog's: {', '.join(sorted(fallback))}."
         )
     if spot_only:
-        parts.append(f"Spot only (no on-demand price): {_listing(spot_only)}.")
+        parts.append(f"Spot only (no on-demand price): {listing(spot_only)}.")
     if unpriced:
-        parts.append(f"Left out, no price at all: {_listing(unpriced)}.")
+        parts.append(f"Left out, no price at all: {listing(unpriced)}.")
     if skipped:
-        listed = "; ".join(f"{why}: {_listing(sorted(skipped[why]))}" for why in sorted(skipped))
+        listed = "; ".join(f"{why}: {listing(sorted(skipped[why]))}" for why in sorted(skipped))
         parts.append(f"GPU instance types skipped (the broker sells whole, known GPUs): {listed}.")
     return " ".join(parts)
-
-
-def _listing(names: Sequence[str], most: int = 12) -> str:
-    ordered = sorted(names)
-    shown = ", ".join(ordered[:most])
-    return shown + (f" and {len(ordered) - most} more" if len(ordered) > most else "")
 
 
 def _bundled_source(bundled: Catalog) -> str:

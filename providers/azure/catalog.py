@@ -41,6 +41,7 @@ from providers.azure.adapter import compute_client
 from providers.azure.errors import PROVIDER, classify
 from providers.config import AzureConfig
 from providers.errors import ProviderError, ThrottledError
+from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog
 from shapes.gpus import GPU_MEMORY_GIB
 from shapes.model import Provisioning
@@ -309,15 +310,13 @@ def build_catalog_document(
     )
     if fallback:
         price_source += "; bundled catalog prices where the Retail Prices API failed"
-    return {
-        "provider": PROVIDER,
-        "currency": "USD",
-        "prices_as_of": today.isoformat(),
-        "retrieved": today.isoformat(),
-        "price_source": price_source,
-        "notes": _notes(config, prices, skipped, dropped, fallback, unpriced, spot_only),
-        "instance_types": {name: types[name] for name in sorted(types)},
-    }
+    return catalog_document(
+        PROVIDER,
+        today=today,
+        price_source=price_source,
+        notes=_notes(config, prices, skipped, dropped, fallback, unpriced, spot_only),
+        instance_types=types,
+    )
 
 
 def _bundled_prices(bundled: Catalog, region: str, size: str) -> tuple[float | None, float | None]:
@@ -350,18 +349,12 @@ def _notes(
             f"{len(fallback)} size/region pair(s) were taken from the bundled catalog."
         )
     if spot_only:
-        parts.append(f"Spot only (no on-demand price): {_listing(spot_only)}.")
+        parts.append(f"Spot only (no on-demand price): {listing(spot_only)}.")
     if unpriced:
-        parts.append(f"Left out, no price: {_listing(unpriced)}.")
+        parts.append(f"Left out, no price: {listing(unpriced)}.")
     if dropped:
-        parts.append(f"Left out, restricted for this subscription: {_listing(dropped)}.")
+        parts.append(f"Left out, restricted for this subscription: {listing(dropped)}.")
     if skipped:
-        listed = "; ".join(f"{why}: {_listing(sorted(skipped[why]))}" for why in sorted(skipped))
+        listed = "; ".join(f"{why}: {listing(sorted(skipped[why]))}" for why in sorted(skipped))
         parts.append(f"GPU sizes skipped (the broker sells whole, known GPUs): {listed}.")
     return " ".join(parts)
-
-
-def _listing(names: Sequence[str], most: int = 12) -> str:
-    ordered = sorted(names)
-    shown = ", ".join(ordered[:most])
-    return shown + (f" and {len(ordered) - most} more" if len(ordered) > most else "")

@@ -31,6 +31,7 @@ from google.api_core.client_options import ClientOptions
 
 from providers.config import GcpConfig
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
+from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog
 from shapes.gpus import GPU_MEMORY_GIB, normalize_gpu
 
@@ -264,19 +265,17 @@ def build_catalog_document(
             spec["regions"][region] = {"zones": sorted(where), **entry}
 
     listed = ", ".join(config.regions)
-    return {
-        "provider": PROVIDER,
-        "currency": "USD",
-        "prices_as_of": today.isoformat(),
-        "retrieved": today.isoformat(),
-        "price_source": (
+    return catalog_document(
+        PROVIDER,
+        today=today,
+        price_source=(
             f"Compute Engine machineTypes/acceleratorTypes aggregatedList (zones offering each "
             f"type) and Cloud Billing Catalog {COMPUTE_SERVICE} SKUs (OnDemand and Preemptible "
             f"list prices, USD) for {listed}; price = GPU + vCPU + RAM SKUs"
         ),
-        "notes": _notes(config, bundled, skipped, unpriced),
-        "instance_types": {name: types[name] for name in sorted(types)},
-    }
+        notes=_notes(config, bundled, skipped, unpriced),
+        instance_types=types,
+    )
 
 
 def _n1_combos(bundled: Catalog | None) -> list[tuple[str, str, str, int]]:
@@ -341,14 +340,8 @@ def _notes(
         parts.append("No bundled catalog was given, so no N1 + attached GPU shape is listed.")
     if unpriced:
         parts.append(
-            f"Left out, a GPU, vCPU or RAM SKU missing for both markets: {_listing(unpriced)}."
+            f"Left out, a GPU, vCPU or RAM SKU missing for both markets: {listing(unpriced)}."
         )
     for why in sorted(skipped):
-        parts.append(f"Skipped ({why}): {_listing(sorted(skipped[why]))}.")
+        parts.append(f"Skipped ({why}): {listing(sorted(skipped[why]))}.")
     return " ".join(parts)
-
-
-def _listing(names: list[str], most: int = 12) -> str:
-    ordered = sorted(names)
-    shown = ", ".join(ordered[:most])
-    return shown + (f" and {len(ordered) - most} more" if len(ordered) > most else "")
