@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from providers.errors import InvalidLaunchError, RegionConfigError
+from shapes.catalog import Catalog
 from shapes.model import Shape
 
 TAG_BROKER = "broker"  # value: the deployment name (``BROKER_DEPLOYMENT``, default "default")
@@ -62,6 +64,27 @@ class LaunchRequest(BaseModel):
     # want another form (GCP: a UUID) derive it deterministically, e.g. uuid5 of the token.
     token: str = Field(min_length=1, max_length=64)
     tags: Mapping[str, str]
+
+
+def configured_shapes(catalog: Catalog, provider: str, regions: Sequence[str]) -> list[Shape]:
+    """The catalog's shapes of ``provider`` in the regions its configuration names."""
+    wanted = set(regions)
+    return [s for s in catalog.shapes if s.provider == provider and s.region in wanted]
+
+
+def check_launch_region(shape: Shape, provider: str, regions: Sequence[str]) -> None:
+    """Refuse, before any cloud call, a shape of another cloud (the request is wrong) or of
+    a region the configuration does not name (other regions may work)."""
+    if shape.provider != provider:
+        raise InvalidLaunchError(
+            f"shape {shape.id} is not a {provider} shape", code="WrongProvider", provider=provider
+        )
+    if shape.region not in regions:
+        raise RegionConfigError(
+            f"region {shape.region} is not in [{provider}] regions ({', '.join(regions)})",
+            code="NotConfigured",
+            provider=provider,
+        )
 
 
 @runtime_checkable

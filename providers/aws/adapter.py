@@ -62,7 +62,15 @@ from providers.aws.errors import (
     error_code,
     pages,
 )
-from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
+from providers.base import (
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    LaunchRequest,
+    Node,
+    NodeState,
+    check_launch_region,
+    configured_shapes,
+)
 from providers.config import AwsConfig
 from providers.errors import (
     CallTimeoutError,
@@ -200,25 +208,13 @@ class AwsProvider:
     # -- the Provider interface ------------------------------------------------------------
 
     def list_shapes(self) -> list[Shape]:
-        regions = set(self.config.regions)
-        return [s for s in self.catalog.shapes if s.provider == PROVIDER and s.region in regions]
+        return configured_shapes(self.catalog, PROVIDER, self.config.regions)
 
     def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:
         deadline = self._clock() + max(timeout, 0.0)
         shape = request.shape
-        if shape.provider != PROVIDER:
-            raise InvalidLaunchError(
-                f"shape {shape.id} is not an AWS shape",
-                code="InvalidParameterValue",
-                provider=PROVIDER,
-            )
+        check_launch_region(shape, PROVIDER, self.config.regions)
         region = shape.region
-        if region not in self.config.regions:
-            raise RegionConfigError(
-                f"region {region} is not in [aws] regions ({', '.join(self.config.regions)})",
-                code="NotConfigured",
-                provider=PROVIDER,
-            )
         ec2 = self.client(region)
         zone_name = self._zone_name(region, request.zone)
         found = self._token_instances(ec2, request)

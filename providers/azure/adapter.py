@@ -78,7 +78,15 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
 
 from providers.azure.errors import PROVIDER, classify, lookup
-from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
+from providers.base import (
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    LaunchRequest,
+    Node,
+    NodeState,
+    check_launch_region,
+    configured_shapes,
+)
 from providers.config import AzureConfig
 from providers.errors import (
     CallTimeoutError,
@@ -274,25 +282,12 @@ class AzureProvider:
     # -- the Provider interface ------------------------------------------------------------
 
     def list_shapes(self) -> list[Shape]:
-        regions = set(self.config.regions)
-        return [s for s in self.catalog.shapes if s.provider == PROVIDER and s.region in regions]
+        return configured_shapes(self.catalog, PROVIDER, self.config.regions)
 
     def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:
         deadline = self._clock() + max(timeout, 0.0)
         shape = request.shape
-        region = shape.region
-        if shape.provider != PROVIDER:
-            raise InvalidLaunchError(
-                f"shape {shape.id} is not an Azure shape",
-                code="InvalidParameter",
-                provider=PROVIDER,
-            )
-        if region not in self.config.regions:
-            raise RegionConfigError(
-                f"region {region} is not in [azure] regions ({', '.join(self.config.regions)})",
-                code="NotConfigured",
-                provider=PROVIDER,
-            )
+        check_launch_region(shape, PROVIDER, self.config.regions)
         self._vm_model(request, "check", None)  # configuration errors before any call
         base = vm_base_name(request)
         names = [f"{base}-{i}" for i in range(request.count)]

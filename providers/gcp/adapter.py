@@ -71,7 +71,15 @@ from google.api_core import exceptions as core_exc
 from google.api_core.client_options import ClientOptions
 from google.cloud import compute_v1
 
-from providers.base import TAG_ATTEMPT, TAG_CLUSTER, LaunchRequest, Node, NodeState
+from providers.base import (
+    TAG_ATTEMPT,
+    TAG_CLUSTER,
+    LaunchRequest,
+    Node,
+    NodeState,
+    check_launch_region,
+    configured_shapes,
+)
 from providers.config import GcpConfig
 from providers.errors import (
     CallTimeoutError,
@@ -338,24 +346,21 @@ class GcpProvider:
     # -- the Provider interface ------------------------------------------------------------
 
     def list_shapes(self) -> list[Shape]:
-        regions = set(self.config.regions)
+        shapes = configured_shapes(self.catalog, PROVIDER, self.config.regions)
         allowed = set(self.config.zones)
-        shapes: list[Shape] = []
-        for shape in self.catalog.shapes:
-            if shape.provider != PROVIDER or shape.region not in regions:
-                continue
-            if allowed:
-                zones = tuple(z for z in shape.zones if z in allowed)
-                if not zones:
-                    continue
+        if not allowed:
+            return shapes
+        kept: list[Shape] = []
+        for shape in shapes:  # only the zones of [gcp] zones
+            zones = tuple(z for z in shape.zones if z in allowed)
+            if zones:
                 prices = (
                     {z: p for z, p in shape.zone_prices.items() if z in allowed}
                     if shape.zone_prices
                     else None
                 )
-                shape = shape.model_copy(update={"zones": zones, "zone_prices": prices})
-            shapes.append(shape)
-        return shapes
+                kept.append(shape.model_copy(update={"zones": zones, "zone_prices": prices}))
+        return kept
 
     def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:
         deadline = self._clock() + max(timeout, 0.0)
@@ -422,16 +427,7 @@ class GcpProvider:
 
     def _check_request(self, request: LaunchRequest) -> None:
         shape, zone = request.shape, request.zone
-        if shape.provider != PROVIDER:
-            raise InvalidLaunchError(
-                f"shape {shape.id} is not a GCP shape", code="InvalidShape", provider=PROVIDER
-            )
-        if shape.region not in self.config.regions:
-            raise RegionConfigError(
-                f"region {shape.region} is not in [gcp] regions ({', '.join(self.config.regions)})",
-                code="NotConfigured",
-                provider=PROVIDER,
-            )
+        check_launch_region(shape, PROVIDER, self.config.regions)
         if _region_of(zone) != shape.region:
             raise InvalidLaunchError(
                 f"zone {zone} is not in region {shape.region}",
