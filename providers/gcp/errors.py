@@ -46,6 +46,7 @@ from providers.errors import (
     ProviderError,
     QuotaError,
     RegionCapacityError,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )
@@ -98,6 +99,13 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "PERMISSION_DENIED": AuthError,
     "accessNotConfigured": NotConfiguredError,  # the Compute API is not enabled
     "SERVICE_DISABLED": NotConfiguredError,
+    # -- a resource the request names (image, network, subnetwork, machine or accelerator
+    # type) does not exist where it was asked for: next region, as AWS's InvalidAMIID and
+    # Azure's ImageNotFound. Failing the request would also fail the other clouds' shapes
+    # over one cloud's configuration; a global resource just costs one explained attempt
+    # per region before the other clouds are tried.
+    "notFound": RegionConfigError,
+    "RESOURCE_NOT_FOUND": RegionConfigError,
     # -- the request itself is wrong (bad image, field value, name in use): fail it ----------
     "invalid": InvalidLaunchError,
     "badRequest": InvalidLaunchError,
@@ -105,8 +113,6 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "invalidParameter": InvalidLaunchError,
     "INVALID_FIELD_VALUE": InvalidLaunchError,
     "INVALID_USAGE": InvalidLaunchError,
-    "notFound": InvalidLaunchError,  # image, network, machine type: global configuration
-    "RESOURCE_NOT_FOUND": InvalidLaunchError,
     "alreadyExists": InvalidLaunchError,  # a name of ours taken by someone else's resource
     "RESOURCE_ALREADY_EXISTS": InvalidLaunchError,
 }
@@ -116,7 +122,7 @@ STATUS_TABLE: Mapping[int, type[ProviderError]] = {
     400: InvalidLaunchError,
     401: AuthError,
     403: AuthError,
-    404: InvalidLaunchError,
+    404: RegionConfigError,
     408: CallTimeoutError,
     409: InvalidLaunchError,
     412: InvalidLaunchError,

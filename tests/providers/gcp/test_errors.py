@@ -21,13 +21,14 @@ from providers.errors import (
     ProviderError,
     QuotaError,
     Reach,
+    RegionCapacityError,
+    RegionConfigError,
     ThrottledError,
     TransientError,
 )
 from providers.gcp.errors import (
     ERROR_TABLE,
     STATUS_TABLE,
-    RegionCapacityError,
     classify,
     redact,
 )
@@ -68,8 +69,8 @@ EXPECTED: dict[str, tuple[int, type[ProviderError], Reach]] = {
     "invalidParameter": (400, InvalidLaunchError, Reach.REQUEST),
     "INVALID_FIELD_VALUE": (400, InvalidLaunchError, Reach.REQUEST),
     "INVALID_USAGE": (400, InvalidLaunchError, Reach.REQUEST),
-    "notFound": (404, InvalidLaunchError, Reach.REQUEST),
-    "RESOURCE_NOT_FOUND": (404, InvalidLaunchError, Reach.REQUEST),
+    "notFound": (404, RegionConfigError, Reach.REGION),
+    "RESOURCE_NOT_FOUND": (404, RegionConfigError, Reach.REGION),
     "alreadyExists": (409, InvalidLaunchError, Reach.REQUEST),
     "RESOURCE_ALREADY_EXISTS": (409, InvalidLaunchError, Reach.REQUEST),
 }
@@ -110,7 +111,7 @@ def test_error_table_row(gcp: GcpWorld, code: str) -> None:
         (400, InvalidLaunchError),
         (401, AuthError),
         (403, AuthError),
-        (404, InvalidLaunchError),
+        (404, RegionConfigError),
         (409, InvalidLaunchError),
         (429, ThrottledError),
         (500, TransientError),
@@ -186,7 +187,7 @@ def test_throttling_429_carries_retry_after(gcp: GcpWorld) -> None:
         ("401", AuthError),
         ("403", AuthError),
         ("400", InvalidLaunchError),
-        ("404", InvalidLaunchError),
+        ("404", RegionConfigError),
     ],
 )
 def test_named_faults(gcp: GcpWorld, fault: str, cls: type) -> None:
