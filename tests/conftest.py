@@ -3,6 +3,8 @@ tests of the real bundled catalog live in tests/shapes/test_bundled_catalog.py).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -31,6 +33,20 @@ SHAPE_JSON_FIELDS = frozenset(
 
 # A loopback port nothing listens on (the discard port): connections are refused at once.
 CLOSED_LOOPBACK = "127.0.0.1:9"
+
+
+def run_broker(
+    env: dict[str, str], *argv: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """One real `broker` process (``python -m broker.cli``) with this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class FakeClock:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import run_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -71,14 +72,7 @@ def aws_env(moto_endpoint: str, tmp_path: Path) -> dict[str, str]:
 
 
 def broker(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_broker(env, *argv)
 
 
 def running_instances(env: dict[str, str]) -> list[dict[str, Any]]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_broker
 from tests.fakes.azure import TOKEN, FakeArm, config_toml, write_fake_az
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +54,7 @@ def azure_env(fake_arm: FakeArm, tmp_path: Path) -> dict[str, str]:
 
 
 def broker(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = run_broker(env, *argv)
     assert TOKEN not in done.stdout and TOKEN not in done.stderr  # never a credential
     return done
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_broker
 from tests.fakes.gcp import FakeServer
-from tests.providers.gcp.conftest import cli_env, run_broker
+from tests.providers.gcp.conftest import cli_env
 
 
 @pytest.fixture

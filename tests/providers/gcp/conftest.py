@@ -9,8 +9,6 @@ then hold no VM and no resource policy.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,14 +169,3 @@ def cli_env(url: str, where: Path) -> dict[str, str]:
         "BROKER_CATALOG_DIR": str(where / "catalog"),
         "PYTHONPATH": str(ROOT),
     }
-
-
-def run_broker(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )

@@ -15,8 +15,9 @@ from providers.errors import AuthError, ThrottledError
 from providers.gcp.catalog import build_catalog_document
 from shapes.catalog import Catalog, load_bundled_catalog, parse_catalog_file
 from shapes.gpus import CANONICAL_GPUS
+from tests.conftest import run_broker
 from tests.fakes.gcp import FAMILY_SKUS, GEO_FACTOR, GPU_SKUS, SPOT_FACTOR, FakeServer
-from tests.providers.gcp.conftest import FakeCredentials, GcpWorld, cli_env, gcp_config, run_broker
+from tests.providers.gcp.conftest import FakeCredentials, GcpWorld, cli_env, gcp_config
 
 TODAY = date(2026, 11, 23)
 
