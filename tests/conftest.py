@@ -3,6 +3,7 @@ tests of the real bundled catalog live in tests/shapes/test_bundled_catalog.py).
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -174,3 +175,19 @@ def hermetic_environment(
     monkeypatch.setenv("GCE_METADATA_IP", CLOSED_LOOPBACK)
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", f"http://{CLOSED_LOOPBACK}")
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(home / "azure"))
+    # And no name outside this machine is ever looked up: a test that would reach a real
+    # cloud host (an endpoint override forgotten) fails here, loudly, before any packet.
+    monkeypatch.setattr(socket, "getaddrinfo", _loopback_only(socket.getaddrinfo))
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "::1", "ip6-localhost"})
+
+
+def _loopback_only(real: Any) -> Any:
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and name not in LOOPBACK_NAMES and not str(name).startswith("127."):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests reach only loopback, not {name!r}")
+        return real(host, *args, **kwargs)
+
+    return getaddrinfo

@@ -111,3 +111,12 @@ def test_gcp_and_azure_sections(tmp_path: Path) -> None:
 def test_enabled_cloud_needs_its_section(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=rf"no \[{name}\] section"):
         load_config(write(tmp_path, f'[broker]\nproviders = ["{name}"]\n'))
+
+
+def test_the_suite_never_resolves_a_name_outside_this_machine() -> None:
+    """tests/conftest.py refuses every host but loopback, so a forgotten endpoint fails."""
+    import socket
+
+    with pytest.raises(socket.gaierror, match="only loopback"):
+        socket.getaddrinfo("compute.googleapis.com", 443)
+    assert socket.getaddrinfo("127.0.0.1", 80)
