@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from broker import __version__, cli_clusters, cli_providers
 from broker.diagnostics import Diagnostic, InvalidRequest
+from broker.errors import BrokerError
 from broker.launchfile import parse_launch_file
 from broker.quote import QuoteRequest, quote, request_from_launch_file
 from broker.ranking import Exclusion, RankRequest
@@ -390,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cli_clusters.BrokerCommandError as exc:
         _fail([Diagnostic(field=None, message=str(exc))], [], as_json)
         return exc.exit_code
+    except BrokerError as exc:
+        _fail([Diagnostic(field=None, message=str(exc))], [], as_json)
+        return int(exc.exit_code)
     except ValueError as exc:  # settings from the environment, a scenario file
         return _fail([Diagnostic(field=None, message=str(exc))], [], as_json)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from broker.errors import InvalidRequest
+
 
 class Diagnostic(BaseModel):
     """One problem (or warning) about one input field; ``field`` is None when none applies."""
@@ -25,10 +27,4 @@ class Diagnostic(BaseModel):
         return f"{where}: {self.message}"
 
 
-class InvalidRequest(Exception):
-    """The user's input cannot be served as given (exit code 2 at the CLI)."""
-
-    def __init__(self, errors: list[Diagnostic], warnings: list[Diagnostic] | None = None):
-        self.errors = errors
-        self.warnings = warnings or []
-        super().__init__("; ".join(e.render() for e in errors))
+__all__ = ["Diagnostic", "InvalidRequest"]

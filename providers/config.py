@@ -42,11 +42,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from providers.errors import ConfigError
+
 KNOWN_PROVIDERS = ("aws", "gcp", "azure")
-
-
-class ConfigError(ValueError):
-    """The configuration file cannot be read or is invalid; the message names the key."""
 
 
 class AwsConfig(BaseModel):

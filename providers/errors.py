@@ -23,6 +23,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
+from shapes.errors import BrokerError, Exit
+
 
 class Reach(StrEnum):
     """How far a failure reaches: the smallest scope that is worth trying again."""
@@ -34,9 +36,18 @@ class Reach(StrEnum):
     REQUEST = "request"  # nothing: the request itself is wrong
 
 
-class ProviderError(Exception):
+class ConfigError(BrokerError):
+    """The configuration file cannot be read or is invalid; the message names the key."""
+
+    exit_code = Exit.INVALID
+    http_status = 500
+
+
+class ProviderError(BrokerError):
     """A classified cloud error. ``code`` is the cloud's own error code, kept for the record."""
 
+    exit_code = Exit.LEAK
+    http_status = 502
     reach: ClassVar[Reach] = Reach.REQUEST
     reason: ClassVar[str] = "Error"
 

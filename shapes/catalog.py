@@ -22,15 +22,12 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
 from shapes.model import Provisioning, Shape, shape_key
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 PROVIDERS = ("aws", "gcp", "azure")
-
-
-class CatalogError(Exception):
-    """A catalog file is missing, unreadable or malformed."""
 
 
 class CatalogSource(BaseModel):

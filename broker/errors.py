@@ -1,0 +1,161 @@
+"""Every error burst-broker raises on purpose, as one tree, with its exit code and HTTP status.
+
+The CLI exits with ``exc.exit_code`` and the HTTP API answers ``exc.http_status``: this
+module is the one table both read. No traceback reaches a user for an error in this tree::
+
+    BrokerError (shapes.errors)                 exit  HTTP
+    +-- InvalidRequest                             2   422  input that cannot be served as given
+    +-- CatalogError (shapes.errors)               2   500  a catalog file is malformed
+    +-- ConfigError (providers.errors)             2   500  the configuration file is invalid
+    +-- StoreError                                 6   503  the state store cannot be used
+    +-- StateError                                 2   409  the store refused a change
+    |   +-- NotFoundError                          2   404  no such cluster (or id prefix)
+    |   +-- ConflictError                          5   409  the cluster is elsewhere (moved)
+    +-- EnvError                                   2   409  no environment for that rank
+    +-- ProvisionFailed                            3   503  no shape could be provisioned
+    |   +-- CleanupFailed                          4   500  a failed attempt's nodes linger
+    +-- Cancelled                                  5   409  stopped by someone else meanwhile
+    +-- ProviderError (providers.errors)           4   502  a cloud refused (typed by reach)
+        +-- ... (the reach tree drawn in providers.errors)
+
+    Interrupted (a BaseException, like KeyboardInterrupt)   130 / 143   SIGINT / SIGTERM
+
+``Interrupted`` is outside the root on purpose: no ``except Exception`` may swallow a
+signal, so cleanup code sees it exactly as it sees Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from providers.errors import ConfigError, ProviderError
+from shapes.errors import BrokerError, CatalogError, Exit
+
+if TYPE_CHECKING:
+    from broker.diagnostics import Diagnostic
+    from broker.state import AttemptRecord, ClusterRecord
+
+
+class InvalidRequest(BrokerError):
+    """The user's input cannot be served as given; ``errors`` name each problem."""
+
+    exit_code = Exit.INVALID
+    http_status = 422
+
+    def __init__(
+        self, errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic] | None = None
+    ) -> None:
+        self.errors = list(errors)
+        self.warnings = list(warnings or [])
+        super().__init__("; ".join(e.render() for e in self.errors))
+
+
+class StoreError(BrokerError):
+    """The state store cannot be opened, read or reached (the message never shows a
+    password)."""
+
+    exit_code = Exit.UNAVAILABLE
+    http_status = 503
+
+
+class StateError(BrokerError):
+    """The store refused a change (illegal or lost transition)."""
+
+    exit_code = Exit.INVALID
+    http_status = 409
+
+
+class NotFoundError(StateError):
+    """No cluster has that id (or the prefix matches none, or several)."""
+
+    http_status = 404
+
+
+class ConflictError(StateError):
+    """The cluster is not in a state that allows this change: someone else moved it."""
+
+    exit_code = Exit.CONFLICT
+    http_status = 409
+
+
+class EnvError(BrokerError):
+    """The cluster has no environment for that rank (not running, or no such rank)."""
+
+    exit_code = Exit.INVALID
+    http_status = 409
+
+
+class ProvisionFailed(BrokerError):
+    """No shape could be provisioned; the cluster is FAILED with ``reason``."""
+
+    exit_code = Exit.NO_SHAPE
+    http_status = 503
+
+    def __init__(self, cluster: ClusterRecord, attempts: Sequence[AttemptRecord]) -> None:
+        self.cluster = cluster
+        self.attempts = list(attempts)
+        super().__init__(f"cluster {cluster.id} FAILED ({cluster.reason}): {cluster.detail}")
+
+
+class CleanupFailed(ProvisionFailed):
+    """A failed attempt's nodes could not be removed: fallback stopped, nodes may be leaking."""
+
+    exit_code = Exit.LEAK
+    http_status = 500
+
+
+class Cancelled(BrokerError):
+    """Someone else moved the cluster (stop/release) while this process provisioned it.
+    ``cluster`` is the cluster as that someone left it."""
+
+    exit_code = Exit.CONFLICT
+    http_status = 409
+
+    def __init__(self, message: str, cluster: ClusterRecord | None = None) -> None:
+        self.cluster = cluster
+        super().__init__(message)
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM) asked this process to stop; raised in the main thread."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The CLI exit code for an exception (KeyboardInterrupt counts as SIGINT)."""
+    if isinstance(exc, Interrupted):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return Exit.SIGINT
+    if isinstance(exc, BrokerError):
+        return int(exc.exit_code)
+    return Exit.ERROR
+
+
+__all__ = [
+    "BrokerError",
+    "Cancelled",
+    "CatalogError",
+    "CleanupFailed",
+    "ConfigError",
+    "ConflictError",
+    "EnvError",
+    "Exit",
+    "Interrupted",
+    "InvalidRequest",
+    "NotFoundError",
+    "ProviderError",
+    "ProvisionFailed",
+    "StateError",
+    "StoreError",
+    "exit_code_of",
+]
