@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.errors import InvalidLaunchError, RegionConfigError
+from providers.errors import InvalidLaunchError, RegionNotConfiguredError
 from shapes.catalog import Catalog
 from shapes.model import Shape
 
@@ -80,7 +80,7 @@ def check_launch_region(shape: Shape, provider: str, regions: Sequence[str]) -> 
             f"shape {shape.id} is not a {provider} shape", code="WrongProvider", provider=provider
         )
     if shape.region not in regions:
-        raise RegionConfigError(
+        raise RegionNotConfiguredError(
             f"region {shape.region} is not in [{provider}] regions ({', '.join(regions)})",
             code="NotConfigured",
             provider=provider,

@@ -1,7 +1,8 @@
 """Typed cloud errors: what went wrong, and how far the failure reaches.
 
 Adapters catch their SDK's exceptions and raise one of these; the provisioner decides what
-to do from ``reach`` alone, never from message text::
+to do from ``reach`` alone, never from message text. A *local* error is about this broker's
+own configuration (not the cloud's state), so it is never remembered as a blocked scope::
 
     ProviderError                       reach      lifecycle reason
     +-- TransientError                  CALL       Error     retry the same call (backoff)
@@ -11,10 +12,11 @@ to do from ``reach`` alone, never from message text::
     |   +-- RegionCapacityError         REGION     NoCapacity      next region
     +-- QuotaError                      REGION     QuotaExceeded   next region
     +-- RegionConfigError               REGION     NotConfigured   next region
+    |   +-- RegionNotConfiguredError    REGION     NotConfigured   next region (local)
     +-- ProviderUnavailableError        PROVIDER   Unauthorized    skip the provider
     |   +-- AuthError                   PROVIDER   Unauthorized
     |   +-- GlobalQuotaError            PROVIDER   QuotaExceeded
-    |   +-- NotConfiguredError          PROVIDER   NotConfigured
+    |   +-- NotConfiguredError          PROVIDER   NotConfigured   (local)
     +-- InvalidLaunchError              REQUEST    InvalidRequest  fail the request
 """
 
@@ -50,6 +52,9 @@ class ProviderError(BrokerError):
     http_status = 502
     reach: ClassVar[Reach] = Reach.REQUEST
     reason: ClassVar[str] = "Error"
+    # A fact about this broker's own configuration, not the cloud's state: the provisioner
+    # moves on as ``reach`` says but never stores a block for it (fixing the file fixes it).
+    local: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -106,6 +111,12 @@ class RegionConfigError(ProviderError):
     reason = "NotConfigured"
 
 
+class RegionNotConfiguredError(RegionConfigError):
+    """The configuration does not name this region (or gives it no subnet): local."""
+
+    local = True
+
+
 class QuotaError(ProviderError):
     """A regional quota is exhausted for this shape's quota bucket."""
 
@@ -129,7 +140,10 @@ class GlobalQuotaError(ProviderUnavailableError):
 
 
 class NotConfiguredError(ProviderUnavailableError):
+    """The cloud is not enabled or configured here: a local fact, never stored as a block."""
+
     reason = "NotConfigured"
+    local = True
 
 
 class InvalidLaunchError(ProviderError):
