@@ -23,6 +23,7 @@ from broker.quote import QuoteRequest, quote, request_from_launch_file
 from broker.ranking import Exclusion, RankRequest
 from broker.render import money, table
 from broker.settings import Settings
+from broker.views import quote_document
 from shapes.catalog import PROVIDERS, ShapeFilter, load_catalog
 from shapes.gpus import gpu_filter_names
 from shapes.model import Provisioning
@@ -277,7 +278,7 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     if not result.plans and not args.explain:
         result = quote(request, catalog, explain=True)  # so the refusal can say why
     if args.json:
-        doc = result.to_json_dict(limit=args.limit)
+        doc = quote_document(result, limit=args.limit)
         if args.explain:
             doc["blocked"] = blocked
         _emit_json(doc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,10 +75,6 @@ def request_from_launch_file(
     )
 
 
-def _money(value: float) -> float:
-    return round(value, 4)
-
-
 @dataclass(frozen=True)
 class Quote:
     request: QuoteRequest
@@ -93,82 +88,6 @@ class Quote:
     @property
     def warnings(self) -> list[Diagnostic]:
         return [*self.request.warnings, *self.ranking.warnings]
-
-    def plan_json(self, rank_no: int, plan: Plan) -> dict[str, object]:
-        s = plan.shape
-        return {
-            "rank": rank_no,
-            "shape_id": s.id,
-            "provider": s.provider,
-            "region": s.region,
-            "instance_type": s.instance_type,
-            "gpu": s.gpu,
-            "gpus_per_node": s.gpus_per_node,
-            "nodes": plan.nodes,
-            "procs_per_node": plan.procs_per_node,
-            "gpus_billed": plan.gpus_billed,
-            "provisioning": s.provisioning.value,
-            "price_per_node_hour": _money(s.price_per_node_hour),
-            "price_per_hour": _money(plan.price_per_hour),
-            "estimated_cost": _money(plan.price_per_hour * self.request.hours),
-            "zones": list(s.zones),
-        }
-
-    def to_json_dict(
-        self, limit: int | None = None, today: date | None = None
-    ) -> dict[str, object]:
-        r = self.request.rank
-        flt = r.filter
-        plans = self.plans if limit is None else self.plans[:limit]
-        return {
-            "request": {
-                "gpus": r.gpus,
-                "hours": self.request.hours,
-                "compute_mode": "burst",
-                "burst_max_gpus": r.burst_max_gpus,
-                "priority": list(r.priority) if r.priority is not None else None,
-                "priority_used": self.ranking.priority_used,
-                "filters": {
-                    "gpu": list(flt.gpus),
-                    "provider": list(flt.providers),
-                    "region": list(flt.regions),
-                    "provisioning": flt.provisioning.value if flt.provisioning else None,
-                    "max_price_per_hour": r.max_price_per_hour,
-                },
-                "launch_file": self.request.launch_file,
-                "experiment_name": self.request.experiment_name,
-            },
-            "plans": [self.plan_json(i, p) for i, p in enumerate(plans, start=1)],
-            "plans_total": len(self.plans),
-            "excluded": [
-                {"shape_id": e.shape_id, "rule": e.rule.value, "reason": e.reason}
-                for e in self.ranking.excluded
-            ],
-            "warnings": [w.model_dump() for w in self.warnings],
-            "catalog": catalog_json(self.catalog, today),
-        }
-
-
-def catalog_json(catalog: Catalog, today: date | None = None) -> dict[str, object]:
-    as_of = catalog.as_of
-    retrieved = catalog.retrieved
-    return {
-        "as_of": as_of.isoformat() if as_of else None,
-        "retrieved": retrieved.isoformat() if retrieved else None,
-        "shapes": len(catalog),
-        "sources": [
-            {
-                "provider": s.provider,
-                "prices_as_of": s.prices_as_of.isoformat() if s.prices_as_of else None,
-                "retrieved": s.retrieved.isoformat() if s.retrieved else None,
-                "age_days": s.age_days(today),
-                "bundled": s.bundled,
-                "price_source": s.price_source,
-                "shapes": s.shapes,
-            }
-            for s in catalog.sources
-        ],
-    }
 
 
 def quote(

@@ -1,0 +1,243 @@
+"""The JSON documents the broker shows: one function per document, plain JSON types only.
+
+The CLI prints these (``--json``) and renders its human tables from them; the HTTP API
+returns them. Money is exact (only human tables round); times are ISO 8601 UTC with a ``Z``.
+Nothing here reads the store or decides anything: each function maps a value to a document.
+Importing this module loads no pydantic, SQLAlchemy or cloud SDK (the quote path uses it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broker.api import ClusterReport, ReconcileReport
+    from broker.diagnostics import Diagnostic
+    from broker.quote import Quote
+    from broker.ranking import Plan
+    from broker.state import AttemptRecord, BlockRecord, ClusterRecord
+    from shapes.catalog import Catalog
+    from shapes.errors import BrokerError
+    from shapes.model import Shape
+
+Document = dict[str, Any]
+
+
+def when(ts: float | None) -> str | None:
+    """A store timestamp as ISO 8601 UTC (``2026-12-01T21:14:09Z``), None for None."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# -- quotes and shapes ----------------------------------------------------------------------
+
+
+def shape_document(shape: Shape) -> Document:
+    return shape.to_json_dict()
+
+
+def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
+    s = plan.shape
+    return {
+        "rank": rank_no,
+        "shape_id": s.id,
+        "provider": s.provider,
+        "region": s.region,
+        "instance_type": s.instance_type,
+        "gpu": s.gpu,
+        "gpus_per_node": s.gpus_per_node,
+        "nodes": plan.nodes,
+        "procs_per_node": plan.procs_per_node,
+        "gpus_billed": plan.gpus_billed,
+        "provisioning": s.provisioning.value,
+        "price_per_node_hour": round(s.price_per_node_hour, 4),
+        "price_per_hour": round(plan.price_per_hour, 4),
+        "estimated_cost": round(plan.price_per_hour * quote.request.hours, 4),
+        "zones": list(s.zones),
+    }
+
+
+def quote_document(
+    quote: Quote, *, limit: int | None = None, today: date | None = None
+) -> Document:
+    """``broker quote --json``; ``limit`` None shows every plan."""
+    r = quote.request.rank
+    flt = r.filter
+    plans = quote.plans if limit is None else quote.plans[:limit]
+    return {
+        "request": {
+            "gpus": r.gpus,
+            "hours": quote.request.hours,
+            "compute_mode": "burst",
+            "burst_max_gpus": r.burst_max_gpus,
+            "priority": list(r.priority) if r.priority is not None else None,
+            "priority_used": quote.ranking.priority_used,
+            "filters": {
+                "gpu": list(flt.gpus),
+                "provider": list(flt.providers),
+                "region": list(flt.regions),
+                "provisioning": flt.provisioning.value if flt.provisioning else None,
+                "max_price_per_hour": r.max_price_per_hour,
+            },
+            "launch_file": quote.request.launch_file,
+            "experiment_name": quote.request.experiment_name,
+        },
+        "plans": [plan_document(quote, i, p) for i, p in enumerate(plans, start=1)],
+        "plans_total": len(quote.plans),
+        "excluded": [
+            {"shape_id": e.shape_id, "rule": e.rule.value, "reason": e.reason}
+            for e in quote.ranking.excluded
+        ],
+        "warnings": [diagnostic_document(w) for w in quote.warnings],
+        "catalog": catalog_document(quote.catalog, today),
+    }
+
+
+def catalog_document(catalog: Catalog, today: date | None = None) -> Document:
+    as_of = catalog.as_of
+    retrieved = catalog.retrieved
+    return {
+        "as_of": as_of.isoformat() if as_of else None,
+        "retrieved": retrieved.isoformat() if retrieved else None,
+        "shapes": len(catalog),
+        "sources": [
+            {
+                "provider": s.provider,
+                "prices_as_of": s.prices_as_of.isoformat() if s.prices_as_of else None,
+                "retrieved": s.retrieved.isoformat() if s.retrieved else None,
+                "age_days": s.age_days(today),
+                "bundled": s.bundled,
+                "price_source": s.price_source,
+                "shapes": s.shapes,
+            }
+            for s in catalog.sources
+        ],
+    }
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def diagnostic_document(d: Diagnostic) -> Document:
+    return {"field": d.field, "message": d.message, "line": d.line}
+
+
+def errors_document(errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic] = ()) -> Document:
+    """``{"errors": [...], "warnings": [...]}``: what every ``--json`` command prints on error."""
+    return {
+        "errors": [diagnostic_document(e) for e in errors],
+        "warnings": [diagnostic_document(w) for w in warnings],
+    }
+
+
+def error_document(exc: BrokerError) -> Document:
+    """Any named error as the errors document (one error, no field), with its kind."""
+    doc = errors_document(getattr(exc, "errors", None) or [], getattr(exc, "warnings", ()))
+    if not doc["errors"]:
+        doc["errors"] = [{"field": None, "message": str(exc), "line": None}]
+    doc["error"] = type(exc).__name__
+    return doc
+
+
+# -- clusters ---------------------------------------------------------------------------------
+
+
+def attempt_document(a: AttemptRecord) -> Document:
+    return {
+        "attempt": a.attempt_no,
+        "cycle": a.cycle,
+        "shape_id": a.shape_id,
+        "zone": a.zone,
+        "nodes": a.nodes,
+        "outcome": str(a.outcome),
+        "error_code": a.error_code,
+        "reach": a.reach,
+        "reason": a.reason,
+        "message": a.message,
+        "retries": a.retries,
+        "nodes_created": a.nodes_created,
+        "nodes_cleaned": a.nodes_cleaned,
+        "duration_s": a.duration,
+    }
+
+
+def node_document(n: Any) -> Document:
+    return {
+        "rank": n.rank,
+        "provider_id": n.provider_id,
+        "private_ip": n.private_ip,
+        "zone": n.zone,
+    }
+
+
+def cluster_document(c: ClusterRecord, attempts: Sequence[AttemptRecord] | None = None) -> Document:
+    doc: Document = {
+        "cluster_id": c.id,
+        "status": c.status.value,
+        "reason": c.reason,
+        "detail": c.detail,
+        "cycle": c.cycle,
+        "backend": c.backend,
+        "shape_id": c.shape_id,
+        "provider": c.provider,
+        "region": c.region,
+        "zone": c.zone,
+        "nodes": [node_document(n) for n in c.nodes],
+        "procs_per_node": c.procs_per_node,
+        "gpus_billed": c.gpus_billed,
+        "price_per_hour": c.price_per_hour,
+        "created_at": when(c.created_at),
+        "updated_at": when(c.updated_at),
+    }
+    if attempts is not None:
+        doc["attempts"] = [attempt_document(a) for a in attempts]
+    return doc
+
+
+def report_document(r: ClusterReport) -> Document:
+    """``broker describe --json``: the cluster, its attempts, lifecycle and usage."""
+    doc = cluster_document(r.cluster, r.attempts)
+    doc["transitions"] = [
+        {
+            "cycle": t.cycle,
+            "status": t.status.value,
+            "at": when(t.at),
+            "reason": t.reason,
+            "detail": t.detail,
+        }
+        for t in r.transitions
+    ]
+    doc["gpu_hours"] = r.usage.gpu_hours
+    doc["cost"] = r.usage.cost
+    return doc
+
+
+def env_document(env: Mapping[str, str]) -> Document:
+    return dict(env)
+
+
+def util_document(util: Mapping[str, Mapping[str, float]]) -> Document:
+    return {name: dict(row) for name, row in sorted(util.items())}
+
+
+def reconcile_document(report: ReconcileReport) -> Document:
+    return {
+        "terminated": [
+            {"provider_id": n.provider_id, "shape_id": n.shape_id, "cluster_id": n.cluster_id}
+            for n in report.terminated
+        ],
+        "settled": list(report.settled),
+        "lost": list(report.lost),
+        "problems": list(report.problems),
+    }
+
+
+def blocks_document(blocks: Sequence[BlockRecord]) -> Document:
+    """``broker blocks --json``: the scopes recent failures block, until when, and why."""
+    return {
+        "blocks": [{"scope": b.scope, "reason": b.reason, "until": when(b.until)} for b in blocks]
+    }
