@@ -1,53 +1,47 @@
-"""The Broker: what a scheduler (and the CLI) calls. One object per state directory.
+"""The Broker: what a scheduler, the CLI and (soon) the HTTP service call. One object per store.
 
-broker = Broker(backend="sim")                     # or Broker() for the real clouds
-cluster = broker.provision(QuoteRequest(rank=RankRequest(gpus=16)))
-env = broker.env(cluster.id, rank=0)
-broker.release(cluster.id)                         # -> COMPLETED
+    broker = Broker(Settings.from_env(), backend="sim")   # or backend=None: the real clouds
+    cluster = broker.submit(QuoteRequest(rank=RankRequest(gpus=16)))   # PENDING, durable
+    cluster = broker.run(cluster.id)                       # the fallback loop -> RUNNING
+    env = broker.env(cluster.id, rank=0)
+    broker.release(cluster.id)                             # -> COMPLETED
+
+``provision`` is ``submit`` then ``run``. Everything a request needs is checked before
+anything is written (``submit`` raises InvalidRequest / NoShape / ConfigError first). The
+store opens on first use, so constructing a Broker and quoting with no store yet costs no
+database import at all.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from broker.env import node_env
-from broker.lifecycle import LIVE, TERMINAL, FailReason, Status
-from broker.provisioner import (
-    Progress,
-    Provisioner,
-    ProvisionFailed,
-    ProvisionPolicy,
-    blocked_shapes,
-    owner_id,
-    terminate_cluster_nodes,
-)
+from broker.errors import ConflictError, InvalidRequest, NoShape, StoreError
+from broker.lifecycle import TERMINAL, Status
 from broker.quote import Quote, QuoteRequest, quote
-from broker.state import (
-    AttemptRecord,
-    ClusterRecord,
-    ConflictError,
-    Store,
-    TransitionRecord,
-    default_state_dir,
-)
-from providers.base import TAG_BROKER, Node, NodeState, Provider
-from providers.config import BrokerConfig, load_config
-from providers.errors import ProviderError
-from providers.registry import SIMULATED, open_provider
-from providers.sim import DB_FILENAME as SIM_DB_FILENAME
+from broker.scopes import Block, blocked_shapes, read_blocks_sqlite
+from broker.settings import STATE_DB_FILENAME, Settings
 from shapes.catalog import Catalog, load_catalog
 from shapes.model import Shape
 
+if TYPE_CHECKING:
+    from broker.provisioner import ProvisionPolicy
+    from broker.reconcile import ReconcileReport
+    from broker.state import AttemptRecord, ClusterRecord, Store, TransitionRecord
+    from providers.base import Node, Provider
+    from providers.config import BrokerConfig
+    from providers.sim import SimScenario
+
+SIMULATED = "sim"
 BILLED = frozenset({Status.STARTING, Status.RUNNING, Status.TERMINATING})
-OWNER_LEASE = 600.0  # seconds without a heartbeat after which another host's owner is dead
+Progress = Callable[[str], None]
 
 
 class Usage(NamedTuple):
@@ -76,29 +70,19 @@ class ClusterReport:
     usage: Usage
 
 
-@dataclass
-class ReconcileReport:
-    terminated: list[Node] = field(default_factory=list)
-    settled: list[str] = field(default_factory=list)  # clusters whose dead owner left them live
-    lost: list[str] = field(default_factory=list)  # RUNNING clusters that lost a node: FAILED
-    problems: list[str] = field(default_factory=list)  # what could not be checked or removed
+def _check_backend(backend: str | None) -> None:
+    if backend is not None and backend != SIMULATED:
+        from broker.diagnostics import Diagnostic
 
-
-def owner_alive(owner: str | None, updated_at: float, now: float) -> bool:
-    """Is the process that owns a provisioning still there? Same host: ask the kernel;
-    another host: trust its heartbeat for OWNER_LEASE seconds."""
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return now - updated_at < OWNER_LEASE
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="backend",
+                    message=f"must be None (the shapes' own clouds) or {SIMULATED!r}, "
+                    f"got {backend!r}",
+                )
+            ]
+        )
 
 
 class Broker:
@@ -106,11 +90,12 @@ class Broker:
 
     def __init__(
         self,
+        settings: Settings | None = None,
         *,
         state_dir: Path | None = None,
         store_url: str | None = None,
         backend: str | None = None,
-        sim_scenario: str | os.PathLike[str] | None = None,
+        sim_scenario: str | Path | None = None,
         catalog: Catalog | None = None,
         config: BrokerConfig | None = None,
         policy: ProvisionPolicy | None = None,
@@ -118,23 +103,85 @@ class Broker:
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
     ) -> None:
-        self.state_dir = state_dir or default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store.open(self.state_dir, store_url)
-        self.catalog = catalog or load_catalog()
-        self.config = config if config is not None else load_config()
+        """``settings`` (default: built-in defaults, no environment) says where things
+        are; ``state_dir``/``store_url`` override it. Everything is validated here, before
+        anything is written: the backend name, the scenario file, the policy numbers."""
+        _check_backend(backend)
+        base = settings or Settings()
+        self.settings = base
+        self.state_dir = state_dir or base.state_dir
+        self.store_url = store_url if store_url is not None else base.state_url
         self.backend = backend  # "sim": the simulated cloud serves every shape
-        self.sim_scenario = sim_scenario or os.environ.get("BROKER_SIM_SCENARIO")
-        self.policy = policy or ProvisionPolicy()
+        self._catalog = catalog
+        self._config = config
+        self._policy = policy
         self.clock = clock
         self.sleep = sleep
         self.progress = progress
         self._providers: dict[str, Provider] = {}
+        scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
+        self.sim_scenario: SimScenario | None = None
+        if scenario_path is not None:
+            from providers.sim import load_scenario
+
+            self.sim_scenario = load_scenario(scenario_path)  # a bad file: refused now
+
+    # -- what it is built from (each loaded on first use) --------------------------------------
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return self._catalog or load_catalog(self.settings.catalog_dir)
+
+    @cached_property
+    def config(self) -> BrokerConfig:
+        if self._config is not None:
+            return self._config
+        from providers.config import load_config
+
+        return load_config(self.settings.config_path, required=self.settings.config_explicit)
+
+    @cached_property
+    def policy(self) -> ProvisionPolicy:
+        if self._policy is not None:
+            return self._policy
+        from broker.provisioner import ProvisionPolicy
+
+        return ProvisionPolicy(
+            deployment=self.settings.deployment, lease_seconds=self.settings.lease_seconds
+        )
+
+    @cached_property
+    def store(self) -> Store:
+        from broker.state import Store
+
+        return Store.open(self.state_dir, self.store_url)
+
+    @cached_property
+    def owner(self) -> str:
+        from broker.lease import new_owner_id
+
+        return new_owner_id()
+
+    def _configured_regions(self) -> Mapping[str, frozenset[str]] | None:
+        """Each enabled cloud's configured regions; None when there is no configuration
+        (then every shape stays quotable, and nothing about clouds needs loading)."""
+        if self._config is None and not self.settings.config_path.exists():
+            if self.settings.config_explicit:
+                _ = self.config  # raises the ConfigError naming the missing file
+            return None
+        config = self.config
+        return {
+            name: regions
+            for name in config.broker.providers
+            if (regions := config.regions(name)) is not None
+        }
 
     # -- providers ----------------------------------------------------------------------------
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
+            from providers.registry import open_provider
+
             self._providers[name] = open_provider(
                 name,
                 state_dir=self.state_dir,
@@ -152,77 +199,128 @@ class Broker:
         name = cluster.backend or cluster.provider
         return self.provider(name) if name else None
 
-    # -- quoting and provisioning -------------------------------------------------------------
+    # -- quoting ------------------------------------------------------------------------------
+
+    def blocks(self) -> list[Block]:
+        """Scopes that recent failures block now (none when no store exists yet). A SQLite
+        store is read with the standard library, so quoting never loads SQLAlchemy."""
+        now = self.clock()
+        if self.store_url or "store" in self.__dict__:
+            return self.store.active_blocks(now)
+        path = self.state_dir / STATE_DB_FILENAME
+        try:
+            return read_blocks_sqlite(path, now)
+        except Exception as exc:  # sqlite3.Error, OSError: say which store, touch nothing
+            raise StoreError(f"cannot read the blocks of the store {path}: {exc}") from None
+
+    def unblock(self, scope: str | None = None) -> int:
+        """Forget the block on this scope key (every block when None); how many went."""
+        return self.store.unblock(scope)
 
     def _unavailable(self, backend: str | None) -> dict[str, str]:
         """Shapes that cannot be tried on ``backend`` (None: the real clouds): recent
         failures block them, or their region is not among a configured cloud's regions."""
-        blocks = {k: b.reason for k, b in self.store.active_blocks(self.clock()).items()}
-        backend_of = self._backend_of(backend)
-        out = blocked_shapes(self.catalog.shapes, blocks, backend_of) if blocks else {}
+        out: dict[str, str] = {}
+        active = self.blocks()
+        if active:
+            from providers.clouds import quota_bucket
+
+            out = blocked_shapes(
+                self.catalog.shapes, active, self._backend_of(backend), quota_bucket
+            )
         if backend is None:
-            for shape in self.catalog.shapes:
-                regions = self.config.regions(shape.provider)
-                if regions is not None and shape.region not in regions:
-                    out.setdefault(
-                        shape.key, f"region {shape.region} is not in [{shape.provider}] regions"
-                    )
+            regions = self._configured_regions()
+            if regions is not None:
+                for shape in self.catalog.shapes:
+                    allowed = regions.get(shape.provider)
+                    if allowed is not None and shape.region not in allowed:
+                        out.setdefault(
+                            shape.key,
+                            f"region {shape.region} is not in [{shape.provider}] regions",
+                        )
         return out
 
-    def quote(self, request: QuoteRequest, *, explain: bool = False) -> Quote:
-        """Rank and price, leaving out shapes known to be unavailable now."""
-        unavailable = self._unavailable(self.backend)
-        return quote(request, self.catalog, unavailable=unavailable, explain=explain)
+    def quote(
+        self, request: QuoteRequest, *, explain: bool = False, backend: str | None = None
+    ) -> Quote:
+        """Rank and price what ``provision`` would try: shapes known to be unavailable now
+        (blocked, or outside a configured cloud's regions) are excluded, with the reason."""
+        chosen = backend if backend is not None else self.backend
+        return quote(request, self.catalog, unavailable=self._unavailable(chosen), explain=explain)
 
-    def provision(
+    # -- provisioning -------------------------------------------------------------------------
+
+    def submit(
         self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
     ) -> ClusterRecord:
-        """Bring up a whole cluster; raise ProvisionFailed (cluster FAILED) if none can be had."""
-        ranked = self.quote(request)
-        cluster = self.store.create_cluster(
+        """Validate the request and record it as a PENDING cluster (durable; returns at
+        once). Raises InvalidRequest, or NoShape when no catalog shape passes its filters,
+        before anything is written."""
+        ranked = quote(request, self.catalog, explain=True)  # availability aside
+        if not ranked.plans:
+            raise NoShape(
+                f"no shape can serve this request ({len(ranked.ranking.excluded)} excluded; "
+                "`broker quote --explain` says why)"
+            )
+        return self.store.create_cluster(
             f"bb-{uuid.uuid4().hex[:12]}",
-            request=request.model_dump(mode="json"),
+            request=request.to_json_dict(),
             experiment=experiment,
             backend=self.backend,
-            owner=owner_id(),
             now=self.clock(),
         )
-        return self._run(cluster.id, ranked, self.backend)
 
-    def _run(self, cluster_id: str, ranked: Quote, backend: str | None) -> ClusterRecord:
+    def run(self, cluster_id: str) -> ClusterRecord:
+        """Provision a PENDING cluster: the fallback loop, holding its lease. Raises
+        ProvisionFailed, CleanupFailed, Cancelled or Interrupted (broker.errors)."""
+        cluster = self.store.find(cluster_id)
+        request = QuoteRequest.from_json_dict(cluster.request)
+        ranked = self.quote(request, backend=cluster.backend)
         if self.progress:
-            self.progress(f"cluster {cluster_id}: {len(ranked.plans)} candidate plan(s)")
-        backend_of = self._backend_of(backend)
+            self.progress(f"cluster {cluster.id}: {len(ranked.plans)} candidate plan(s)")
+        from broker.provisioner import Provisioner
+        from providers.clouds import quota_bucket
+
+        backend_of = self._backend_of(cluster.backend)
         provisioner = Provisioner(
             self.store,
             lambda shape: self.provider(backend_of(shape)),
             backend_of=backend_of,
+            bucket_of=quota_bucket,
             policy=self.policy,
             clock=self.clock,
             sleep=self.sleep,
             progress=self.progress,
+            owner=self.owner,
         )
-        return provisioner.run(cluster_id, list(ranked.plans))
+        return provisioner.run(cluster.id, list(ranked.plans))
+
+    def provision(
+        self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
+    ) -> ClusterRecord:
+        """Bring up a whole cluster: ``submit`` then ``run``."""
+        return self.run(self.submit(request, experiment=experiment).id)
 
     def restart(self, cluster_id: str) -> ClusterRecord:
         """Run a finished cluster's lifecycle again, as a new cycle, on the backend it was
         provisioned on; its history is kept."""
         cluster = self.store.find(cluster_id)
-        self.store.transition(
-            cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL, owner=owner_id()
-        )
-        request = QuoteRequest.model_validate(cluster.request)
-        unavailable = self._unavailable(cluster.backend)
-        ranked = quote(request, self.catalog, unavailable=unavailable)
-        return self._run(cluster.id, ranked, cluster.backend)
+        self.store.transition(cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL)
+        return self.run(cluster.id)
 
     # -- tracking -----------------------------------------------------------------------------
 
     def get(self, cluster_id: str) -> ClusterRecord:
         return self.store.find(cluster_id)
 
-    def list_clusters(self, statuses: Sequence[Status] | None = None) -> list[ClusterRecord]:
-        return self.store.list_clusters(statuses)
+    def list_clusters(
+        self, statuses: Collection[Status] | None = None, *, limit: int | None = 50
+    ) -> list[ClusterRecord]:
+        """The newest ``limit`` clusters in these statuses (None: all), oldest first."""
+        return self.store.list_clusters(statuses, limit=limit)
+
+    def attempts(self, cluster_id: str) -> list[AttemptRecord]:
+        return self.store.attempts(self.store.find(cluster_id).id)
 
     def describe(self, cluster_id: str) -> ClusterReport:
         cluster = self.store.find(cluster_id)
@@ -232,6 +330,8 @@ class Broker:
         )
 
     def env(self, cluster_id: str, rank: int) -> dict[str, str]:
+        from broker.env import node_env
+
         return node_env(self.store.find(cluster_id), rank)
 
     def util(self) -> dict[str, dict[str, float]]:
@@ -239,7 +339,7 @@ class Broker:
         out: dict[str, dict[str, float]] = defaultdict(
             lambda: {"gpus_starting": 0, "gpus_running": 0, "clusters": 0, "spend_per_hour": 0.0}
         )
-        for c in self.store.list_clusters([Status.STARTING, Status.RUNNING, Status.TERMINATING]):
+        for c in self.store.list_clusters(BILLED):
             key = f"{c.backend}:{c.provider}" if c.backend else str(c.provider)
             row = out[key]
             row["clusters"] += 1
@@ -252,67 +352,33 @@ class Broker:
     # -- ending clusters ----------------------------------------------------------------------
 
     def release(self, cluster_id: str) -> ClusterRecord:
-        """The owner is done: terminate the nodes, then COMPLETED."""
+        """The owner is done: terminate the nodes, then COMPLETED. A finished cluster is
+        returned as it is (releasing twice is no error)."""
         return self._end(cluster_id, Status.COMPLETED)
 
     def stop(self, cluster_id: str) -> ClusterRecord:
-        """Stop before completion (also cancels a provisioning in flight): STOPPED."""
+        """Stop before completion (also cancels a provisioning in flight): STOPPED. A
+        finished cluster is returned as it is."""
         return self._end(cluster_id, Status.STOPPED)
 
     def _end(self, cluster_id: str, final: Status) -> ClusterRecord:
-        cluster = self.store.find(cluster_id)
-        if final is Status.COMPLETED:
-            startable = {Status.RUNNING, Status.TERMINATING}  # only a running cluster completes
-        else:
-            startable = {Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING}
-            startable.add(Status.TERMINATING)
-        if cluster.status not in startable:
-            verb = "release" if final is Status.COMPLETED else "stop"
-            raise ConflictError(f"cluster {cluster.id} is {cluster.status.value}; cannot {verb} it")
-        return self._wind_down(cluster, final)[0]
+        from broker.teardown import WindDown, wind_down
 
-    def _wind_down(
-        self,
-        cluster: ClusterRecord,
-        final: Status,
-        *,
-        reason: str | None = None,
-        detail: str | None = None,
-    ) -> tuple[ClusterRecord, list[Node]]:
-        """Take a live cluster to ``final``: through TERMINATING when it may have nodes,
-        which are terminated and confirmed gone first. Returns it and the nodes removed."""
-        now = self.clock()
-        if cluster.status in (Status.PENDING, Status.QUEUED):
-            ended = self.store.transition(
-                cluster.id,
-                final,
-                now=now,
-                expect={Status.PENDING, Status.QUEUED},
-                reason=reason,
-                detail=detail,
+        cluster = self.store.find(cluster_id)
+        if cluster.status in TERMINAL:
+            return cluster
+        if final is Status.COMPLETED and cluster.status is not Status.RUNNING:
+            if cluster.status is Status.TERMINATING:
+                return cluster  # someone is already ending it
+            raise ConflictError(
+                f"cluster {cluster.id} is {cluster.status.value}; only a RUNNING cluster can "
+                "be released (use `broker stop` to cancel a provisioning)"
             )
-            return ended, []
-        if cluster.status in (Status.RUNNING, Status.STARTING):
-            cluster = self.store.transition(
-                cluster.id,
-                Status.TERMINATING,
-                now=now,
-                expect={cluster.status},
-                owner=owner_id(),
-            )
+        if cluster.status is Status.TERMINATING and cluster.lease_live(self.clock()):
+            return cluster  # someone else is winding it down right now
+        how = WindDown(final, self.owner, self.policy.lease_seconds)
         provider = self._cluster_provider(cluster)
-        removed = (
-            terminate_cluster_nodes(cluster.id, provider, sleep=self.sleep) if provider else []
-        )
-        ended = self.store.transition(
-            cluster.id,
-            final,
-            now=self.clock(),
-            expect={Status.TERMINATING},
-            reason=reason,
-            detail=detail,
-        )
-        return ended, removed
+        return wind_down(self.store, cluster, how, provider, clock=self.clock, sleep=self.sleep)[0]
 
     def delete(self, cluster_id: str) -> None:
         """Forget a finished cluster (COMPLETED, STOPPED or FAILED only)."""
@@ -321,91 +387,28 @@ class Broker:
 
     # -- reconciliation -----------------------------------------------------------------------
 
-    def _backends_in_use(self) -> set[str]:
-        """Every cloud the configuration enables (a node may be there even when the store
-        has forgotten its cluster, or never knew it), every backend a stored cluster used,
-        and the simulated cloud once it exists."""
-        names = {c.backend or c.provider for c in self.store.list_clusters()}
-        names.update(self.config.broker.providers)
-        if (self.state_dir / SIM_DB_FILENAME).exists() or self.backend == SIMULATED:
+    def sweep_backends(self) -> list[str]:
+        """Where tagged nodes may be: every cloud the configuration enables (a node may be
+        there even when the store has forgotten its cluster), and the simulated cloud once
+        it exists. Costs no scan of the store."""
+        from providers.registry import sim_exists
+
+        names = set(self.config.broker.providers)
+        if self.backend == SIMULATED or sim_exists(self.state_dir):
             names.add(SIMULATED)
-        return {n for n in names if n}
+        return sorted(names)
 
     def reconcile(self) -> ReconcileReport:
-        """Settle clusters whose provisioning process died, and terminate every tagged node
-        that no live cluster owns. Safe to run at any time, from any process."""
-        report = ReconcileReport()
-        now = self.clock()
-        for cluster in self.store.list_clusters(LIVE | {Status.TERMINATING}):
-            try:
-                if cluster.status is Status.RUNNING:
-                    self._check_gang(cluster, report)
-                elif not owner_alive(cluster.owner, cluster.updated_at, now):
-                    self._settle(cluster, report)
-            except (ProviderError, RuntimeError, ConflictError) as exc:
-                report.problems.append(f"{cluster.id}: {exc}")
-        for name in sorted(self._backends_in_use()):
-            try:
-                provider = self.provider(name)
-                tagged = provider.list_tagged()
-            except ProviderError as exc:
-                report.problems.append(f"{name}: cannot list tagged nodes: {exc}")
-                continue
-            # Only this deployment's nodes: another broker in the same account owns its own.
-            mine = [n for n in tagged if n.tags.get(TAG_BROKER) == self.policy.deployment]
-            orphans = [n for n in mine if not self._owned(n, now)]
-            if orphans:
-                try:
-                    provider.terminate(orphans)
-                    report.terminated.extend(orphans)
-                except ProviderError as exc:
-                    report.problems.append(
-                        f"{name}: cannot terminate {len(orphans)} node(s): {exc}"
-                    )
-        return report
+        """Settle clusters whose owner's lease expired, fail RUNNING gangs that lost a node,
+        and terminate every tagged node of this deployment that no live cluster owns.
+        Safe to run at any time, from any process on any host, several at once."""
+        from broker.reconcile import Reconciler
 
-    def _check_gang(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
-        """A gang that lost a node (spot preemption, a crash) is useless and still bills:
-        terminate the rest and fail the cluster with NodeLost."""
-        provider = self._cluster_provider(cluster)
-        if provider is None:
-            return
-        present = {
-            n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
-        }
-        lost = [n for n in cluster.nodes or [] if n["provider_id"] not in present]
-        if not lost:
-            return
-        detail = ", ".join(f"rank {n['rank']} ({n['provider_id']})" for n in lost) + " gone"
-        _, removed = self._wind_down(
-            cluster, Status.FAILED, reason=FailReason.NODE_LOST.value, detail=detail
-        )
-        report.terminated.extend(removed)
-        report.lost.append(cluster.id)
-
-    def _settle(self, cluster: ClusterRecord, report: ReconcileReport) -> None:
-        """A cluster whose provisioning (or releasing) process died: remove its nodes, FAILED."""
-        detail = f"its owning process ({cluster.owner}) died; settled by reconcile"
-        _, removed = self._wind_down(
-            cluster, Status.FAILED, reason=FailReason.ORPHANED.value, detail=detail
-        )
-        report.terminated.extend(removed)
-        report.settled.append(cluster.id)
-
-    def _owned(self, node: Node, now: float) -> bool:
-        """Does a live cluster own this node? Unknown or finished clusters own nothing."""
-        cluster_id = node.cluster_id
-        if cluster_id is None:
-            return False
-        try:
-            cluster = self.store.get(cluster_id)
-        except Exception:
-            return False
-        if cluster.status is Status.RUNNING:
-            return any(n["provider_id"] == node.provider_id for n in cluster.nodes or [])
-        if cluster.status in (Status.PENDING, Status.QUEUED, Status.STARTING):
-            return owner_alive(cluster.owner, cluster.updated_at, now)
-        return False
+        return Reconciler(self).run()
 
 
-__all__ = ["Broker", "ClusterReport", "ProvisionFailed", "ReconcileReport", "Usage", "accrue"]
+def _nodes_of(report: ReconcileReport) -> list[Node]:
+    return report.terminated
+
+
+__all__ = ["SIMULATED", "Broker", "ClusterReport", "Usage", "accrue"]

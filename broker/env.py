@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from broker.errors import EnvError
 from broker.lifecycle import Status
 from broker.state import ClusterRecord
 
@@ -23,26 +24,22 @@ ARTIFACT_PATHS = {
 }
 
 
-class EnvError(Exception):
-    """The cluster has no environment for that rank (not running, or no such rank)."""
-
-
 def node_env(
     cluster: ClusterRecord, rank: int, *, master_port: int = DEFAULT_MASTER_PORT
 ) -> dict[str, str]:
     """The variables for node ``rank`` of a RUNNING cluster."""
     if cluster.status is not Status.RUNNING or not cluster.nodes:
         raise EnvError(f"cluster {cluster.id} is {cluster.status.value}, not RUNNING")
-    nodes = sorted(cluster.nodes, key=lambda n: int(n["rank"]))
+    nodes = sorted(cluster.nodes, key=lambda n: n.rank)
     if not 0 <= rank < len(nodes):
         raise EnvError(f"cluster {cluster.id} has ranks 0..{len(nodes) - 1}, not {rank}")
     experiment = cluster.experiment or {}
-    mapping = {str(n["private_ip"]): int(n["rank"]) for n in nodes}
+    mapping = {n.private_ip: n.rank for n in nodes}
     env = {
         "NNODES": str(len(nodes)),
         "N_PROC": str(cluster.procs_per_node),
         "NODE_RANK": str(rank),
-        "MASTER_ADDR": str(nodes[0]["private_ip"]),
+        "MASTER_ADDR": nodes[0].private_ip,
         "MASTER_PORT": str(master_port),
         "IP_TO_RANK_MAPPING": json.dumps(mapping, separators=(",", ":")),
         "STRONG_EXPERIMENT_ID": cluster.id,

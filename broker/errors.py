@@ -14,6 +14,8 @@ module is the one table both read. No traceback reaches a user for an error in t
     +-- EnvError                                   2   409  no environment for that rank
     +-- ProvisionFailed                            3   503  no shape could be provisioned
     |   +-- CleanupFailed                          4   500  a failed attempt's nodes linger
+    +-- NoShape                                    3   422  no shape can serve the request
+    +-- TeardownFailed                             4   502  nodes still alive after terminate
     +-- Cancelled                                  5   409  stopped by someone else meanwhile
     +-- ProviderError (providers.errors)           4   502  a cloud refused (typed by reach)
         +-- ... (the reach tree drawn in providers.errors)
@@ -106,6 +108,20 @@ class CleanupFailed(ProvisionFailed):
     http_status = 500
 
 
+class NoShape(BrokerError):
+    """No catalog shape can serve the request as filtered: nothing was created."""
+
+    exit_code = Exit.NO_SHAPE
+    http_status = 422
+
+
+class TeardownFailed(BrokerError):
+    """Nodes of a cluster are still alive after terminate: they may bill; reconcile later."""
+
+    exit_code = Exit.LEAK
+    http_status = 502
+
+
 class Cancelled(BrokerError):
     """Someone else moved the cluster (stop/release) while this process provisioned it.
     ``cluster`` is the cluster as that someone left it."""
@@ -123,6 +139,7 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
+        self.cluster: ClusterRecord | None = None  # set once the cluster was stopped
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
     @property
@@ -152,10 +169,12 @@ __all__ = [
     "Exit",
     "Interrupted",
     "InvalidRequest",
+    "NoShape",
     "NotFoundError",
     "ProviderError",
     "ProvisionFailed",
     "StateError",
     "StoreError",
+    "TeardownFailed",
     "exit_code_of",
 ]

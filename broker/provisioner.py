@@ -6,20 +6,25 @@ Two different decisions, kept apart:
 - *move on* (the plain loops below): on a capacity error to the next zone, on a regional
   quota error to the next region, on a provider-wide error past every shape of that
   provider; an invalid request fails at once. Never a sleep on a capacity error.
-Each decision comes from the error's ``reach`` (providers.errors), never from its text.
+Each decision comes from the error's ``reach`` (providers.errors), never from its text. A
+*local* error (the cloud is not configured here) moves on the same way but is never stored
+as a block: fixing the configuration must take effect at once.
 
 Crash safety: the attempt (cluster, attempt number, token) is written to the store before
 the cloud is called, and every node carries the cluster and attempt tags, so
-``Broker.reconcile`` can find and remove whatever a killed process left behind.
+``Broker.reconcile`` can find and remove whatever a killed process left behind. The run
+holds the cluster's lease and renews it while it waits (broker.lease).
+
+A signal (Ctrl-C, SIGTERM) during a run removes the in-flight attempt's nodes, confirms they
+are gone and records the cluster STOPPED before the signal goes on up.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -31,20 +36,56 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from broker.diagnostics import Diagnostic
+from broker.errors import (
+    Cancelled,
+    CleanupFailed,
+    ConflictError,
+    Interrupted,
+    InvalidRequest,
+    ProvisionFailed,
+    TeardownFailed,
+)
+from broker.lease import LeaseKeeper, new_owner_id
 from broker.lifecycle import FailReason, Status
 from broker.ranking import Plan
-from broker.state import AttemptRecord, ClusterRecord, ConflictError, Store
+from broker.scopes import BlockScope
+from broker.state import (
+    AttemptIntent,
+    AttemptOutcome,
+    AttemptRecord,
+    AttemptResult,
+    ClusterRecord,
+    Lease,
+    NodeRecord,
+    PlanFields,
+    Store,
+)
+from broker.teardown import WindDown, terminate_cluster_nodes, wind_down
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, Provider
 from providers.errors import ProviderError, Reach, TransientError
-from shapes.model import Provisioning, Shape
+from shapes.model import Shape
 
 Progress = Callable[[str], None]
 ProviderFor = Callable[[Shape], Provider]  # raises ProviderError if the cloud is unusable
+BucketOf = Callable[[Shape], str]  # the quota bucket a shape draws on (providers' table)
+
+_NUMBERS = (
+    "timeout",
+    "launch_timeout",
+    "retry_initial_wait",
+    "retry_max_wait",
+    "capacity_block",
+    "quota_block",
+    "provider_block",
+    "transient_block",
+    "lease_seconds",
+)
 
 
 @dataclass(frozen=True)
 class ProvisionPolicy:
-    """Bounds of one provisioning run (seconds)."""
+    """Bounds of one provisioning run (seconds). Every number must be finite and > 0."""
 
     timeout: float = 1800.0  # the whole request
     launch_timeout: float = 900.0  # one launch call, waiting for nodes to run
@@ -55,65 +96,33 @@ class ProvisionPolicy:
     quota_block: float = 1800.0
     provider_block: float = 900.0
     transient_block: float = 120.0  # a zone that kept failing transiently
-    deployment: str = field(default_factory=lambda: os.environ.get("BROKER_DEPLOYMENT", "default"))
+    lease_seconds: float = 120.0  # the owner's lease, renewed every quarter of it
+    deployment: str = "default"  # the ``broker`` tag: whose nodes reconcile may touch
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                errors.append(Diagnostic(field=name, message=f"must be a number, got {value!r}"))
+            elif not (value > 0 and value != float("inf")):  # also refuses NaN
+                errors.append(
+                    Diagnostic(field=name, message=f"must be a finite number > 0, got {value}")
+                )
+        attempts = self.retry_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            errors.append(
+                Diagnostic(
+                    field="retry_attempts", message=f"must be an integer >= 1, got {attempts!r}"
+                )
+            )
+        if errors:
+            raise InvalidRequest(errors)
 
 
-def owner_id() -> str:
-    """Who is provisioning: host and pid, so reconcile can tell a dead owner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def zone_scope(backend: str, shape: Shape, zone: str) -> str:
-    where = f"{shape.provider}:{shape.region}:{zone}"
-    return f"{backend}/zone:{where}:{shape.instance_type}:{shape.provisioning.value}"
-
-
-def quota_bucket(shape: Shape) -> str:
-    """The quota a shape draws on, within its region and market. AWS counts vCPUs per
-    instance family letter (P, G, ...) for on-demand and for spot apart; GCP counts GPUs
-    per model (spot from the PREEMPTIBLE_* metrics, apart); Azure counts on-demand vCPUs
-    per VM family and every Spot VM of a region against one ``lowPriorityCores`` bucket."""
-    if shape.provider == "aws":
-        return "family-" + shape.instance_type[:1].lower()  # p5.48xlarge -> P family
-    if shape.provider == "azure":
-        if shape.provisioning is Provisioning.SPOT:
-            return "low-priority-cores"
-        return "family-" + azure_family(shape.instance_type)
-    return "gpu-" + shape.gpu
-
-
-def azure_family(size: str) -> str:
-    """The VM family of an Azure size, the sizes that share one per-family core quota:
-    ``Standard_NC24ads_A100_v4`` and ``Standard_NC96ads_A100_v4`` -> ``ncads-a100-v4``."""
-    parts = size.removeprefix("Standard_").split("_")
-    parts[0] = "".join(c for c in parts[0] if not c.isdigit())
-    return "-".join(parts).lower()
-
-
-def region_scope(backend: str, shape: Shape) -> str:
-    where = f"{shape.provider}:{shape.region}"
-    return f"{backend}/region:{where}:{quota_bucket(shape)}:{shape.provisioning.value}"
-
-
-def provider_scope(backend: str, shape: Shape) -> str:
-    return f"{backend}/provider:{shape.provider}"
-
-
-class ProvisionFailed(Exception):
-    """No shape could be provisioned; the cluster is FAILED with ``reason``."""
-
-    def __init__(self, cluster: ClusterRecord, attempts: list[AttemptRecord]) -> None:
-        self.cluster = cluster
-        self.attempts = attempts
-        super().__init__(f"cluster {cluster.id} FAILED ({cluster.reason}): {cluster.detail}")
-
-
-class CleanupFailed(ProvisionFailed):
-    """A failed attempt's nodes could not be removed: fallback stopped, nodes may be leaking."""
-
-
-class Cancelled(Exception):
-    """Someone else moved the cluster (stop/release) while it was being provisioned."""
+def _cloud(backend: str, shape: Shape) -> str:
+    """How messages name the cloud a plan is on: ``aws``, or ``sim:aws`` when simulated."""
+    return shape.provider if backend == shape.provider else f"{backend}:{shape.provider}"
 
 
 def order_zones(shape: Shape) -> list[str]:
@@ -124,6 +133,16 @@ def order_zones(shape: Shape) -> list[str]:
     return sorted(shape.zones, key=lambda z: (z not in priced, priced.get(z, 0.0), z))
 
 
+@dataclass
+class _Run:
+    """What one run learns as it goes: blocks (stored or local), reasons, notices given."""
+
+    blocked: dict[str, str]  # scope key -> reason
+    reasons: list[str] = field(default_factory=list)
+    unusable: dict[str, ProviderError] = field(default_factory=dict)  # cloud -> why
+    skipped: Counter[str] = field(default_factory=Counter)  # cloud -> plans skipped
+
+
 class Provisioner:
     def __init__(
         self,
@@ -131,110 +150,196 @@ class Provisioner:
         provider_for: ProviderFor,
         *,
         backend_of: Callable[[Shape], str],
+        bucket_of: BucketOf,
         policy: ProvisionPolicy | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.provider_for = provider_for
         self.backend_of = backend_of
+        self.bucket_of = bucket_of
         self.policy = policy or ProvisionPolicy()
         self.clock = clock
         self.sleep = sleep
         self.say: Progress = progress or (lambda _msg: None)
-        self.owner = owner_id()
+        self.owner = owner or new_owner_id()
         self._attempts_made = 0  # numbering of attempts, across cycles, of the current run
+        self._attempts_this_run = 0
+        self._last_provider: Provider | None = None
 
     # -- the fallback loop ------------------------------------------------------------------
 
     def run(self, cluster_id: str, plans: Sequence[Plan]) -> ClusterRecord:
-        """Provision the cluster on the first plan and zone that works; raise ProvisionFailed."""
+        """Provision the cluster on the first plan and zone that works. Raises
+        ProvisionFailed (FAILED), CleanupFailed, Cancelled (someone else moved it) or
+        Interrupted (a signal: the cluster is STOPPED, its nodes removed)."""
         now = self.clock()
-        deadline = now + self.policy.timeout
         cluster = self.store.transition(
-            cluster_id, Status.QUEUED, now=now, expect={Status.PENDING}, owner=self.owner
+            cluster_id,
+            Status.QUEUED,
+            now=now,
+            expect={Status.PENDING},
+            lease=Lease(self.owner, now + self.policy.lease_seconds),
         )
-        blocked = {k: b.reason for k, b in self.store.active_blocks(now).items()}
-        self._attempts_made = len(self.store.attempts(cluster_id))  # earlier cycles count too
-        reasons: list[str] = []
+        try:
+            with LeaseKeeper(
+                self.store, cluster_id, self.owner, self.policy.lease_seconds, self.clock
+            ):
+                return self._fallback(cluster, plans)
+        except KeyboardInterrupt:
+            raise self._interrupted(cluster_id, Interrupted(signal.SIGINT)) from None
+        except Interrupted as exc:
+            raise self._interrupted(cluster_id, exc) from None
+
+    def _fallback(self, cluster: ClusterRecord, plans: Sequence[Plan]) -> ClusterRecord:
+        deadline = self.clock() + self.policy.timeout
+        run = _Run({b.scope.key: b.reason for b in self.store.active_blocks(self.clock())})
+        self._attempts_made = self.store.attempt_count(cluster.id)  # earlier cycles count
+        self._attempts_this_run = 0
         for plan in plans:
             shape = plan.shape
             backend = self.backend_of(shape)
-            skip = next(
-                (
-                    f"{scope.split('/', 1)[1]} blocked: {blocked[scope]}"
-                    for scope in (provider_scope(backend, shape), region_scope(backend, shape))
-                    if scope in blocked
-                ),
-                None,
-            )
-            if skip:
-                self.say(f"skip {shape.id}: {skip}")
-                reasons.append(FailReason.NO_CAPACITY.value)
-                continue
-            try:
-                provider = self.provider_for(shape)
-            except ProviderError as exc:
-                self._block(
-                    provider_scope(backend, shape), exc, self.policy.provider_block, blocked
-                )
-                self.say(f"skip {shape.id}: {exc}")
-                reasons.append(exc.reason)
+            provider = self._usable(shape, backend, run)
+            if provider is None:
                 continue
             for zone in order_zones(shape):
-                zscope = zone_scope(backend, shape, zone)
-                if zscope in blocked:
-                    self.say(f"skip {shape.id} in {zone}: {blocked[zscope]}")
-                    reasons.append(FailReason.NO_CAPACITY.value)
+                zscope = BlockScope.zone_of(backend, shape, zone)
+                if zscope.key in run.blocked:
+                    self.say(f"skip {shape.id} in {zone}: {run.blocked[zscope.key]}")
+                    run.reasons.append(FailReason.NO_CAPACITY.value)
                     continue
                 if self.clock() >= deadline:
                     return self._fail(cluster, FailReason.TIMEOUT.value, "deadline reached")
                 outcome = self._attempt(cluster, plan, provider, backend, zone, deadline)
                 if isinstance(outcome, ClusterRecord):
                     return outcome
-                reasons.append(outcome.reason)
+                run.reasons.append(outcome.reason)
                 reach = outcome.reach
                 if reach is Reach.REQUEST:
                     return self._fail(cluster, outcome.reason, str(outcome))
                 if reach is Reach.CALL:
-                    self._block(zscope, outcome, self.policy.transient_block, blocked)
+                    self._block(zscope, outcome, self.policy.transient_block, run)
                 elif reach is Reach.ZONE:
-                    self._block(zscope, outcome, self.policy.capacity_block, blocked)
+                    self._block(zscope, outcome, self.policy.capacity_block, run)
                 elif reach is Reach.REGION:
-                    self._block(
-                        region_scope(backend, shape), outcome, self.policy.quota_block, blocked
-                    )
+                    region = BlockScope.region_of(backend, shape, self.bucket_of(shape))
+                    self._block(region, outcome, self.policy.quota_block, run)
                     break
                 elif reach is Reach.PROVIDER:
-                    self._block(
-                        provider_scope(backend, shape), outcome, self.policy.provider_block, blocked
-                    )
+                    scope = BlockScope.provider_of(backend, shape)
+                    self._block(scope, outcome, self.policy.provider_block, run)
+                    run.unusable[_cloud(backend, shape)] = outcome
                     break
-        reason = Counter(reasons).most_common(1)[0][0] if reasons else FailReason.NO_CAPACITY.value
-        detail = f"{len(reasons)} attempt(s) or skip(s) over {len(plans)} plan(s) failed"
+        self._say_skipped(run)
+        reason = (
+            Counter(run.reasons).most_common(1)[0][0]
+            if run.reasons
+            else FailReason.NO_CAPACITY.value
+        )
+        detail = f"{len(run.reasons)} attempt(s) or skip(s) over {len(plans)} plan(s) failed"
+        if run.unusable and not self._attempts_this_run:
+            detail = "no cloud could be used: " + "; ".join(
+                f"{b}: {e.message}" for b, e in sorted(run.unusable.items())
+            )
         return self._fail(cluster, reason, detail)
 
-    def _block(self, scope: str, exc: ProviderError, ttl: float, blocked: dict[str, str]) -> None:
+    def _usable(self, shape: Shape, backend: str, run: _Run) -> Provider | None:
+        """The provider for this plan, or None (said once per cloud, not once per plan)."""
+        cloud = _cloud(backend, shape)
+        known = run.unusable.get(cloud)
+        if known is not None:
+            run.skipped[cloud] += 1
+            run.reasons.append(known.reason)
+            return None
+        for scope in (
+            BlockScope.provider_of(backend, shape),
+            BlockScope.region_of(backend, shape, self.bucket_of(shape)),
+        ):
+            if scope.key in run.blocked:
+                self.say(f"skip {shape.id}: {scope.describe()} blocked: {run.blocked[scope.key]}")
+                run.reasons.append(FailReason.NO_CAPACITY.value)
+                return None
+        try:
+            return self.provider_for(shape)
+        except ProviderError as exc:
+            run.unusable[cloud] = exc
+            run.skipped[cloud] += 1
+            run.reasons.append(exc.reason)
+            if not exc.local:
+                scope = BlockScope.provider_of(backend, shape)
+                self._block(scope, exc, self.policy.provider_block, run)
+            self.say(f"skipping every {cloud} shape: {exc.message}")
+            return None
+
+    def _say_skipped(self, run: _Run) -> None:
+        for backend, count in sorted(run.skipped.items()):
+            why = run.unusable[backend]
+            if why.local:
+                self.say(f"{count} plan(s) on {backend} skipped: {backend} is not configured")
+
+    def _block(self, scope: BlockScope, exc: ProviderError, ttl: float, run: _Run) -> None:
         now = self.clock()
         until = now + ttl
         reason = (
             f"{exc.code} ({exc.reason}) until {time.strftime('%H:%M:%S', time.gmtime(until))} UTC"
         )
-        blocked[scope] = reason
-        self.store.block(scope, reason=reason, until=until, now=now)
+        run.blocked[scope.key] = reason
+        if not exc.local:  # our own configuration is not the cloud's state: never stored
+            self.store.block(scope, reason=reason, until=until, now=now)
 
     def _fail(self, cluster: ClusterRecord, reason: str, detail: str) -> ClusterRecord:
-        failed = self.store.transition(
-            cluster.id,
-            Status.FAILED,
-            now=self.clock(),
-            expect={Status.QUEUED, Status.PENDING},
-            reason=reason,
-            detail=detail,
-        )
+        try:
+            failed = self.store.transition(
+                cluster.id,
+                Status.FAILED,
+                now=self.clock(),
+                expect={Status.QUEUED, Status.PENDING},
+                reason=reason,
+                detail=detail,
+            )
+        except ConflictError as exc:
+            raise self._cancelled(cluster.id, exc) from None
         self.say(f"FAILED {cluster.id}: {reason}: {detail}")
         raise ProvisionFailed(failed, self.store.attempts(cluster.id))
+
+    def _cancelled(self, cluster_id: str, exc: ConflictError) -> Cancelled:
+        now = self.store.get(cluster_id)
+        return Cancelled(
+            f"cluster {cluster_id} was moved by someone else while this process provisioned "
+            f"it: it is {now.status.value} now ({exc})",
+            now,
+        )
+
+    def _interrupted(self, cluster_id: str, exc: Interrupted) -> Interrupted:
+        """A signal arrived: remove what may be up, record STOPPED, hand the signal on."""
+        name = signal.Signals(exc.signum).name
+        self.say(f"{name}: stopping {cluster_id} and removing its nodes ...")
+        cluster = self.store.get(cluster_id)
+        if cluster.status in (Status.QUEUED, Status.STARTING, Status.RUNNING, Status.PENDING):
+            how = WindDown(
+                Status.STOPPED,
+                self.owner,
+                self.policy.lease_seconds,
+                detail=f"interrupted by {name} while provisioning",
+            )
+            provider = self._provider_of(cluster)
+            try:
+                cluster, removed = wind_down(
+                    self.store, cluster, how, provider, clock=self.clock, sleep=self.sleep
+                )
+                self.say(f"STOPPED {cluster_id}; {len(removed)} node(s) terminated")
+            except (ProviderError, TeardownFailed, ConflictError) as err:
+                self.say(f"!! could not finish stopping {cluster_id}: {err}; run broker reconcile")
+                cluster = self.store.get(cluster_id)
+        exc.cluster = cluster
+        return exc
+
+    def _provider_of(self, cluster: ClusterRecord) -> Provider | None:
+        """The adapter of the attempt in flight (or the last one): where nodes may be."""
+        return self._last_provider if cluster.status is not Status.PENDING else None
 
     # -- one attempt: one shape in one zone -------------------------------------------------
 
@@ -249,41 +354,47 @@ class Provisioner:
     ) -> ClusterRecord | ProviderError:
         shape = plan.shape
         self._attempts_made += 1
+        self._attempts_this_run += 1
         attempt_no = self._attempts_made
         token = f"{cluster.id}-c{cluster.cycle}-a{attempt_no}"
         tag = f"c{cluster.cycle}-a{attempt_no}"  # valid as a GCP label value too
         now = self.clock()
         record = self.store.start_attempt(
             cluster.id,
+            AttemptIntent(
+                cycle=cluster.cycle,
+                attempt_no=attempt_no,
+                shape_id=shape.id,
+                provider=shape.provider,
+                backend=backend,
+                region=shape.region,
+                zone=zone,
+                nodes=plan.nodes,
+                token=token,
+            ),
             now=now,
-            cycle=cluster.cycle,
-            attempt_no=attempt_no,
-            shape_id=shape.id,
-            provider=shape.provider,
-            backend=backend,
-            region=shape.region,
-            zone=zone,
-            nodes=plan.nodes,
-            token=token,
         )
+        self._last_provider = provider
         try:
             self.store.transition(
                 cluster.id,
                 Status.STARTING,
                 now=now,
                 expect={Status.QUEUED},
-                shape_id=shape.id,
-                provider=shape.provider,
-                region=shape.region,
-                zone=zone,
-                nodes_count=plan.nodes,
-                procs_per_node=plan.procs_per_node,
-                gpus_billed=plan.gpus_billed,
-                price_per_hour=plan.price_per_hour,
+                plan=PlanFields(
+                    shape_id=shape.id,
+                    provider=shape.provider,
+                    region=shape.region,
+                    zone=zone,
+                    nodes_count=plan.nodes,
+                    procs_per_node=plan.procs_per_node,
+                    gpus_billed=plan.gpus_billed,
+                    price_per_hour=plan.price_per_hour,
+                ),
             )
         except ConflictError as exc:
-            self.store.finish_attempt(record.id, now=self.clock(), outcome="cancelled")
-            raise Cancelled(str(exc)) from exc
+            self._finish(record, AttemptResult(AttemptOutcome.CANCELLED))
+            raise self._cancelled(cluster.id, exc) from None
         self.say(
             f"attempt {attempt_no}: {plan.nodes} x {shape.id} in {zone} "
             f"(${plan.price_per_hour:,.2f}/h)"
@@ -308,35 +419,41 @@ class Provisioner:
         except ProviderError as exc:
             self.say(f"attempt {attempt_no} failed: {exc} -> {self._next_step(exc.reach)}")
             created, cleaned = self._cleanup(cluster.id, provider, tag, record, exc, calls)
-            self.store.finish_attempt(
-                record.id,
-                now=self.clock(),
-                outcome="cleaned" if created else "failed",
-                error_code=exc.code,
-                reach=exc.reach.value,
-                reason=exc.reason,
-                message=exc.message,
-                retries=calls - 1,
-                nodes_created=created,
-                nodes_cleaned=cleaned,
+            self._finish(
+                record,
+                AttemptResult(
+                    AttemptOutcome.CLEANED if created else AttemptOutcome.FAILED,
+                    error_code=exc.code,
+                    reach=exc.reach.value,
+                    reason=exc.reason,
+                    message=exc.message,
+                    retries=calls - 1,
+                    nodes_created=created,
+                    nodes_cleaned=cleaned,
+                ),
             )
             self._requeue(cluster.id)
             return exc
-        except BaseException:
-            # A bug or Ctrl-C mid-launch: remove what this attempt made before going down.
-            self._cleanup_quietly(cluster.id, provider, tag)
-            self.store.finish_attempt(
-                record.id, now=self.clock(), outcome="aborted", retries=calls - 1
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM or a bug mid-launch: remove what this attempt made first.
+            removed = self._cleanup_quietly(cluster.id, provider, tag)
+            signalled = isinstance(exc, KeyboardInterrupt | Interrupted)
+            outcome = AttemptOutcome.INTERRUPTED if signalled else AttemptOutcome.ABORTED
+            self._finish(
+                record,
+                AttemptResult(
+                    outcome, retries=max(0, calls - 1), nodes_created=removed, nodes_cleaned=removed
+                ),
             )
             raise
         ranked = [
-            {
-                "rank": rank,
-                "provider_id": n.provider_id,
-                "private_ip": n.private_ip,
-                "zone": n.zone,
-                "region": n.region,
-            }
+            NodeRecord(
+                rank=rank,
+                provider_id=n.provider_id,
+                private_ip=n.private_ip or "",
+                zone=n.zone,
+                region=n.region,
+            )
             for rank, n in enumerate(nodes)
         ]
         try:
@@ -344,20 +461,26 @@ class Provisioner:
                 cluster.id, Status.RUNNING, now=self.clock(), expect={Status.STARTING}, nodes=ranked
             )
         except ConflictError as exc:  # stopped while we launched: give the nodes back
-            self._cleanup_quietly(cluster.id, provider, tag)
-            self.store.finish_attempt(
-                record.id, now=self.clock(), outcome="cancelled", retries=calls - 1
+            removed = self._cleanup_quietly(cluster.id, provider, tag)
+            self._finish(
+                record,
+                AttemptResult(
+                    AttemptOutcome.CANCELLED,
+                    retries=calls - 1,
+                    nodes_created=len(nodes),
+                    nodes_cleaned=removed,
+                ),
             )
-            raise Cancelled(str(exc)) from exc
-        self.store.finish_attempt(
-            record.id,
-            now=self.clock(),
-            outcome="running",
-            retries=calls - 1,
-            nodes_created=len(nodes),
+            raise self._cancelled(cluster.id, exc) from None
+        self._finish(
+            record,
+            AttemptResult(AttemptOutcome.RUNNING, retries=calls - 1, nodes_created=len(nodes)),
         )
         self.say(f"RUNNING {cluster.id}: {len(nodes)} x {shape.id} in {zone}")
         return running
+
+    def _finish(self, record: AttemptRecord, result: AttemptResult) -> None:
+        self.store.finish_attempt(record.id, result, now=self.clock())
 
     def _retrying(self, deadline: float) -> Retrying:
         p = self.policy
@@ -400,12 +523,9 @@ class Provisioner:
                 cluster_id, Status.QUEUED, now=self.clock(), expect={Status.STARTING}
             )
         except ConflictError as exc:
-            raise Cancelled(str(exc)) from exc
+            raise self._cancelled(cluster_id, exc) from None
 
     # -- cleanup ------------------------------------------------------------------------------
-
-    def _attempt_nodes(self, cluster_id: str, provider: Provider, tag: str) -> list[Node]:
-        return [n for n in provider.describe(cluster_id) if n.attempt == tag]
 
     def _cleanup(
         self,
@@ -422,35 +542,42 @@ class Provisioner:
         stops: the cluster goes FAILED (CleanupFailed) and CleanupFailed is raised.
         """
         try:
-            leftovers = self._attempt_nodes(cluster_id, provider, tag)
-            if not leftovers:
-                return 0, 0
-            self.say(f"  partial gang: terminating {len(leftovers)} node(s) of the failed attempt")
-            for call in self._retrying(self.clock() + self.policy.launch_timeout):
-                with call:
-                    provider.terminate(leftovers)
-            remaining = self._attempt_nodes(cluster_id, provider, tag)
-            if remaining:
-                raise RuntimeError(f"{len(remaining)} node(s) still alive after terminate")
-            return len(leftovers), len(leftovers)
-        except (ProviderError, RuntimeError) as exc:
+            removed = terminate_cluster_nodes(
+                cluster_id,
+                provider,
+                attempts=self.policy.retry_attempts,
+                sleep=self.sleep,
+                only=lambda n: n.attempt == tag,
+            )
+            if removed:
+                self.say(f"  partial gang: terminated {len(removed)} node(s) of the failed attempt")
+            return len(removed), len(removed)
+        except (ProviderError, TeardownFailed) as exc:
             detail = (
                 f"could not remove the nodes of attempt {tag} after {cause.code}: {exc}. "
                 "Fallback stopped; run `broker reconcile` once the cloud answers."
             )
             self.say(f"!! CLEANUP FAILED for {cluster_id}: {detail}")
-            self.store.finish_attempt(
-                record.id,
-                now=self.clock(),
-                outcome="leaked",
-                error_code=cause.code,
-                reach=cause.reach.value,
-                reason=cause.reason,
-                message=cause.message,
-                retries=calls - 1,
+            self._finish(
+                record,
+                AttemptResult(
+                    AttemptOutcome.LEAKED,
+                    error_code=cause.code,
+                    reach=cause.reach.value,
+                    reason=cause.reason,
+                    message=cause.message,
+                    retries=calls - 1,
+                ),
             )
-            now = self.clock()
-            self.store.transition(cluster_id, Status.TERMINATING, now=now, expect={Status.STARTING})
+            self.store.transition(
+                cluster_id,
+                Status.TERMINATING,
+                now=self.clock(),
+                expect={Status.STARTING},
+                ending=Status.FAILED,
+                reason=FailReason.CLEANUP_FAILED.value,
+                detail=detail,
+            )
             failed = self.store.transition(
                 cluster_id,
                 Status.FAILED,
@@ -461,57 +588,31 @@ class Provisioner:
             )
             raise CleanupFailed(failed, self.store.attempts(cluster_id)) from exc
 
-    def _cleanup_quietly(self, cluster_id: str, provider: Provider, tag: str) -> None:
+    def _cleanup_quietly(self, cluster_id: str, provider: Provider, tag: str) -> int:
+        """Remove an attempt's nodes on the way out; a failure is said loudly, and
+        reconcile finds the nodes by tag. Returns how many were removed."""
         try:
-            nodes = self._attempt_nodes(cluster_id, provider, tag)
-            if nodes:
-                provider.terminate(nodes)
-        except Exception as exc:  # reconcile will find them by tag
+            return len(
+                terminate_cluster_nodes(
+                    cluster_id,
+                    provider,
+                    attempts=self.policy.retry_attempts,
+                    sleep=self.sleep,
+                    only=lambda n: n.attempt == tag,
+                )
+            )
+        except (ProviderError, TeardownFailed) as exc:
             self.say(
                 f"!! could not terminate nodes of attempt {tag}: {exc}; run `broker reconcile`"
             )
+            return 0
 
 
-def terminate_cluster_nodes(
-    cluster_id: str,
-    provider: Provider,
-    *,
-    attempts: int = 4,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[Node]:
-    """Terminate every node tagged with the cluster, confirm none is left, return them."""
-    nodes = provider.describe(cluster_id)
-    if not nodes:
-        return []
-    for call in Retrying(
-        retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(initial=1, max=20),
-        sleep=sleep,
-        reraise=True,
-    ):
-        with call:
-            provider.terminate(nodes)
-    left = provider.describe(cluster_id)
-    if left:
-        raise RuntimeError(f"{len(left)} node(s) of {cluster_id} still alive after terminate")
-    return nodes
-
-
-def blocked_shapes(
-    shapes: Sequence[Shape], blocks: Mapping[str, str], backend_of: Callable[[Shape], str]
-) -> dict[str, str]:
-    """Shapes that cannot be tried now (every zone, its region or its provider blocked),
-    keyed by shape key, with the reason: the ranking's ``unavailable`` input."""
-    out: dict[str, str] = {}
-    for shape in shapes:
-        backend = backend_of(shape)
-        for scope in (provider_scope(backend, shape), region_scope(backend, shape)):
-            if scope in blocks:
-                out[shape.key] = f"{scope.split('/', 1)[1]} blocked: {blocks[scope]}"
-                break
-        else:
-            zones = [zone_scope(backend, shape, z) for z in shape.zones]
-            if zones and all(z in blocks for z in zones):
-                out[shape.key] = f"every zone blocked: {blocks[zones[0]]}"
-    return out
+__all__ = [
+    "Cancelled",
+    "CleanupFailed",
+    "ProvisionFailed",
+    "ProvisionPolicy",
+    "Provisioner",
+    "order_zones",
+]

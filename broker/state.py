@@ -1,4 +1,4 @@
-"""The broker's durable state: clusters, their transitions and attempts, blocked scopes.
+"""The broker's durable state: clusters, their transitions and attempts, blocked scopes, leases.
 
 SQLAlchemy Core over SQLite by default (``<state dir>/broker.sqlite``); any SQLAlchemy URL
 (``BROKER_STATE_URL``, e.g. PostgreSQL) can replace it for several broker hosts.
@@ -7,17 +7,27 @@ Concurrency: every change is one transaction. On SQLite, transactions start with
 ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to 30 s) in WAL mode; every status
 change is also a compare-and-set on a version column, so two processes racing to move the
 same cluster cannot both win, whatever the database.
+
+Ownership: whoever provisions or winds down a cluster holds its *lease* (owner id and expiry)
+and renews it while it waits on a cloud; ``reconcile`` settles only clusters whose lease has
+expired, on any host. Named leases (one row each) serialise broker-wide chores such as the
+orphan sweep.
+
+Every database failure leaves this module as a :class:`StoreError` that names the store
+(never its password); the store file is never modified or deleted to recover from one.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Iterator, Mapping
+import json
+import sqlite3
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     JSON,
     Column,
@@ -34,11 +44,18 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
 
-from broker.lifecycle import ALLOWED, Status
+from broker.errors import ConflictError, NotFoundError, StateError, StoreError
+from broker.lifecycle import ALLOWED, TERMINAL, Status
+from broker.scopes import Block, BlockScope, block_from_row
+from broker.settings import STATE_DB_FILENAME
 
 metadata = MetaData()
 
@@ -46,7 +63,7 @@ clusters = Table(
     "clusters",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
     Column("updated_at", Float, nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("reason", String(32)),
@@ -64,7 +81,9 @@ clusters = Table(
     Column("gpus_billed", Integer),
     Column("price_per_hour", Float),
     Column("nodes", JSON),
-    Column("owner", String(255)),  # host:pid of the process provisioning it
+    Column("owner", String(255)),  # the lease holder: who provisions or winds it down
+    Column("lease_until", Float),  # clock time the owner's lease runs out
+    Column("ending", String(16)),  # while TERMINATING: the final status it is heading for
     Column("version", Integer, nullable=False),
 )
 
@@ -98,7 +117,7 @@ attempts = Table(
     Column("token", String(64), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float),
-    Column("outcome", String(16), nullable=False),  # intent | running | failed | cleaned | leaked
+    Column("outcome", String(16), nullable=False),  # an AttemptOutcome
     Column("error_code", String(64)),
     Column("reach", String(16)),
     Column("reason", String(32)),
@@ -111,27 +130,88 @@ attempts = Table(
 blocks = Table(
     "blocks",
     metadata,
-    Column("scope", String(400), primary_key=True),
+    Column("scope", String(400), primary_key=True),  # BlockScope.key
+    Column("kind", String(16)),
+    Column("backend", String(32)),
+    Column("provider", String(32)),
+    Column("region", String(64)),
+    Column("zone", String(64)),
+    Column("instance_type", String(255)),
+    Column("bucket", String(128)),
+    Column("provisioning", String(16)),
     Column("reason", Text, nullable=False),
     Column("until", Float, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
-
-STATE_DB_FILENAME = "broker.sqlite"
-
-
-class StateError(Exception):
-    """The store refused a change (unknown cluster, illegal or lost transition)."""
-
-
-class ConflictError(StateError):
-    """The cluster is not in a state that allows this change (someone else moved it)."""
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("until", Float, nullable=False),
+)
 
 
-class ClusterRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class AttemptOutcome(StrEnum):
+    """How one attempt (one shape in one zone) ended."""
 
+    INTENT = "intent"  # recorded before the cloud call; still in flight, or its process died
+    RUNNING = "running"  # the whole gang runs: the cluster is RUNNING on it
+    FAILED = "failed"  # the cloud refused and created nothing
+    CLEANED = "cleaned"  # the cloud refused after creating nodes; they were removed
+    LEAKED = "leaked"  # the cloud refused and its nodes could not be removed (CleanupFailed)
+    CANCELLED = "cancelled"  # someone stopped the cluster meanwhile; its nodes were given back
+    INTERRUPTED = "interrupted"  # a signal (Ctrl-C, SIGTERM) stopped it; its nodes were removed
+    ABORTED = "aborted"  # an unexpected error in the broker itself; nodes removed if possible
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One node of a RUNNING cluster, as stored with it: rank = the provider's node order."""
+
+    rank: int
+    provider_id: str
+    private_ip: str
+    zone: str
+    region: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rank": self.rank,
+            "provider_id": self.provider_id,
+            "private_ip": self.private_ip,
+            "zone": self.zone,
+            "region": self.region,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> NodeRecord:
+        return cls(
+            rank=int(doc["rank"]),
+            provider_id=str(doc["provider_id"]),
+            private_ip=str(doc["private_ip"]),
+            zone=str(doc["zone"]),
+            region=str(doc.get("region") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class PlanFields:
+    """What a cluster is being provisioned on: written with the STARTING transition."""
+
+    shape_id: str
+    provider: str
+    region: str
+    zone: str
+    nodes_count: int
+    procs_per_node: int
+    gpus_billed: int
+    price_per_hour: float
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
     id: str
     created_at: float
     updated_at: float
@@ -150,14 +230,52 @@ class ClusterRecord(BaseModel):
     procs_per_node: int | None
     gpus_billed: int | None
     price_per_hour: float | None
-    nodes: list[dict[str, Any]] | None
+    nodes: tuple[NodeRecord, ...]
     owner: str | None
+    lease_until: float | None
+    ending: Status | None
     version: int
 
+    def lease_live(self, now: float) -> bool:
+        """Does someone hold an unexpired lease on it (provisioning or winding it down)?"""
+        return self.owner is not None and self.lease_until is not None and self.lease_until > now
 
-class TransitionRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    @classmethod
+    def from_row(cls, row: Any) -> ClusterRecord:
+        ending = row["ending"]
+        return cls(
+            id=row["id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            status=Status(row["status"]),
+            reason=row["reason"],
+            detail=row["detail"],
+            cycle=row["cycle"],
+            request=_json(row["request"]) or {},
+            experiment=_json(row["experiment"]),
+            backend=row["backend"],
+            shape_id=row["shape_id"],
+            provider=row["provider"],
+            region=row["region"],
+            zone=row["zone"],
+            nodes_count=row["nodes_count"],
+            procs_per_node=row["procs_per_node"],
+            gpus_billed=row["gpus_billed"],
+            price_per_hour=row["price_per_hour"],
+            nodes=tuple(NodeRecord.from_json(n) for n in _json(row["nodes"]) or []),
+            owner=row["owner"],
+            lease_until=row["lease_until"],
+            ending=Status(ending) if ending else None,
+            version=row["version"],
+        )
 
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
     cycle: int
     status: Status
     at: float
@@ -167,9 +285,37 @@ class TransitionRecord(BaseModel):
     gpus_billed: int | None
 
 
-class AttemptRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class AttemptIntent:
+    """What an attempt is about to ask the cloud for: recorded before the call."""
 
+    cycle: int
+    attempt_no: int
+    shape_id: str
+    provider: str
+    backend: str
+    region: str
+    zone: str
+    nodes: int
+    token: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended: recorded once the call (and any cleanup) is over."""
+
+    outcome: AttemptOutcome
+    error_code: str | None = None
+    reach: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    retries: int = 0
+    nodes_created: int = 0
+    nodes_cleaned: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
     id: int
     cycle: int
     attempt_no: int
@@ -182,7 +328,7 @@ class AttemptRecord(BaseModel):
     token: str
     started_at: float
     ended_at: float | None
-    outcome: str
+    outcome: AttemptOutcome
     error_code: str | None
     reach: str | None
     reason: str | None
@@ -195,22 +341,54 @@ class AttemptRecord(BaseModel):
     def duration(self) -> float | None:
         return None if self.ended_at is None else self.ended_at - self.started_at
 
+    @classmethod
+    def from_row(cls, row: Any) -> AttemptRecord:
+        values = {k: row[k] for k in _ATTEMPT_FIELDS}
+        values["outcome"] = AttemptOutcome(values["outcome"])
+        return cls(**values)
 
-class BlockRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
 
-    scope: str
-    reason: str
+_ATTEMPT_FIELDS = (
+    "id",
+    "cycle",
+    "attempt_no",
+    "shape_id",
+    "provider",
+    "backend",
+    "region",
+    "zone",
+    "nodes",
+    "token",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "error_code",
+    "reach",
+    "reason",
+    "message",
+    "retries",
+    "nodes_created",
+    "nodes_cleaned",
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease to take with a transition: ``owner`` holds the cluster until ``until``."""
+
+    owner: str
     until: float
 
 
-def default_state_dir() -> Path:
-    """``BROKER_STATE_DIR``, else ``$XDG_STATE_HOME/burst-broker`` (``~/.local/state/...``)."""
-    env = os.environ.get("BROKER_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "burst-broker"
+# -- opening a store ----------------------------------------------------------------------------
+
+
+def safe_url(url: str | URL) -> str:
+    """A database URL fit to print: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "(not a database URL)"
 
 
 def _sqlite_engine(path: Path) -> Engine:
@@ -232,25 +410,122 @@ def _sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-class Store:
-    """All reads and writes of broker state. Safe to share between processes."""
+def _prepare_dir(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"the state directory {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the state directory {directory}: {exc.strerror or exc}"
+            " (set BROKER_STATE_DIR to a writable directory)"
+        ) from None
+    if not _writable(directory):
+        raise StoreError(
+            f"the state directory {directory} is not writable"
+            " (set BROKER_STATE_DIR to a writable directory)"
+        )
 
-    def __init__(self, engine: Engine) -> None:
+
+def _writable(directory: Path) -> bool:
+    import os
+
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+class Store:
+    """All reads and writes of broker state. Safe to share between processes and threads."""
+
+    def __init__(self, engine: Engine, *, where: str) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        self.where = where  # how messages name this store (a path, or a URL without password)
+        with self._guard():
+            metadata.create_all(engine)
+            self._add_missing_columns()
 
     @classmethod
-    def open(cls, state_dir: Path | None = None, url: str | None = None) -> Store:
-        url = url or os.environ.get("BROKER_STATE_URL")
+    def open(cls, state_dir: Path, url: str | None = None) -> Store:
+        """The store at ``url`` (any SQLAlchemy URL), else SQLite in ``state_dir``.
+        Raises StoreError, naming the problem and never the password."""
         if url:
-            return cls(create_engine(url))
-        directory = state_dir or default_state_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        return cls(_sqlite_engine(directory / STATE_DB_FILENAME))
+            return cls._open_url(url)
+        _prepare_dir(state_dir)
+        path = state_dir / STATE_DB_FILENAME
+        if path.exists() and not path.is_file():
+            raise StoreError(f"the store {path} is not a file")
+        return cls(_sqlite_engine(path), where=str(path))
+
+    @classmethod
+    def _open_url(cls, url: str) -> Store:
+        try:
+            parsed = make_url(url)
+        except sa_exc.ArgumentError:
+            raise StoreError(
+                "BROKER_STATE_URL is not a database URL (expected e.g. "
+                "postgresql+psycopg://user@host/db or sqlite:////path/broker.sqlite)"
+            ) from None
+        shown = parsed.render_as_string(hide_password=True)
+        try:
+            engine = create_engine(parsed)
+        except sa_exc.NoSuchModuleError:
+            raise StoreError(
+                f"BROKER_STATE_URL {shown}: no SQLAlchemy dialect {parsed.drivername!r}"
+            ) from None
+        except ImportError as exc:
+            raise StoreError(
+                f"BROKER_STATE_URL {shown}: its database driver is not installed "
+                f"({exc.name or exc}); install it, e.g. pip install psycopg[binary]"
+            ) from None
+        return cls(engine, where=shown)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Database failures become StoreError, naming the store and never its password."""
+        try:
+            yield
+        except StateError:
+            raise
+        except (sa_exc.OperationalError, sa_exc.DatabaseError, sqlite3.Error) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            if "not a database" in text_ or "malformed" in text_:
+                raise StoreError(
+                    f"the store {self.where} is not a readable broker store ({text_}); it was "
+                    "left untouched: move it aside or point BROKER_STATE_DIR elsewhere"
+                ) from None
+            if "readonly" in text_ or "read-only" in text_:
+                raise StoreError(f"the store {self.where} is read-only ({text_})") from None
+            raise StoreError(f"the store {self.where} cannot be used: {text_}") from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise StoreError(f"the store {self.where} failed: {type(exc).__name__}") from None
+
+    def _add_missing_columns(self) -> None:
+        """Stores written by an older broker lack newer nullable columns: add them (the
+        data stays). Blocks from before scopes were values cannot be read: drop them (they
+        expire within the hour anyway)."""
+        inspector = inspect(self.engine)
+        have_of = {
+            t.name: {c["name"] for c in inspector.get_columns(t.name)} for t in (clusters, blocks)
+        }
+        with self.engine.begin() as conn:
+            for table in (clusters, blocks):
+                have = have_of[table.name]
+                for column in table.columns:
+                    if column.name not in have and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(
+                            text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
+            conn.execute(delete(blocks).where(blocks.c.kind.is_(None)))
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with self._guard(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._guard(), self.engine.connect() as conn:
             yield conn
 
     # -- clusters ---------------------------------------------------------------------------
@@ -262,9 +537,9 @@ class Store:
         request: Mapping[str, Any],
         experiment: Mapping[str, Any] | None,
         backend: str | None,
-        owner: str,
         now: float,
     ) -> ClusterRecord:
+        """A new PENDING cluster, durable at once; nobody holds its lease yet."""
         with self._tx() as conn:
             conn.execute(
                 insert(clusters).values(
@@ -276,7 +551,7 @@ class Store:
                     request=dict(request),
                     experiment=dict(experiment) if experiment is not None else None,
                     backend=backend,
-                    owner=owner,
+                    nodes=[],
                     version=0,
                 )
             )
@@ -290,30 +565,43 @@ class Store:
     def _get(self, conn: Connection, cluster_id: str) -> ClusterRecord:
         row = conn.execute(select(clusters).where(clusters.c.id == cluster_id)).mappings().first()
         if row is None:
-            raise StateError(f"no cluster {cluster_id!r}")
-        return ClusterRecord.model_validate(dict(row))
+            raise NotFoundError(f"no cluster {cluster_id!r}")
+        return ClusterRecord.from_row(row)
 
     def get(self, cluster_id: str) -> ClusterRecord:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return self._get(conn, cluster_id)
 
     def find(self, prefix: str) -> ClusterRecord:
         """A cluster by id or unique id prefix (as users type them)."""
-        with self.engine.connect() as conn:
+        if not prefix:
+            raise NotFoundError("no cluster id given")
+        with self._read() as conn:
             rows = conn.execute(
-                select(clusters.c.id).where(clusters.c.id.startswith(prefix, autoescape=True))
+                select(clusters.c.id)
+                .where(clusters.c.id.startswith(prefix, autoescape=True))
+                .limit(2)
             ).all()
             if len(rows) != 1:
-                what = "no cluster" if not rows else f"{len(rows)} clusters match"
-                raise StateError(f"{what} {prefix!r}")
+                what = "no cluster" if not rows else "more than one cluster matches"
+                raise NotFoundError(f"{what} {prefix!r}")
             return self._get(conn, rows[0][0])
 
-    def list_clusters(self, statuses: Collection[Status] | None = None) -> list[ClusterRecord]:
-        query = select(clusters).order_by(clusters.c.created_at, clusters.c.id)
+    def list_clusters(
+        self, statuses: Collection[Status] | None = None, *, limit: int | None = None
+    ) -> list[ClusterRecord]:
+        """Clusters in these statuses (all when None), oldest first; with ``limit``, only
+        the newest ``limit`` of them. Uses the status and creation-time indexes."""
+        query = select(clusters)
         if statuses is not None:
             query = query.where(clusters.c.status.in_([s.value for s in statuses]))
-        with self.engine.connect() as conn:
-            return [ClusterRecord.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+        if limit is not None:
+            query = query.order_by(clusters.c.created_at.desc(), clusters.c.id.desc()).limit(limit)
+        else:
+            query = query.order_by(clusters.c.created_at, clusters.c.id)
+        with self._read() as conn:
+            found = [ClusterRecord.from_row(r) for r in conn.execute(query).mappings()]
+        return found[::-1] if limit is not None else found
 
     def transition(
         self,
@@ -324,13 +612,17 @@ class Store:
         expect: Collection[Status] | None = None,
         reason: str | None = None,
         detail: str | None = None,
-        owner: str | None = None,
-        **fields: Any,
+        plan: PlanFields | None = None,
+        nodes: Sequence[NodeRecord] | None = None,
+        lease: Lease | None = None,
+        ending: Status | None = None,
     ) -> ClusterRecord:
         """Move a cluster to ``to`` if the lifecycle allows it (and it is in ``expect``).
 
-        ``fields`` update the cluster row in the same transaction (plan, nodes...). Raises
-        ConflictError if the cluster is elsewhere: someone else moved it first.
+        ``plan`` and ``nodes`` update the cluster in the same transaction; ``lease`` takes
+        its lease (a terminal status always drops it); ``ending`` records, with TERMINATING,
+        which final status the wind-down is for. Raises ConflictError if the cluster is
+        elsewhere: someone else moved it first.
         """
         with self._tx() as conn:
             current = self._get(conn, cluster_id)
@@ -349,17 +641,38 @@ class Store:
                 "updated_at": now,
                 "version": current.version + 1,
                 "cycle": cycle,
-                **fields,
             }
-            if to is Status.PENDING or to in (Status.QUEUED, Status.STARTING, Status.RUNNING):
-                values.setdefault("reason", None)
-                values.setdefault("detail", None)
+            if plan is not None:
+                values.update(
+                    shape_id=plan.shape_id,
+                    provider=plan.provider,
+                    region=plan.region,
+                    zone=plan.zone,
+                    nodes_count=plan.nodes_count,
+                    procs_per_node=plan.procs_per_node,
+                    gpus_billed=plan.gpus_billed,
+                    price_per_hour=plan.price_per_hour,
+                )
+            if nodes is not None:
+                values["nodes"] = [n.to_json() for n in nodes]
+            if to in (Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING):
+                values["reason"] = None
+                values["detail"] = None
+                values["ending"] = None
             if reason is not None:
                 values["reason"] = reason
             if detail is not None:
                 values["detail"] = detail
-            if owner is not None:
-                values["owner"] = owner
+            if ending is not None:
+                values["ending"] = ending.value
+            if lease is not None:
+                values["owner"] = lease.owner
+                values["lease_until"] = lease.until
+            if to in TERMINAL or to is Status.RUNNING or to is Status.PENDING:
+                values["owner"] = None  # nobody needs to hold a settled cluster
+                values["lease_until"] = None
+            if to in TERMINAL:
+                values["ending"] = None
             done = conn.execute(
                 update(clusters)
                 .where(clusters.c.id == cluster_id, clusters.c.version == current.version)
@@ -381,15 +694,53 @@ class Store:
             )
             return self._get(conn, cluster_id)
 
+    def renew_lease(self, cluster_id: str, owner: str, *, until: float) -> bool:
+        """Extend ``owner``'s lease; False if it no longer holds it (someone else moved
+        the cluster, or it settled)."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(clusters)
+                .where(clusters.c.id == cluster_id, clusters.c.owner == owner)
+                .values(lease_until=until)
+            )
+            return done.rowcount == 1
+
+    def take_over(self, cluster_id: str, owner: str, *, now: float, until: float) -> ClusterRecord:
+        """Take the lease of a cluster whose owner's lease has run out (or that nobody
+        holds), keeping its status; ConflictError if a live owner still holds it."""
+        with self._tx() as conn:
+            current = self._get(conn, cluster_id)
+            if current.lease_live(now) and current.owner != owner:
+                raise ConflictError(
+                    f"cluster {cluster_id} is {current.status.value}, held by {current.owner}"
+                )
+            done = conn.execute(
+                update(clusters)
+                .where(clusters.c.id == cluster_id, clusters.c.version == current.version)
+                .values(owner=owner, lease_until=until, version=current.version + 1)
+            )
+            if done.rowcount != 1:
+                raise ConflictError(f"cluster {cluster_id} changed under us")
+            return self._get(conn, cluster_id)
+
     def transitions(self, cluster_id: str) -> list[TransitionRecord]:
         query = (
             select(transitions)
             .where(transitions.c.cluster_id == cluster_id)
             .order_by(transitions.c.id)
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [
-                TransitionRecord.model_validate(dict(r)) for r in conn.execute(query).mappings()
+                TransitionRecord(
+                    cycle=r["cycle"],
+                    status=Status(r["status"]),
+                    at=r["at"],
+                    reason=r["reason"],
+                    detail=r["detail"],
+                    price_per_hour=r["price_per_hour"],
+                    gpus_billed=r["gpus_billed"],
+                )
+                for r in conn.execute(query).mappings()
             ]
 
     def delete_cluster(self, cluster_id: str, *, allowed: Collection[Status]) -> None:
@@ -406,7 +757,7 @@ class Store:
 
     # -- attempts ---------------------------------------------------------------------------
 
-    def start_attempt(self, cluster_id: str, *, now: float, **values: Any) -> AttemptRecord:
+    def start_attempt(self, cluster_id: str, intent: AttemptIntent, *, now: float) -> AttemptRecord:
         """Record the intent to call the cloud, durably, before the call is made."""
         with self._tx() as conn:
             row = conn.execute(
@@ -414,41 +765,137 @@ class Store:
                 .values(
                     cluster_id=cluster_id,
                     started_at=now,
-                    outcome="intent",
+                    outcome=AttemptOutcome.INTENT.value,
                     retries=0,
                     nodes_created=0,
                     nodes_cleaned=0,
-                    **values,
+                    cycle=intent.cycle,
+                    attempt_no=intent.attempt_no,
+                    shape_id=intent.shape_id,
+                    provider=intent.provider,
+                    backend=intent.backend,
+                    region=intent.region,
+                    zone=intent.zone,
+                    nodes=intent.nodes,
+                    token=intent.token,
                 )
                 .returning(attempts)
             )
-            return AttemptRecord.model_validate(dict(row.mappings().one()))
+            return AttemptRecord.from_row(row.mappings().one())
 
-    def finish_attempt(self, attempt_id: int, *, now: float, **values: Any) -> None:
+    def finish_attempt(self, attempt_id: int, result: AttemptResult, *, now: float) -> None:
         with self._tx() as conn:
             conn.execute(
-                update(attempts).where(attempts.c.id == attempt_id).values(ended_at=now, **values)
+                update(attempts)
+                .where(attempts.c.id == attempt_id)
+                .values(
+                    ended_at=now,
+                    outcome=result.outcome.value,
+                    error_code=result.error_code,
+                    reach=result.reach,
+                    reason=result.reason,
+                    message=result.message,
+                    retries=result.retries,
+                    nodes_created=result.nodes_created,
+                    nodes_cleaned=result.nodes_cleaned,
+                )
             )
 
     def attempts(self, cluster_id: str) -> list[AttemptRecord]:
         query = select(attempts).where(attempts.c.cluster_id == cluster_id).order_by(attempts.c.id)
-        with self.engine.connect() as conn:
-            return [AttemptRecord.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+        with self._read() as conn:
+            return [AttemptRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def attempt_count(self, cluster_id: str) -> int:
+        query = select(attempts.c.id).where(attempts.c.cluster_id == cluster_id)
+        with self._read() as conn:
+            return len(conn.execute(query).all())
 
     # -- blocked scopes ---------------------------------------------------------------------
 
-    def block(self, scope: str, *, reason: str, until: float, now: float) -> None:
+    def block(self, scope: BlockScope, *, reason: str, until: float, now: float) -> None:
         with self._tx() as conn:
-            conn.execute(delete(blocks).where(blocks.c.scope == scope))
+            conn.execute(delete(blocks).where(blocks.c.scope == scope.key))
             conn.execute(
-                insert(blocks).values(scope=scope, reason=reason, until=until, created_at=now)
+                insert(blocks).values(
+                    scope=scope.key,
+                    kind=scope.kind.value,
+                    backend=scope.backend,
+                    provider=scope.provider,
+                    region=scope.region,
+                    zone=scope.zone,
+                    instance_type=scope.instance_type,
+                    bucket=scope.bucket,
+                    provisioning=scope.provisioning,
+                    reason=reason,
+                    until=until,
+                    created_at=now,
+                )
             )
 
-    def active_blocks(self, now: float) -> dict[str, BlockRecord]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(blocks).where(blocks.c.until > now)).mappings()
-            return {r["scope"]: BlockRecord.model_validate(dict(r)) for r in rows}
+    def active_blocks(self, now: float) -> list[Block]:
+        cols = blocks.c
+        query = (
+            select(
+                cols.kind,
+                cols.backend,
+                cols.provider,
+                cols.region,
+                cols.zone,
+                cols.instance_type,
+                cols.bucket,
+                cols.provisioning,
+                cols.reason,
+                cols.until,
+            )
+            .where(cols.until > now, cols.kind.is_not(None))
+            .order_by(cols.scope)
+        )
+        with self._read() as conn:
+            return [block_from_row(tuple(r)) for r in conn.execute(query)]
 
-    def clear_blocks(self) -> int:
+    def unblock(self, key: str | None = None) -> int:
+        """Remove the block with this scope key (all blocks when None); how many went."""
         with self._tx() as conn:
-            return conn.execute(delete(blocks)).rowcount
+            query = delete(blocks) if key is None else delete(blocks).where(blocks.c.scope == key)
+            return int(conn.execute(query).rowcount)
+
+    # -- named leases (broker-wide chores) ---------------------------------------------------
+
+    def take_lease(self, name: str, owner: str, *, now: float, until: float) -> str | None:
+        """Take (or renew) the named lease; None on success, else the live holder's id."""
+        with self._tx() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == name)).mappings().first()
+            if row is None:
+                conn.execute(insert(leases).values(name=name, owner=owner, until=until))
+                return None
+            if row["owner"] != owner and row["until"] > now:
+                return str(row["owner"])
+            conn.execute(
+                update(leases).where(leases.c.name == name).values(owner=owner, until=until)
+            )
+            return None
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(leases).where(leases.c.name == name, leases.c.owner == owner))
+
+
+__all__ = [
+    "STATE_DB_FILENAME",
+    "AttemptIntent",
+    "AttemptOutcome",
+    "AttemptRecord",
+    "AttemptResult",
+    "ClusterRecord",
+    "ConflictError",
+    "Lease",
+    "NodeRecord",
+    "NotFoundError",
+    "PlanFields",
+    "StateError",
+    "Store",
+    "StoreError",
+    "TransitionRecord",
+    "safe_url",
+]

@@ -14,11 +14,13 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from broker.api import ClusterReport, ReconcileReport
+    from broker.api import ClusterReport
+    from broker.reconcile import ReconcileReport
     from broker.diagnostics import Diagnostic
     from broker.quote import Quote
     from broker.ranking import Plan
-    from broker.state import AttemptRecord, BlockRecord, ClusterRecord
+    from broker.scopes import Block
+    from broker.state import AttemptRecord, ClusterRecord, NodeRecord
     from shapes.catalog import Catalog
     from shapes.errors import BrokerError
     from shapes.model import Shape
@@ -54,9 +56,9 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
         "procs_per_node": plan.procs_per_node,
         "gpus_billed": plan.gpus_billed,
         "provisioning": s.provisioning.value,
-        "price_per_node_hour": round(s.price_per_node_hour, 4),
-        "price_per_hour": round(plan.price_per_hour, 4),
-        "estimated_cost": round(plan.price_per_hour * quote.request.hours, 4),
+        "price_per_node_hour": s.price_per_node_hour,
+        "price_per_hour": plan.price_per_hour,
+        "estimated_cost": plan.price_per_hour * quote.request.hours,
         "zones": list(s.zones),
     }
 
@@ -64,10 +66,13 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
 def quote_document(
     quote: Quote, *, limit: int | None = None, today: date | None = None
 ) -> Document:
-    """``broker quote --json``; ``limit`` None shows every plan."""
+    """``broker quote --json``; ``limit`` None or 0 shows every plan. Money is exact:
+    ``price_per_hour`` is nodes x the catalog's node price, as a float, never rounded."""
     r = quote.request.rank
     flt = r.filter
-    plans = quote.plans if limit is None else quote.plans[:limit]
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    plans = quote.plans if not limit else quote.plans[:limit]
     return {
         "request": {
             "gpus": r.gpus,
@@ -76,6 +81,7 @@ def quote_document(
             "burst_max_gpus": r.burst_max_gpus,
             "priority": list(r.priority) if r.priority is not None else None,
             "priority_used": quote.ranking.priority_used,
+            "strict_priority": r.strict_priority,
             "filters": {
                 "gpu": list(flt.gpus),
                 "provider": list(flt.providers),
@@ -165,7 +171,7 @@ def attempt_document(a: AttemptRecord) -> Document:
     }
 
 
-def node_document(n: Any) -> Document:
+def node_document(n: NodeRecord) -> Document:
     return {
         "rank": n.rank,
         "provider_id": n.provider_id,
@@ -233,11 +239,22 @@ def reconcile_document(report: ReconcileReport) -> Document:
         "settled": list(report.settled),
         "lost": list(report.lost),
         "problems": list(report.problems),
+        "skipped": list(report.skipped),
     }
 
 
-def blocks_document(blocks: Sequence[BlockRecord]) -> Document:
-    """``broker blocks --json``: the scopes recent failures block, until when, and why."""
+def blocks_document(blocks: Sequence[Block]) -> Document:
+    """``broker blocks --json``: the scopes recent failures block, until when, and why.
+    ``scope`` is the key ``broker unblock`` takes."""
     return {
-        "blocks": [{"scope": b.scope, "reason": b.reason, "until": when(b.until)} for b in blocks]
+        "blocks": [
+            {
+                "scope": b.scope.key,
+                "kind": b.scope.kind.value,
+                "what": b.scope.describe(),
+                "reason": b.reason,
+                "until": when(b.until),
+            }
+            for b in blocks
+        ]
     }

@@ -1,0 +1,147 @@
+"""Reconciliation: make the store and the clouds agree, from any process, at any time.
+
+1. Clusters whose owner's lease ran out (its process died, its host was lost) are settled:
+   QUEUED/STARTING ones are wound down FAILED ``Orphaned``; a TERMINATING one is finished
+   with the status and reason its wind-down had written down (NodeLost stays NodeLost).
+2. RUNNING gangs that lost a node (spot preemption, a crash) are wound down FAILED
+   ``NodeLost``: a gang with a hole is useless and the rest still bills.
+3. Every tagged node of this deployment that no live cluster owns is terminated, on every
+   enabled cloud. One reconcile sweeps at a time (a named lease), so concurrent runs never
+   double-count; a cluster someone else is already winding down is not a problem.
+
+What is live is read once, after the clouds were listed: a store error stops the sweep
+(nothing is terminated on a guess), and PENDING clusters wait for a worker untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from broker.errors import BrokerError, ConflictError
+from broker.lifecycle import FailReason, Status
+from broker.teardown import WindDown, wind_down
+from providers.base import TAG_BROKER, Node, NodeState
+from providers.errors import ProviderError
+
+if TYPE_CHECKING:
+    from broker.api import Broker
+    from broker.state import ClusterRecord
+
+SWEEP_LEASE = "reconcile-sweep"
+SETTLED = frozenset({Status.QUEUED, Status.STARTING, Status.TERMINATING})
+
+
+@dataclass
+class ReconcileReport:
+    terminated: list[Node] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # clusters whose owner's lease expired
+    lost: list[str] = field(default_factory=list)  # RUNNING clusters that lost a node: FAILED
+    problems: list[str] = field(default_factory=list)  # what could not be checked or removed
+    skipped: list[str] = field(default_factory=list)  # work another reconcile is doing
+
+
+class Reconciler:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.store = broker.store
+        self.report = ReconcileReport()
+
+    def run(self) -> ReconcileReport:
+        now = self.broker.clock()
+        for cluster in self.store.list_clusters(SETTLED | {Status.RUNNING}):
+            try:
+                if cluster.status is Status.RUNNING:
+                    self._check_gang(cluster)
+                elif not cluster.lease_live(now):
+                    self._settle(cluster)
+            except ConflictError:
+                continue  # someone else moved it first (another reconcile, a release)
+            except BrokerError as exc:
+                self.report.problems.append(f"{cluster.id}: {exc}")
+        self._sweep()
+        return self.report
+
+    def _end(self, cluster: ClusterRecord, how: WindDown) -> None:
+        provider = self.broker._cluster_provider(cluster)
+        _, removed = wind_down(
+            self.store, cluster, how, provider, clock=self.broker.clock, sleep=self.broker.sleep
+        )
+        self.report.terminated.extend(removed)
+
+    def _how(self, final: Status, reason: str | None, detail: str | None) -> WindDown:
+        return WindDown(
+            final, self.broker.owner, self.broker.policy.lease_seconds, reason=reason, detail=detail
+        )
+
+    def _check_gang(self, cluster: ClusterRecord) -> None:
+        provider = self.broker._cluster_provider(cluster)
+        if provider is None:
+            return
+        present = {
+            n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
+        }
+        lost = [n for n in cluster.nodes if n.provider_id not in present]
+        if not lost:
+            return
+        detail = ", ".join(f"rank {n.rank} ({n.provider_id})" for n in lost) + " gone"
+        self._end(cluster, self._how(Status.FAILED, FailReason.NODE_LOST.value, detail))
+        self.report.lost.append(cluster.id)
+
+    def _settle(self, cluster: ClusterRecord) -> None:
+        if cluster.status is Status.TERMINATING and cluster.ending is not None:
+            how = self._how(cluster.ending, cluster.reason, cluster.detail)  # finish it as meant
+        else:
+            detail = f"its owner ({cluster.owner or 'none'}) stopped renewing its lease"
+            how = self._how(Status.FAILED, FailReason.ORPHANED.value, detail)
+        self._end(cluster, how)
+        self.report.settled.append(cluster.id)
+
+    def _sweep(self) -> None:
+        broker = self.broker
+        now = broker.clock()
+        holder = self.store.take_lease(
+            SWEEP_LEASE, broker.owner, now=now, until=now + broker.policy.lease_seconds
+        )
+        if holder is not None:
+            self.report.skipped.append(f"orphan sweep: another reconcile ({holder}) is sweeping")
+            return
+        try:
+            for name in broker.sweep_backends():
+                try:
+                    provider = broker.provider(name)
+                    tagged = provider.list_tagged()
+                except ProviderError as exc:
+                    self.report.problems.append(f"{name}: cannot list tagged nodes: {exc}")
+                    continue
+                # Only this deployment's nodes: another broker in the same account owns its own.
+                mine = [n for n in tagged if n.tags.get(TAG_BROKER) == broker.policy.deployment]
+                if not mine:
+                    continue
+                owners = {c.id: c for c in self.store.list_clusters(SETTLED | {Status.RUNNING})}
+                orphans = [n for n in mine if not _owned(n, owners, broker.clock())]
+                if not orphans:
+                    continue
+                try:
+                    provider.terminate(orphans)
+                    self.report.terminated.extend(orphans)
+                except ProviderError as exc:
+                    self.report.problems.append(
+                        f"{name}: cannot terminate {len(orphans)} node(s): {exc}"
+                    )
+        finally:
+            self.store.drop_lease(SWEEP_LEASE, broker.owner)
+
+
+def _owned(node: Node, live: dict[str, ClusterRecord], now: float) -> bool:
+    """Does a live cluster own this node? Unknown or finished clusters own nothing; a
+    cluster someone holds (provisioning, winding down) owns every node it is tagged on."""
+    cluster = live.get(node.cluster_id or "")
+    if cluster is None:
+        return False
+    if cluster.status is Status.RUNNING:
+        return any(n.provider_id == node.provider_id for n in cluster.nodes)
+    return cluster.lease_live(now)
+
+
+__all__ = ["ReconcileReport", "Reconciler"]

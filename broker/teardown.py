@@ -1,0 +1,120 @@
+"""Taking a cluster down: terminate its nodes, confirm they are gone, record the end.
+
+Shared by release/stop (broker.api), reconcile (broker.reconcile) and an interrupted
+provisioning (broker.provisioner). A wind-down goes through TERMINATING, where the final
+status it heads for is written down first (``ending``), so a wind-down whose process dies
+half-way is finished by reconcile with the same status and reason (NodeLost stays NodeLost).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from broker.errors import TeardownFailed
+from broker.lease import LeaseKeeper
+from broker.lifecycle import Status
+from broker.state import ClusterRecord, Lease, Store
+from providers.base import Node, Provider
+from providers.errors import TransientError
+
+
+def terminate_cluster_nodes(
+    cluster_id: str,
+    provider: Provider,
+    *,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+    only: Callable[[Node], bool] | None = None,
+) -> list[Node]:
+    """Terminate every node tagged with the cluster (or those ``only`` keeps), confirm none
+    is left, and return them. Transient errors are retried; TeardownFailed if some linger."""
+    nodes = [n for n in provider.describe(cluster_id) if only is None or only(n)]
+    if not nodes:
+        return []
+    for call in Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(initial=1, max=20),
+        sleep=sleep,
+        reraise=True,
+    ):
+        with call:
+            provider.terminate(nodes)
+    ids = {n.provider_id for n in nodes}
+    left = [n for n in provider.describe(cluster_id) if n.provider_id in ids]
+    if left:
+        raise TeardownFailed(
+            f"{len(left)} node(s) of {cluster_id} still alive after terminate: "
+            + ", ".join(n.provider_id for n in left)
+            + " (run `broker reconcile` once the cloud answers)"
+        )
+    return nodes
+
+
+@dataclass(frozen=True)
+class WindDown:
+    """How to end one cluster: its final status, why, and who does it."""
+
+    final: Status
+    owner: str
+    lease_seconds: float
+    reason: str | None = None
+    detail: str | None = None
+
+
+def wind_down(
+    store: Store,
+    cluster: ClusterRecord,
+    how: WindDown,
+    provider: Provider | None,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[ClusterRecord, list[Node]]:
+    """Take a live (or TERMINATING) cluster to ``how.final``: through TERMINATING when it
+    may have nodes, which are terminated and confirmed gone first. Returns the ended
+    cluster and the nodes removed. ConflictError if someone else moved it meanwhile."""
+    if cluster.status in (Status.PENDING, Status.QUEUED) and not cluster.nodes:
+        ended = store.transition(
+            cluster.id,
+            how.final,
+            now=clock(),
+            expect={cluster.status},
+            reason=how.reason,
+            detail=how.detail,
+        )
+        return ended, []
+    lease = Lease(how.owner, clock() + how.lease_seconds)
+    if cluster.status is not Status.TERMINATING:
+        cluster = store.transition(
+            cluster.id,
+            Status.TERMINATING,
+            now=clock(),
+            expect={cluster.status},
+            lease=lease,
+            ending=how.final,
+            reason=how.reason,
+            detail=how.detail,
+        )
+    else:  # finishing a wind-down whose owner's lease ran out: take it over
+        cluster = store.take_over(cluster.id, how.owner, now=clock(), until=lease.until)
+    removed: list[Node] = []
+    if provider is not None:
+        with LeaseKeeper(store, cluster.id, how.owner, how.lease_seconds, clock):
+            removed = terminate_cluster_nodes(cluster.id, provider, sleep=sleep)
+    ended = store.transition(
+        cluster.id,
+        how.final,
+        now=clock(),
+        expect={Status.TERMINATING},
+        reason=how.reason,
+        detail=how.detail,
+    )
+    return ended, removed
+
+
+__all__ = ["WindDown", "terminate_cluster_nodes", "wind_down"]
