@@ -18,26 +18,26 @@ EXIT_UNUSABLE = 3
 
 
 def cmd_providers(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.state import default_state_dir
-    from providers.config import KNOWN_PROVIDERS, default_config_path, load_config
+    from providers.clouds import KNOWN_PROVIDERS
+    from providers.config import load_config
     from providers.registry import SIMULATED, provider_status
     from shapes.catalog import load_catalog
 
-    config = load_config()
+    config = load_config(settings.config_path, required=settings.config_explicit)
     catalog = load_catalog()
     statuses = [
-        provider_status(name, state_dir=default_state_dir(), catalog=catalog, config=config)
+        provider_status(name, state_dir=settings.state_dir, catalog=catalog, config=config)
         for name in (*KNOWN_PROVIDERS, SIMULATED)
     ]
     if args.json:
         doc = {
-            "config": config.path or str(default_config_path()),
+            "config": config.path or str(settings.config_path),
             "config_exists": config.path is not None,
             "providers": [s.model_dump() for s in statuses],
         }
         print(json.dumps(doc, indent=2))
         return EXIT_OK
-    where = config.path or f"{default_config_path()} (not found: nothing enabled)"
+    where = config.path or f"{settings.config_path} (not found: nothing enabled)"
     print(f"configuration: {where}")
     rows = [
         (s.provider, "yes" if s.enabled else "no", "yes" if s.usable else "no", s.detail)
@@ -52,7 +52,7 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
     from providers.registry import refresh_document
     from shapes.catalog import load_bundled_catalog, local_catalog_dir, parse_catalog_file
 
-    config = load_config()
+    config = load_config(settings.config_path, required=settings.config_explicit)
     print(f"refreshing the {args.provider} catalog from its live APIs ...", file=sys.stderr)
     doc: dict[str, Any] = refresh_document(
         args.provider, config=config, bundled=load_bundled_catalog(), today=date.today()

@@ -1,8 +1,9 @@
 """The broker's configuration file: which clouds are enabled, and how to launch on each.
 
-TOML at ``BROKER_CONFIG`` or ``$XDG_CONFIG_HOME/burst-broker/config.toml``
-(``~/.config/burst-broker/config.toml``). Credentials never go here: each cloud's own chain
-provides them (boto3: environment, profile, SSO, instance role).
+TOML; where it is (``BROKER_CONFIG``, else ``$XDG_CONFIG_HOME/burst-broker/config.toml``) is
+the caller's business (``broker.settings``): :func:`load_config` takes the path. Credentials
+never go here: each cloud's own chain provides them (boto3: environment, profile, SSO,
+instance role).
 
     [broker]
     providers = ["aws"]                 # enabled clouds; the simulated cloud is never listed
@@ -30,137 +31,171 @@ provides them (boto3: environment, profile, SSO, instance role).
     resource_group = "ml-burst"
     regions = ["eastus"]
 
-Each cloud section may name an ``endpoint`` (an emulator's URL); the adapters use it instead
-of the cloud's own API host. Tests and the README's try-outs point it at 127.0.0.1.
+The cloud sections are the :data:`providers.clouds.CLOUDS` table's: each cloud's section
+model lives in ``providers/<cloud>/config.py``. Values are strictly typed: a string where a
+boolean, a number or an array belongs is refused, never coerced; the error names the file
+and the key. Each cloud section may name an ``endpoint`` (an emulator's URL); the adapters
+use it instead of the cloud's own API host. Tests and the README's try-outs point it at
+127.0.0.1.
 """
 
 from __future__ import annotations
 
-import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from providers.clouds import CLOUDS, KNOWN_PROVIDERS
 from providers.errors import ConfigError
+from providers.spec import CloudSection, StrTuple
 
-KNOWN_PROVIDERS = ("aws", "gcp", "azure")
+C = TypeVar("C", bound=CloudSection)
 
-
-class AwsConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    regions: tuple[str, ...] = Field(min_length=1)
-    images: dict[str, str] = Field(default_factory=dict)  # region -> AMI id
-    image_ssm_parameter: str | None = None  # used where no AMI is given for the region
-    subnets: dict[str, str] = Field(default_factory=dict)  # AZ id or name -> subnet id
-    security_group_ids: tuple[str, ...] = ()
-    key_name: str | None = None
-    placement_group: bool = True
-    tags: dict[str, str] = Field(default_factory=dict)
-
-
-class GcpConfig(BaseModel):
-    """``[gcp]``: Compute Engine. Credentials come from Application Default Credentials."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    project: str = Field(min_length=1)
-    regions: tuple[str, ...] = Field(min_length=1)
-    zones: tuple[str, ...] = ()  # restrict launches to these zones (default: every zone)
-    image: str = Field(min_length=1)  # image or image-family URL for the boot disk
-    boot_disk_gb: int = Field(default=200, ge=10)
-    network: str = "global/networks/default"
-    subnetworks: dict[str, str] = Field(default_factory=dict)  # region -> subnetwork URL
-    service_account: str | None = None  # e-mail of the VMs' service account
-    compact_placement: bool = True  # compact placement policy for multi-node gangs
-    labels: dict[str, str] = Field(default_factory=dict)  # added to every resource
-    endpoint: str | None = None  # Compute API root override (an emulator), full http(s) URL
-    billing_endpoint: str | None = None  # Cloud Billing Catalog API override
-
-
-class AzureConfig(BaseModel):
-    """``[azure]``: Azure Resource Manager. Credentials come from DefaultAzureCredential."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    subscription_id: str = Field(min_length=1)
-    resource_group: str = Field(min_length=1)
-    regions: tuple[str, ...] = Field(min_length=1)
-    image: str = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest"  # URN or id
-    subnets: dict[str, str] = Field(default_factory=dict)  # region -> subnet resource id
-    admin_username: str = "azureuser"
-    ssh_public_key: str | None = None  # the public key text (never a private key)
-    os_disk_gb: int = Field(default=200, ge=30)
-    proximity_placement_group: bool = True  # for multi-node gangs
-    tags: dict[str, str] = Field(default_factory=dict)  # added to every resource
-    endpoint: str | None = None  # ARM root override (an emulator), https URL
-    ca_bundle: str | None = None  # CA certificate file that verifies ``endpoint``
-    prices_endpoint: str | None = None  # Retail Prices API override
+# pydantic's error types -> what a TOML author should write instead
+_EXPECTED = {
+    "tuple_type": "must be an array",
+    "list_type": "must be an array",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "string_type": "must be a string",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "extra_forbidden": "unknown key",
+    "missing": "missing (required)",
+}
+_TOML_TYPES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    list: "an array",
+    dict: "a table",
+}
 
 
 class BrokerSection(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """``[broker]``."""
 
-    providers: tuple[str, ...] = ()
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    providers: StrTuple = ()
 
 
-class BrokerConfig(BaseModel):
-    """The whole file; unknown sections and keys are refused, naming the key."""
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The whole file: ``[broker]`` and the section of each cloud it holds (by name).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``path`` is where it was read from (None: no file, nothing enabled). Build one in code
+    with :meth:`enabling`.
+    """
 
-    broker: BrokerSection = Field(default_factory=BrokerSection)
-    aws: AwsConfig | None = None
-    gcp: GcpConfig | None = None
-    azure: AzureConfig | None = None
-    path: str | None = None  # where it was read from (not a key of the file)
+    broker: BrokerSection = field(default_factory=BrokerSection)
+    sections: Mapping[str, CloudSection] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, section in self.sections.items():
+            if section.cloud != name:
+                raise ConfigError(f"the [{name}] section holds a [{section.cloud}] model")
+        for name in self.broker.providers:
+            if name not in KNOWN_PROVIDERS:
+                raise ConfigError(
+                    f"unknown provider {name!r} (known: {', '.join(KNOWN_PROVIDERS)})"
+                )
+            if name not in self.sections:
+                raise ConfigError(f"{name} is enabled but there is no [{name}] section")
+        object.__setattr__(self, "sections", MappingProxyType(dict(self.sections)))
+
+    @classmethod
+    def enabling(cls, *sections: CloudSection, path: str | None = None) -> BrokerConfig:
+        """A configuration that enables exactly these clouds, with these sections."""
+        return cls(
+            broker=BrokerSection(providers=tuple(s.cloud for s in sections)),
+            sections={s.cloud: s for s in sections},
+            path=path,
+        )
 
     def enabled(self, provider: str) -> bool:
         return provider in self.broker.providers
 
+    def section(self, provider: str) -> CloudSection | None:
+        """The ``[provider]`` section, None if the file has none."""
+        return self.sections.get(provider)
+
+    def section_of(self, model: type[C]) -> C | None:
+        """The section of ``model``'s cloud, typed: ``config.section_of(AwsConfig)``."""
+        section = self.sections.get(model.cloud)
+        if section is not None and not isinstance(section, model):
+            raise TypeError(f"[{model.cloud}] holds a {type(section).__name__}")
+        return section
+
     def regions(self, provider: str) -> frozenset[str] | None:
         """The regions an enabled cloud is configured for (None: not enabled)."""
-        if not self.enabled(provider):
-            return None
-        section = getattr(self, provider, None)
+        section = self.sections.get(provider) if self.enabled(provider) else None
         return frozenset(section.regions) if section is not None else None
 
 
-def default_config_path() -> Path:
-    env = os.environ.get("BROKER_CONFIG")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "burst-broker" / "config.toml"
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
-    """Read the configuration; a missing default file means "nothing enabled"."""
-    explicit = path is not None or "BROKER_CONFIG" in os.environ
-    where = Path(path) if path is not None else default_config_path()
-    if not where.exists():
-        if explicit:
-            raise ConfigError(f"configuration file {where} does not exist")
-        return BrokerConfig(path=None)
+def load_config(path: Path, *, required: bool) -> BrokerConfig:
+    """Read the configuration file at ``path``. A missing file is a ConfigError when
+    ``required`` (the user named it), else it means "nothing enabled". Every error is a
+    ConfigError naming the file and the key."""
+    if not path.exists():
+        if required:
+            raise ConfigError(f"configuration file {path} does not exist")
+        return BrokerConfig()
     try:
-        data = tomllib.loads(where.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {where}: {exc}") from exc
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: invalid TOML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    known = ("broker", *KNOWN_PROVIDERS)
+    for key in data:
+        if key not in known:
+            raise ConfigError(
+                f"{path}: {key}: unknown section (known: {', '.join(f'[{k}]' for k in known)})"
+            )
+    broker = _validate(path, "broker", BrokerSection, data.get("broker", {}))
+    sections = {
+        name: _validate(path, name, spec.section, data[name])
+        for name, spec in CLOUDS.items()
+        if name in data
+    }
     try:
-        config = BrokerConfig.model_validate({**data, "path": str(where)})
+        return BrokerConfig(broker=broker, sections=sections, path=str(path))
+    except ConfigError as exc:
+        where = "broker.providers: " if "unknown provider" in str(exc) else ""
+        raise ConfigError(f"{path}: {where}{exc}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(path: Path, name: str, model: type[M], value: Any) -> M:
+    try:
+        return model.model_validate(value)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {key}: {first['msg']}") from exc
-    for name in config.broker.providers:
-        if name not in KNOWN_PROVIDERS:
-            raise ConfigError(
-                f"{where}: broker.providers: unknown provider {name!r} "
-                f"(known: {', '.join(KNOWN_PROVIDERS)})"
-            )
-        if getattr(config, name) is None:
-            raise ConfigError(f"{where}: {name} is enabled but there is no [{name}] section")
-    return config
+        key = ".".join(str(p) for p in (name, *first["loc"]))
+        raise ConfigError(f"{path}: {key}: {_explain(first)}") from None
+
+
+def _explain(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind not in _EXPECTED or kind in ("extra_forbidden", "missing"):
+        return _EXPECTED.get(kind) or str(error["msg"])
+    got = _TOML_TYPES.get(type(error["input"]), type(error["input"]).__name__)
+    return f"{_EXPECTED[kind]}, got {got}"
+
+
+__all__ = [
+    "BrokerConfig",
+    "BrokerSection",
+    "ConfigError",
+    "load_config",
+]

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
+from providers.aws.config import AwsConfig
 from providers.aws.errors import (
     BOTO_ERRORS,
     PROVIDER,
@@ -71,7 +72,6 @@ from providers.base import (
     check_launch_region,
     configured_shapes,
 )
-from providers.config import AwsConfig
 from providers.errors import (
     CallTimeoutError,
     CapacityError,

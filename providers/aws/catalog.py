@@ -31,8 +31,8 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 
 from providers.aws.adapter import client_config
+from providers.aws.config import AwsConfig
 from providers.aws.errors import BOTO_ERRORS, PROVIDER, chunks, classify, pages
-from providers.config import AwsConfig
 from providers.errors import ProviderError, ThrottledError
 from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog

@@ -77,6 +77,7 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
 
+from providers.azure.config import AzureConfig
 from providers.azure.errors import PROVIDER, classify, lookup
 from providers.base import (
     TAG_ATTEMPT,
@@ -87,7 +88,6 @@ from providers.base import (
     check_launch_region,
     configured_shapes,
 )
-from providers.config import AzureConfig
 from providers.errors import (
     CallTimeoutError,
     CapacityError,

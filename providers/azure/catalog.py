@@ -38,8 +38,8 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 
 from providers.azure.adapter import compute_client
+from providers.azure.config import AzureConfig
 from providers.azure.errors import PROVIDER, classify
-from providers.config import AzureConfig
 from providers.errors import ProviderError, ThrottledError
 from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog

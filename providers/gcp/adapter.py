@@ -80,7 +80,6 @@ from providers.base import (
     check_launch_region,
     configured_shapes,
 )
-from providers.config import GcpConfig
 from providers.errors import (
     CallTimeoutError,
     CapacityError,
@@ -88,6 +87,7 @@ from providers.errors import (
     ProviderError,
     RegionConfigError,
 )
+from providers.gcp.config import GcpConfig
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.gcp.errors import operation_error as _operation_error
 from providers.polling import Backoff

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.api_core.client_options import ClientOptions
 
-from providers.config import GcpConfig
+from providers.gcp.config import GcpConfig
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.refresh import catalog_document, listing
 from shapes.catalog import Catalog

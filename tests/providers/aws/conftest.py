@@ -23,8 +23,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from providers.aws.adapter import LIVE_STATES, AwsProvider, client_config
+from providers.aws.config import AwsConfig
 from providers.base import TAG_CLUSTER
-from providers.config import AwsConfig
 from shapes.catalog import Catalog, load_bundled_catalog
 from tests.conftest import FakeClock
 

@@ -15,8 +15,8 @@ from botocore.exceptions import ReadTimeoutError
 
 from providers.aws import adapter as adapter_module
 from providers.aws.adapter import client_config
+from providers.aws.config import AwsConfig
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
-from providers.config import AwsConfig
 from providers.errors import (
     AuthError,
     CallTimeoutError,

@@ -13,7 +13,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from providers.aws.catalog import build_catalog_document, on_demand_price
-from providers.config import AwsConfig, BrokerConfig, BrokerSection
+from providers.aws.config import AwsConfig
+from providers.config import BrokerConfig
 from providers.errors import AuthError
 from shapes.catalog import BUNDLED_DIR, load_bundled_catalog, parse_catalog_file
 from shapes.gpus import CANONICAL_GPUS
@@ -283,8 +284,6 @@ def test_ec2_errors_are_classified(mock_aws: None) -> None:
 def test_refresh_through_the_registry_uses_the_default_session(mock_aws: None) -> None:
     from providers.registry import refresh_document
 
-    config = BrokerConfig(
-        broker=BrokerSection(providers=("aws",)), aws=AwsConfig(regions=("us-west-2",))
-    )
+    config = BrokerConfig.enabling(AwsConfig(regions=("us-west-2",)))
     doc = refresh_document("aws", config=config, bundled=BUNDLED, today=TODAY)
     assert doc["provider"] == "aws" and doc["instance_types"]

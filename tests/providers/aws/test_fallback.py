@@ -14,7 +14,7 @@ from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from providers.aws.adapter import AwsProvider
 from providers.base import TAG_ATTEMPT, TAG_CLUSTER
-from providers.config import BrokerConfig, BrokerSection
+from providers.config import BrokerConfig
 from shapes.catalog import Catalog
 from tests.conftest import FakeClock, make_shape
 from tests.providers.aws.conftest import AwsWorld, inject, moto_instances, raw_client
@@ -41,7 +41,7 @@ def make_broker(tmp_path: Path, aws: AwsWorld, clock: FakeClock) -> tuple[Broker
     broker = Broker(
         state_dir=tmp_path / "state",
         catalog=CATALOG,
-        config=BrokerConfig(broker=BrokerSection(providers=("aws",)), aws=aws.config),
+        config=BrokerConfig.enabling(aws.config),
         policy=ProvisionPolicy(retry_attempts=4, retry_initial_wait=1.0, retry_max_wait=4.0),
         clock=clock,
         sleep=clock.sleep,

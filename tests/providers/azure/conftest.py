@@ -20,8 +20,8 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from providers.azure.adapter import AzureProvider
+from providers.azure.config import AzureConfig
 from providers.base import TAG_CLUSTER
-from providers.config import AzureConfig
 from shapes.catalog import Catalog, load_bundled_catalog
 from tests.conftest import FakeClock
 from tests.fakes.azure import RESOURCE_GROUP, SUBSCRIPTION, TOKEN, FakeArm

@@ -13,7 +13,7 @@ import pytest
 
 from broker.cli import main
 from providers.azure.catalog import build_catalog_document, gpu_of_size, prices_of
-from providers.config import AzureConfig
+from providers.azure.config import AzureConfig
 from shapes.catalog import load_bundled_catalog, parse_catalog_file
 from tests.fakes.azure import API_PRICES, FakeArm, config_toml, price_row, sku, write_fake_az
 from tests.providers.azure.conftest import FakeCredential, make_config

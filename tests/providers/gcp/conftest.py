@@ -19,8 +19,8 @@ import pytest
 from google.auth import credentials as auth_credentials
 
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
-from providers.config import GcpConfig
 from providers.gcp.adapter import GcpProvider
+from providers.gcp.config import GcpConfig
 from shapes.catalog import Catalog, load_bundled_catalog
 from shapes.model import Shape
 from tests.conftest import CLOSED_LOOPBACK, FakeClock
