@@ -18,13 +18,13 @@ from typing import NoReturn
 from broker import __version__, cli_clusters, cli_providers
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.errors import BrokerError
-from broker.launchfile import parse_launch_file
-from broker.quote import QuoteRequest, quote, request_from_launch_file
+from broker.launchfile import parse_launch_file, request_from_launch_file
+from broker.quote import QuoteRequest, quote
 from broker.ranking import Exclusion, RankRequest
 from broker.render import money, table
 from broker.settings import Settings
 from broker.views import quote_document
-from shapes.catalog import PROVIDERS, ShapeFilter, load_catalog
+from shapes.catalog import ShapeFilter, load_catalog
 from shapes.gpus import gpu_filter_names
 from shapes.model import Provisioning
 
@@ -154,8 +154,8 @@ def _fail(errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic], as_json:
     if as_json:
         _emit_json(
             {
-                "errors": [e.model_dump() for e in errors],
-                "warnings": [w.model_dump() for w in warnings],
+                "errors": [e.to_json_dict() for e in errors],
+                "warnings": [w.to_json_dict() for w in warnings],
             }
         )
     else:
@@ -165,19 +165,20 @@ def _fail(errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic], as_json:
     return EXIT_INVALID
 
 
-def _shape_filter(args: argparse.Namespace) -> ShapeFilter:
+def _shape_filter(args: argparse.Namespace, settings: Settings) -> ShapeFilter:
     errors: list[Diagnostic] = []
+    known = load_catalog(settings.catalog_dir).providers
     for name in args.gpu:
         try:
             gpu_filter_names(name)
         except ValueError as exc:
             errors.append(Diagnostic(field="gpu", message=str(exc)))
     for prov in args.provider:
-        if prov.lower() not in PROVIDERS:
+        if prov.lower() not in known:
             errors.append(
                 Diagnostic(
                     field="provider",
-                    message=f"unknown provider {prov!r} (known: {', '.join(PROVIDERS)})",
+                    message=f"unknown provider {prov!r} (known: {', '.join(known)})",
                 )
             )
     if args.max_price_per_hour is not None and not args.max_price_per_hour > 0:
@@ -218,7 +219,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def quote_request_from_args(args: argparse.Namespace, settings: Settings) -> QuoteRequest:
     """The request that ``quote`` and ``provision`` arguments describe."""
-    flt = _shape_filter(args)
+    flt = _shape_filter(args, settings)
     overrides: dict[str, object] = {
         "filter": flt,
         "max_price_per_hour": args.max_price_per_hour,
@@ -237,8 +238,8 @@ def quote_request_from_args(args: argparse.Namespace, settings: Settings) -> Quo
         raise InvalidRequest(
             [Diagnostic(field="gpus", message="give --gpus N or a burst launch file FILE.isc")]
         )
-    rank = RankRequest.model_validate(
-        {k: v for k, v in {**overrides, "gpus": args.gpus}.items() if v is not None}
+    rank = RankRequest(
+        **{k: v for k, v in {**overrides, "gpus": args.gpus}.items() if v is not None}
     )
     return QuoteRequest(rank=rank, hours=getattr(args, "hours", 1.0))
 
@@ -271,7 +272,7 @@ def _print_refusal(excluded: Sequence[Exclusion]) -> None:
 
 def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     request = quote_request_from_args(args, settings)
-    catalog = load_catalog()
+    catalog = load_catalog(settings.catalog_dir)
     # Only --explain reads the state store (recent stockouts): a plain quote stays pure.
     unavailable, blocked = cli_clusters.blocked_for_explain(catalog) if args.explain else ({}, [])
     result = quote(request, catalog, unavailable=unavailable, explain=args.explain)
@@ -332,8 +333,8 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_shapes(args: argparse.Namespace, settings: Settings) -> int:
-    flt = _shape_filter(args)
-    catalog = load_catalog()
+    flt = _shape_filter(args, settings)
+    catalog = load_catalog(settings.catalog_dir)
     shapes = [
         s
         for s in flt.apply(catalog.shapes)

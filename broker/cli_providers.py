@@ -12,6 +12,7 @@ from typing import Any
 
 from broker.render import table
 from broker.settings import Settings
+from providers.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 3
@@ -24,7 +25,7 @@ def cmd_providers(args: argparse.Namespace, settings: Settings) -> int:
     from shapes.catalog import load_catalog
 
     config = load_config(settings.config_path, required=settings.config_explicit)
-    catalog = load_catalog()
+    catalog = load_catalog(settings.catalog_dir)
     statuses = [
         provider_status(name, state_dir=settings.state_dir, catalog=catalog, config=config)
         for name in (*KNOWN_PROVIDERS, SIMULATED)
@@ -50,14 +51,16 @@ def cmd_providers(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
     from providers.config import load_config
     from providers.registry import refresh_document
-    from shapes.catalog import load_bundled_catalog, local_catalog_dir, parse_catalog_file
+    from shapes.catalog import load_bundled_catalog, parse_catalog_file
 
     config = load_config(settings.config_path, required=settings.config_explicit)
     print(f"refreshing the {args.provider} catalog from its live APIs ...", file=sys.stderr)
     doc: dict[str, Any] = refresh_document(
         args.provider, config=config, bundled=load_bundled_catalog(), today=date.today()
     )
-    directory = Path(args.output) if args.output else local_catalog_dir()
+    directory = Path(args.output) if args.output else settings.catalog_dir
+    if directory is None:
+        raise ConfigError("no catalog directory: give --output DIR or set BROKER_CATALOG_DIR")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{args.provider}.json"
     partial = target.with_suffix(".json.partial")

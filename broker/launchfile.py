@@ -18,12 +18,14 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.diagnostics import Diagnostic, InvalidRequest
+from broker.quote import QuoteRequest
+from broker.ranking import RankRequest
 from broker.settings import DEFAULT_BURST_MAX_GPUS, MAX_GPUS, MIN_GPUS
 
 MIN_RAPID_CYCLES = 1
@@ -81,8 +83,8 @@ class LaunchFileResult(BaseModel):
         experiment = self.experiment
         return {
             "valid": self.valid,
-            "errors": [d.model_dump(mode="json") for d in self.errors],
-            "warnings": [d.model_dump(mode="json") for d in self.warnings],
+            "errors": [d.to_json_dict() for d in self.errors],
+            "warnings": [d.to_json_dict() for d in self.warnings],
             "experiment": None if experiment is None else experiment.model_dump(mode="json"),
         }
 
@@ -284,3 +286,52 @@ def parse_launch_file(
         message = f"cannot read {source}: not UTF-8 text (bad byte at offset {exc.start})"
         return _failed(source, Diagnostic(field=None, message=message))
     return parse_launch_text(text, source=source, burst_max_gpus=burst_max_gpus)
+
+
+def request_from_launch_file(
+    result: LaunchFileResult,
+    *,
+    rank_overrides: Mapping[str, object],
+    hours: float,
+) -> QuoteRequest:
+    """Turn a parsed launch file into a quote request; refuse invalid or non-burst files.
+
+    Lives here, not in :mod:`broker.quote`, so that a quote without a launch file never
+    imports this module (nor pydantic)."""
+    exp = result.experiment_or_raise()
+    if exp.compute_mode is not ComputeMode.BURST:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="compute_mode",
+                    message=(
+                        f"is {exp.compute_mode.value!r}: only burst experiments run on commercial "
+                        'clouds, so only they can be quoted (set compute_mode = "burst")'
+                    ),
+                )
+            ],
+            list(result.warnings),
+        )
+    fields: dict[str, object] = {
+        "gpus": exp.gpus,
+        "priority": exp.burst_shape_priority_list,
+        "priority_field": "burst_shape_priority_list",
+    }
+    warnings = list(result.warnings)
+    if rank_overrides.get("priority") is not None:
+        if exp.burst_shape_priority_list is not None:
+            warnings.append(
+                Diagnostic(
+                    field="burst_shape_priority_list",
+                    message="overridden by --priority on the command line",
+                )
+            )
+        fields["priority_field"] = "priority"
+    fields.update({k: v for k, v in rank_overrides.items() if v is not None})
+    return QuoteRequest(
+        rank=RankRequest(**fields),  # type: ignore[arg-type]
+        hours=hours,
+        launch_file=result.source,
+        experiment_name=exp.experiment_name,
+        warnings=tuple(warnings),
+    )

@@ -1,7 +1,8 @@
 """Quotes: a ranked, priced plan for a request, without spending anything (a dry run).
 
-Builds on :mod:`broker.ranking`; adds hours, the launch-file path, and the JSON document
-that ``broker quote --json`` prints.
+Builds on :mod:`broker.ranking`; adds hours and the launch-file path. The JSON document
+``broker quote --json`` prints is built in :mod:`broker.views`. Nothing here imports
+pydantic (a launch file's request is built in :mod:`broker.launchfile`).
 """
 
 from __future__ import annotations
@@ -9,70 +10,85 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from broker.diagnostics import Diagnostic, InvalidRequest
-from broker.launchfile import ComputeMode, LaunchFileResult
 from broker.ranking import Plan, Ranking, RankRequest, rank
+from shapes import checks
 from shapes.catalog import Catalog
 
+_QUOTE_KEYS = frozenset({"rank", "hours", "launch_file", "experiment_name", "warnings"})
 
-class QuoteRequest(BaseModel):
-    """What ``broker quote`` was asked: a ranking request plus how long it would run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True, slots=True)
+class QuoteRequest:
+    """What ``broker quote`` was asked: a ranking request plus how long it would run.
+
+    Checked at construction: ``hours`` a finite number > 0, strict types throughout
+    (:class:`InvalidRequest` otherwise).
+    """
 
     rank: RankRequest
     hours: float = 1.0
     launch_file: str | None = None
     experiment_name: str | None = None
-    warnings: tuple[Diagnostic, ...] = Field(default=(), description="found while reading input")
+    warnings: tuple[Diagnostic, ...] = ()  # found while reading input
 
-
-def request_from_launch_file(
-    result: LaunchFileResult,
-    *,
-    rank_overrides: Mapping[str, object],
-    hours: float,
-) -> QuoteRequest:
-    """Turn a parsed launch file into a quote request; refuse invalid or non-burst files."""
-    exp = result.experiment_or_raise()
-    if exp.compute_mode is not ComputeMode.BURST:
-        raise InvalidRequest(
-            [
+    def __post_init__(self) -> None:
+        errors: list[Diagnostic] = []
+        if not isinstance(self.rank, RankRequest):
+            errors.append(
                 Diagnostic(
-                    field="compute_mode",
-                    message=(
-                        f"is {exp.compute_mode.value!r}: only burst experiments run on commercial "
-                        'clouds, so only they can be quoted (set compute_mode = "burst")'
-                    ),
-                )
-            ],
-            list(result.warnings),
-        )
-    fields: dict[str, object] = {
-        "gpus": exp.gpus,
-        "priority": exp.burst_shape_priority_list,
-        "priority_field": "burst_shape_priority_list",
-    }
-    warnings = list(result.warnings)
-    if rank_overrides.get("priority") is not None:
-        if exp.burst_shape_priority_list is not None:
-            warnings.append(
-                Diagnostic(
-                    field="burst_shape_priority_list",
-                    message="overridden by --priority on the command line",
+                    field="rank", message=f"must be a RankRequest, got {checks.describe(self.rank)}"
                 )
             )
-        fields["priority_field"] = "priority"
-    fields.update({k: v for k, v in rank_overrides.items() if v is not None})
-    return QuoteRequest(
-        rank=RankRequest.model_validate(fields),
-        hours=hours,
-        launch_file=result.source,
-        experiment_name=exp.experiment_name,
-        warnings=tuple(warnings),
-    )
+        why = checks.positive(self.hours)
+        if why is not None:
+            errors.append(Diagnostic(field="hours", message=why))
+        for name in ("launch_file", "experiment_name"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                errors.append(
+                    Diagnostic(
+                        field=name, message=f"must be a string, got {checks.describe(value)}"
+                    )
+                )
+        if not isinstance(self.warnings, tuple | list) or not all(
+            isinstance(w, Diagnostic) for w in self.warnings
+        ):
+            errors.append(Diagnostic(field="warnings", message="must be a list of Diagnostic"))
+        elif type(self.warnings) is not tuple:
+            object.__setattr__(self, "warnings", tuple(self.warnings))
+        if errors:
+            raise InvalidRequest(errors)
+
+    def to_json_dict(self) -> dict[str, object]:
+        """Plain JSON types (what the store keeps with a cluster)."""
+        return {
+            "rank": self.rank.to_json_dict(),
+            "hours": self.hours,
+            "launch_file": self.launch_file,
+            "experiment_name": self.experiment_name,
+            "warnings": [w.to_json_dict() for w in self.warnings],
+        }
+
+    @classmethod
+    def from_json_dict(cls, doc: object) -> QuoteRequest:
+        """The inverse of :meth:`to_json_dict` (also reads what earlier versions stored)."""
+        if not isinstance(doc, dict) or "rank" not in doc:
+            raise InvalidRequest([Diagnostic(field=None, message="not a quote request")])
+        unknown = checks.unknown_keys(doc, _QUOTE_KEYS)
+        if unknown:
+            raise InvalidRequest([Diagnostic(field=None, message=unknown)])
+        try:
+            warnings = tuple(Diagnostic.from_json_dict(w) for w in doc.get("warnings", ()))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest([Diagnostic(field="warnings", message=str(exc))]) from None
+        return cls(
+            rank=RankRequest.from_json_dict(doc["rank"]),
+            hours=doc.get("hours", 1.0),
+            launch_file=doc.get("launch_file"),
+            experiment_name=doc.get("experiment_name"),
+            warnings=warnings,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,9 +114,8 @@ def quote(
     explain: bool = False,
 ) -> Quote:
     """Rank and price; raises InvalidRequest for a request no catalog could serve."""
-    if not request.hours > 0:
-        raise InvalidRequest(
-            [Diagnostic(field="hours", message=f"must be > 0, got {request.hours}")]
-        )
     ranking = rank(request.rank, catalog, unavailable=unavailable, explain=explain)
     return Quote(request, ranking, catalog)
+
+
+__all__ = ["InvalidRequest", "Quote", "QuoteRequest", "quote"]

@@ -6,24 +6,26 @@ Node split: for a shape with g GPUs per node, NNODES is the smallest n >= ceil(G
 divides G, and N_PROC = G / n, so NNODES x N_PROC = G exactly (the launch-file contract).
 Order: a priority list, when it names known shapes, is kept as given; otherwise every
 shape is a candidate, cheapest plan first, then fewer nodes, then shape id (prices are
-compared in whole micro-dollars, so float noise never reorders equal prices).
+compared in whole micro-dollars, so float noise never reorders equal prices). A list that
+names no known shape falls back to every shape with a warning saying so (and "did you mean"
+for near misses), or, with ``strict_priority``, is refused.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import NamedTuple, overload
 from weakref import WeakKeyDictionary
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.settings import DEFAULT_BURST_MAX_GPUS, MAX_GPUS, MIN_GPUS
+from shapes import checks
 from shapes.catalog import Catalog, ShapeFilter
-from shapes.model import Shape, parse_shape_id, shape_key
+from shapes.model import Provisioning, Shape, parse_shape_id, shape_key
 
 
 def split_gpus(gpus: int, gpus_per_node: int) -> tuple[int, int]:
@@ -67,17 +69,93 @@ class Exclusion(NamedTuple):
     price_per_hour: float | None = None  # the plan's price, when it was computed
 
 
-class RankRequest(BaseModel):
-    """A request to rank shapes for G GPUs in burst mode."""
+@dataclass(frozen=True, slots=True)
+class RankRequest:
+    """A request to rank shapes for G GPUs in burst mode.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Types are checked strictly at construction (``gpus="16"`` or ``gpus=True`` is an
+    :class:`InvalidRequest`, as in a launch file); the values (GPU range, burst cap, price
+    cap) are checked by :func:`check_request`, which :func:`rank` calls.
+    """
 
     gpus: int
     priority: tuple[str, ...] | None = None  # None: no list given
     priority_field: str = "priority"  # how diagnostics name the list (CLI flag or TOML key)
-    filter: ShapeFilter = Field(default_factory=ShapeFilter)
+    filter: ShapeFilter = field(default_factory=ShapeFilter)
     max_price_per_hour: float | None = None
     burst_max_gpus: int = DEFAULT_BURST_MAX_GPUS
+    # True: a priority list that names no known shape is refused instead of falling back
+    # to every shape (for schedulers that want exactly the shapes they listed).
+    strict_priority: bool = False
+
+    def __post_init__(self) -> None:
+        errors: list[Diagnostic] = []
+
+        def need(name: str, why: str | None) -> None:
+            if why is not None:
+                errors.append(Diagnostic(field=name, message=why))
+
+        need("gpus", checks.integer(self.gpus))
+        if self.priority is not None:
+            why = checks.strings(self.priority)
+            need(self.priority_field if isinstance(self.priority_field, str) else "priority", why)
+            if why is None and type(self.priority) is not tuple:
+                object.__setattr__(self, "priority", tuple(self.priority))
+        need("priority_field", checks.string(self.priority_field))
+        if not isinstance(self.filter, ShapeFilter):
+            need("filter", f"must be a ShapeFilter, got {checks.describe(self.filter)}")
+        if self.max_price_per_hour is not None and not checks.is_number(self.max_price_per_hour):
+            need(
+                "max_price_per_hour",
+                f"must be a number, got {checks.describe(self.max_price_per_hour)}",
+            )
+        need("burst_max_gpus", checks.integer(self.burst_max_gpus, MIN_GPUS, MAX_GPUS))
+        need("strict_priority", checks.boolean(self.strict_priority))
+        if errors:
+            raise InvalidRequest(errors)
+
+    def to_json_dict(self) -> dict[str, object]:
+        flt = self.filter
+        return {
+            "gpus": self.gpus,
+            "priority": None if self.priority is None else list(self.priority),
+            "priority_field": self.priority_field,
+            "filter": {
+                "gpus": list(flt.gpus),
+                "providers": list(flt.providers),
+                "regions": list(flt.regions),
+                "provisioning": None if flt.provisioning is None else flt.provisioning.value,
+            },
+            "max_price_per_hour": self.max_price_per_hour,
+            "burst_max_gpus": self.burst_max_gpus,
+            "strict_priority": self.strict_priority,
+        }
+
+    @classmethod
+    def from_json_dict(cls, doc: object) -> RankRequest:
+        """The inverse of :meth:`to_json_dict`; absent keys take their defaults."""
+        if not isinstance(doc, dict):
+            raise InvalidRequest([Diagnostic(field="rank", message="must be an object")])
+        unknown = checks.unknown_keys(doc, _RANK_KEYS)
+        if unknown:
+            raise InvalidRequest([Diagnostic(field="rank", message=unknown)])
+        values = dict(doc)
+        flt = values.get("filter")
+        if isinstance(flt, dict):
+            market = flt.get("provisioning")
+            try:
+                values["filter"] = ShapeFilter(
+                    gpus=flt.get("gpus", ()),
+                    providers=flt.get("providers", ()),
+                    regions=flt.get("regions", ()),
+                    provisioning=None if market is None else Provisioning(market),
+                )
+            except ValueError as exc:
+                raise InvalidRequest([Diagnostic(field="filter", message=str(exc))]) from None
+        return cls(**values)
+
+
+_RANK_KEYS = frozenset(f.name for f in fields(RankRequest))
 
 
 @dataclass(frozen=True)
@@ -109,8 +187,12 @@ def check_request(request: RankRequest) -> None:
             )
         )
     cap = request.max_price_per_hour
-    if cap is not None and not cap > 0:
-        errors.append(Diagnostic(field="max_price_per_hour", message=f"must be > 0, got {cap}"))
+    if cap is not None and not (math.isfinite(cap) and cap > 0):
+        errors.append(
+            Diagnostic(
+                field="max_price_per_hour", message=f"must be > 0 and finite, got {cap}"
+            )
+        )
     if errors:
         raise InvalidRequest(errors)
 
@@ -273,12 +355,22 @@ def rank(
         plans, excluded = _explain(request, named, blocked)
         return Ranking(plans, excluded, warnings, priority_used=True)
     if request.priority is not None:
-        warnings.append(
-            Diagnostic(
-                field=request.priority_field,
-                message="names no known shape; trying every shape in the catalog",
-            )
+        fallback = Diagnostic(
+            field=request.priority_field,
+            message="names no known shape; trying every shape in the catalog",
         )
+        if request.strict_priority:
+            raise InvalidRequest(
+                [
+                    Diagnostic(
+                        field=request.priority_field,
+                        message="names no known shape (strict priority: no fallback to "
+                        "every shape)",
+                    )
+                ],
+                warnings,
+            )
+        warnings.append(fallback)
     ranked = _price_ordered(request, catalog, blocked)
     excluded = _explain(request, catalog.shapes, blocked)[1] if explain else []
     return Ranking(ranked, excluded, warnings, priority_used=False)

@@ -5,12 +5,12 @@ Nothing here imports a cloud SDK or does network I/O.
 
 from shapes.catalog import (
     Catalog,
-    CatalogError,
     CatalogSource,
     Rejection,
     ShapeFilter,
     load_catalog,
 )
+from shapes.errors import CatalogError
 from shapes.gpus import CANONICAL_GPUS, gpu_filter_names, normalize_gpu
 from shapes.model import Provisioning, Shape, ShapeId, parse_shape_id, shape_key
 

@@ -1,39 +1,38 @@
 """The shape catalog: bundled, dated price lists, and the filters users apply to them.
 
 The bundled data lives in ``shapes/data/<provider>.json`` (one file per cloud, each stamped
-with where its prices come from and when). The local catalog directory
-(``BROKER_CATALOG_DIR``, default ``$XDG_DATA_HOME/burst-broker/catalog``) holds newer files
-of the same format written by ``broker catalog refresh``; a provider's file there replaces
-the bundled one. Loading is pure JSON + validation and runs on every quote, so it
-is kept cheap (see ``benchmarks/bench_catalog.py``).
+with where its prices come from and when); the clouds are the files found there, so a new
+cloud's prices are a new data file. A local catalog directory (the caller's, e.g. the
+broker's ``BROKER_CATALOG_DIR``) holds newer files of the same format written by ``broker
+catalog refresh``; a provider's file there replaces the bundled one. Loading is pure JSON +
+validation (strict types; every price finite and > 0) and runs on every quote, so it is
+kept cheap: ``benchmarks/run.py`` times it, and a 100k-shape catalog.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from functools import cached_property
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
-
+from shapes import checks
+from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
-from shapes.model import Provisioning, Shape, shape_key
+from shapes.model import Provisioning, Shape, prechecked_shape, shape_key
 
 BUNDLED_DIR = Path(__file__).parent / "data"
-PROVIDERS = ("aws", "gcp", "azure")
 
 
-class CatalogSource(BaseModel):
+@dataclass(frozen=True, slots=True)
+class CatalogSource:
     """Where one provider's prices come from, and how old they are."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: str
     path: str
@@ -42,7 +41,25 @@ class CatalogSource(BaseModel):
     retrieved: date | None
     price_source: str
     notes: str = ""
-    shapes: int
+    shapes: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} {why}"
+            for name, why in (
+                ("provider", checks.string(self.provider)),
+                ("path", checks.string(self.path)),
+                ("bundled", checks.boolean(self.bundled)),
+                ("price_source", checks.string(self.price_source, empty=True)),
+                ("notes", checks.string(self.notes, empty=True)),
+                ("shapes", checks.integer(self.shapes, low=0)),
+                ("prices_as_of", _date_problem(self.prices_as_of)),
+                ("retrieved", _date_problem(self.retrieved)),
+            )
+            if why is not None
+        ]
+        if problems:
+            raise ValueError(f"invalid catalog source: {'; '.join(problems)}")
 
     def age_days(self, today: date | None = None) -> int | None:
         """Days since the prices were read at the source; None when that date is unknown."""
@@ -51,70 +68,177 @@ class CatalogSource(BaseModel):
         return ((today or date.today()) - self.prices_as_of).days
 
 
-def _region_shapes(
-    provider: str, instance_type: str, spec: dict[str, Any], region: str, entry: dict[str, Any]
-) -> Iterator[Shape]:
-    common = {
-        "provider": provider,
-        "region": region,
-        "instance_type": instance_type,
-        "gpu": spec["gpu"],
-        "gpus_per_node": spec["gpus"],
-        "gpu_memory_gib": spec["gpu_memory_gib"],
-        "vcpus": spec["vcpus"],
-        "memory_gib": spec["memory_gib"],
-        "zones": tuple(entry.get("zones", ())),
-    }
-    on_demand = entry.get("on_demand")
-    if on_demand is not None:
-        yield Shape.model_validate(
-            {**common, "provisioning": Provisioning.ON_DEMAND, "price_per_node_hour": on_demand}
+def _date_problem(value: object) -> str | None:
+    if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+        return None
+    return f"must be a date or null, got {checks.describe(value)}"
+
+
+class _Malformed(Exception):
+    """One problem in a catalog file; ``where`` names the shape or key."""
+
+    def __init__(self, where: str, why: str) -> None:
+        super().__init__(f"{where}: {why}")
+
+
+def _need(where: str, why: str | None) -> None:
+    if why is not None:
+        raise _Malformed(where, why)
+
+
+def _date(doc: dict[str, Any], key: str) -> date | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    _need(key, checks.string(value))
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _Malformed(key, f"must be a date (YYYY-MM-DD), got {value!r}") from None
+
+
+def _price(where: str, value: object) -> float:
+    _need(where, checks.positive(value))
+    return float(value)  # type: ignore[arg-type]
+
+
+def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterator[Shape]:
+    """The shapes of one instance type (every region, both markets), every field checked:
+    the instance type's fields once, then each region's."""
+    where = f"instance_types.{instance_type}"
+    _need(where, None if isinstance(spec, dict) else f"must be an object, got {describe(spec)}")
+    assert isinstance(spec, dict)
+    for key in ("gpu", "gpus", "gpu_memory_gib", "vcpus", "memory_gib", "regions"):
+        _need(where, None if key in spec else f"missing {key!r}")
+    # One checked shape per instance type validates the fields all its regions share.
+    try:
+        first = Shape(
+            provider=provider,
+            region="-",
+            instance_type=instance_type,
+            gpu=spec["gpu"],
+            gpus_per_node=spec["gpus"],
+            gpu_memory_gib=spec["gpu_memory_gib"],
+            vcpus=spec["vcpus"],
+            memory_gib=spec["memory_gib"],
+            provisioning=Provisioning.ON_DEMAND,
+            price_per_node_hour=1.0,
         )
-    spot = entry.get("spot")
-    if isinstance(spot, dict):
-        # Spot prices that vary by zone: keep every zone's price, and quote the highest so
-        # a quote (and a --max-price-per-hour cap) holds in whichever zone the gang lands.
-        if spot:
-            yield Shape.model_validate(
-                {
-                    **common,
-                    "provisioning": Provisioning.SPOT,
-                    "price_per_node_hour": max(spot.values()),
-                    "zone_prices": spot,
-                }
+    except ValueError as exc:
+        raise _Malformed(where, str(exc).removeprefix("invalid shape: ")) from None
+    regions = spec["regions"]
+    _need(f"{where}.regions", None if isinstance(regions, dict) else "must be an object")
+    fill = _filler(first)
+    for region, entry in regions.items():
+        at = f"{provider}:{region}:{instance_type}"
+        _need(at, checks.string(region))
+        _need(at, "region must not contain ':'" if ":" in region else None)
+        _need(at, None if isinstance(entry, dict) else f"must be an object, got {describe(entry)}")
+        zones = entry.get("zones", [])
+        _need(f"{at}: zones", checks.strings(zones))
+        zone_tuple = tuple(zones)
+        on_demand = entry.get("on_demand")
+        if on_demand is not None:
+            yield fill(
+                region,
+                zone_tuple,
+                Provisioning.ON_DEMAND,
+                _price(f"{at}:on-demand", on_demand),
+                None,
             )
-    elif spot is not None:
-        yield Shape.model_validate(
-            {**common, "provisioning": Provisioning.SPOT, "price_per_node_hour": spot}
+        spot = entry.get("spot")
+        if isinstance(spot, dict):
+            # Spot prices that vary by zone: keep every zone's price, and quote the highest so
+            # a quote (and a --max-price-per-hour cap) holds in whichever zone the gang lands.
+            if spot:
+                prices = {z: _price(f"{at}:spot: zone {z}", p) for z, p in spot.items()}
+                unknown = sorted(set(prices) - set(zone_tuple))
+                _need(f"{at}:spot", f"prices zones not in zones: {unknown}" if unknown else None)
+                yield fill(region, zone_tuple, Provisioning.SPOT, max(prices.values()), prices)
+        elif spot is not None:
+            yield fill(region, zone_tuple, Provisioning.SPOT, _price(f"{at}:spot", spot), None)
+
+
+def _filler(
+    first: Shape,
+) -> Callable[[str, tuple[str, ...], Provisioning, float, dict[str, float] | None], Shape]:
+    """Build shapes that differ from ``first`` only in the fields the loader has checked."""
+    provider, instance_type = first.provider, first.instance_type
+    shared = (
+        first.gpu,
+        first.gpus_per_node,
+        first.gpu_memory_gib,
+        first.vcpus,
+        first.memory_gib,
+    )
+
+    def fill(
+        region: str,
+        zones: tuple[str, ...],
+        market: Provisioning,
+        price: float,
+        zone_prices: dict[str, float] | None,
+    ) -> Shape:
+        return prechecked_shape(
+            provider, region, instance_type, *shared, market, price, zones, zone_prices
         )
+
+    return fill
 
 
 def parse_catalog_file(path: Path, *, bundled: bool) -> tuple[CatalogSource, list[Shape]]:
-    """Read one provider's catalog file into its source stamp and its shapes."""
+    """Read one provider's catalog file into its source stamp and its shapes.
+
+    Raises :class:`CatalogError` naming the file and the shape or key for a file that
+    cannot be read, is not JSON, or holds a malformed entry (a negative, zero, NaN or
+    infinite price included).
+    """
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
     try:
-        provider = doc["provider"]
-        shapes = [
-            shape
-            for instance_type, spec in doc["instance_types"].items()
-            for region, entry in spec["regions"].items()
-            for shape in _region_shapes(provider, instance_type, spec, region, entry)
-        ]
-        source = CatalogSource(
-            provider=provider,
-            path=str(path),
-            bundled=bundled,
-            prices_as_of=doc.get("prices_as_of"),
-            retrieved=doc.get("retrieved"),
-            price_source=doc["price_source"],
-            notes=doc.get("notes", ""),
-            shapes=len(shapes),
-        )
-    except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        raise CatalogError(f"malformed catalog {path}: {exc}") from exc
+        doc = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, _Malformed) as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+    try:
+        return _parse_doc(doc, path, bundled)
+    except _Malformed as exc:
+        raise CatalogError(f"malformed catalog {path}: {exc}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise _Malformed(name, "is not a number (catalog prices must be finite)")
+
+
+def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, list[Shape]]:
+    _need("document", None if isinstance(doc, dict) else f"must be an object, got {describe(doc)}")
+    assert isinstance(doc, dict)
+    for key in ("provider", "price_source", "instance_types"):
+        _need("document", None if key in doc else f"missing {key!r}")
+    provider = doc["provider"]
+    _need("provider", checks.string(provider))
+    if provider != path.name.split(".")[0]:
+        raise _Malformed("provider", f"is {provider!r}, but the file is named {path.name}")
+    _need("price_source", checks.string(doc["price_source"], empty=True))
+    _need("notes", checks.string(doc.get("notes", ""), empty=True))
+    types = doc["instance_types"]
+    _need("instance_types", None if isinstance(types, dict) else "must be an object")
+    shapes = [
+        shape
+        for instance_type, spec in types.items()
+        for shape in _instance_shapes(provider, instance_type, spec)
+    ]
+    source = CatalogSource(
+        provider=provider,
+        path=str(path),
+        bundled=bundled,
+        prices_as_of=_date(doc, "prices_as_of"),
+        retrieved=_date(doc, "retrieved"),
+        price_source=doc["price_source"],
+        notes=doc.get("notes", ""),
+        shapes=len(shapes),
+    )
     return source, shapes
 
 
@@ -122,8 +246,8 @@ def parse_catalog_file(path: Path, *, bundled: bool) -> tuple[CatalogSource, lis
 class Columns:
     """The catalog's fields as parallel lists, index i = ``Catalog.shapes[i]``.
 
-    Ranking reads these instead of the shape objects: walking 100k pydantic objects costs
-    ~0.5 us per attribute in cache misses, a list index a few ns (benchmarks/bench_rank.py).
+    Ranking reads these instead of the shape objects: walking 100k objects costs ~0.5 us
+    per attribute in cache misses, a list index a few ns (``benchmarks/run.py``, ranking).
     """
 
     keys: list[str]
@@ -149,6 +273,9 @@ class Columns:
         )
 
 
+_by_key = attrgetter("key")
+
+
 @dataclass(frozen=True, eq=False)
 class Catalog:
     """An immutable set of shapes, sorted by id, with the sources they came from.
@@ -161,11 +288,18 @@ class Catalog:
 
     @classmethod
     def of(cls, shapes: Iterable[Shape], sources: Iterable[CatalogSource] = ()) -> Catalog:
-        ordered = sorted(shapes, key=lambda s: s.key)
+        ordered = sorted(shapes, key=_by_key)
         for a, b in itertools.pairwise(ordered):
             if a.key == b.key:
                 raise CatalogError(f"duplicate shape id {b.id}")
         return cls(tuple(ordered), tuple(sources))
+
+    @cached_property
+    def providers(self) -> tuple[str, ...]:
+        """The providers this catalog has files (or shapes) for, sorted: what ``--provider``
+        may name."""
+        names = {s.provider for s in self.sources} | set(self.columns.provider)
+        return tuple(sorted(names))
 
     @cached_property
     def columns(self) -> Columns:
@@ -205,39 +339,43 @@ class Catalog:
         return len(self.shapes)
 
 
-def local_catalog_dir() -> Path:
-    """Where refreshed catalogs are written and read: BROKER_CATALOG_DIR, else the user's
-    data directory."""
-    env = os.environ.get("BROKER_CATALOG_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "burst-broker" / "catalog"
+def catalog_paths(local_dir: Path | None = None) -> list[tuple[Path, bool]]:
+    """The catalog files to load, as (path, bundled): every ``*.json`` of the bundled data
+    directory and of ``local_dir``; a local file replaces the bundled one of the same name,
+    and a local file of a new name adds a cloud (its name is its provider's)."""
+    chosen = {p.name: (p, True) for p in BUNDLED_DIR.glob("*.json")}
+    if local_dir is not None and local_dir.is_dir():
+        for path in local_dir.glob("*.json"):
+            if path.is_file():
+                chosen[path.name] = (path, False)
+    return [chosen[name] for name in sorted(chosen)]
 
 
-def catalog_paths(override_dir: str | os.PathLike[str] | None = None) -> list[tuple[Path, bool]]:
-    """The file to use for each provider: a refreshed one where present, else the bundled one."""
-    override = override_dir if override_dir is not None else local_catalog_dir()
-    chosen: list[tuple[Path, bool]] = []
-    for provider in PROVIDERS:
-        local = Path(override) / f"{provider}.json" if override else None
-        if local is not None and local.is_file():
-            chosen.append((local, False))
-        else:
-            chosen.append((BUNDLED_DIR / f"{provider}.json", True))
-    return chosen
+_CACHE: dict[tuple[tuple[Path, bool, int, int], ...], Catalog] = {}
 
 
-_CACHE: dict[tuple[tuple[Path, bool], ...], Catalog] = {}
+def load_catalog(local_dir: Path | None = None) -> Catalog:
+    """The bundled catalog, with the files of ``local_dir`` (refreshed by ``broker catalog
+    refresh``; None: bundled files only) replacing or adding providers. Cached per process
+    and per set of files (a file rewritten in place is read again)."""
+    return _load(catalog_paths(local_dir))
 
 
-def load_catalog(override_dir: str | os.PathLike[str] | None = None) -> Catalog:
-    """Load the catalog (cached per process and per set of files)."""
-    return _load(tuple(catalog_paths(override_dir)))
+def load_bundled_catalog() -> Catalog:
+    """The catalog shipped with the package, ignoring any refreshed files."""
+    return load_catalog(None)
 
 
-def _load(files: tuple[tuple[Path, bool], ...]) -> Catalog:
-    cached = _CACHE.get(files)
+def _load(files: list[tuple[Path, bool]]) -> Catalog:
+    stamp = []
+    for path, bundled in files:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+        stamp.append((path, bundled, st.st_mtime_ns, st.st_size))
+    key = tuple(stamp)
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     sources: list[CatalogSource] = []
@@ -247,7 +385,7 @@ def _load(files: tuple[tuple[Path, bool], ...]) -> Catalog:
         sources.append(source)
         shapes.extend(found)
     catalog = Catalog.of(shapes, sources)
-    _CACHE[files] = catalog
+    _CACHE[key] = catalog
     return catalog
 
 
@@ -259,20 +397,36 @@ class Rejection(NamedTuple):
     reason: str
 
 
-def load_bundled_catalog() -> Catalog:
-    """The catalog shipped with the package, ignoring any refreshed files."""
-    return _load(tuple((BUNDLED_DIR / f"{p}.json", True) for p in PROVIDERS))
-
-
-class ShapeFilter(BaseModel):
-    """What a user narrows the shapes to. Empty tuples mean "any"."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class ShapeFilter:
+    """What a user narrows the shapes to. Empty tuples mean "any"; lists are taken as
+    tuples. Every GPU name must be known (a family such as ``A100`` selects every size)."""
 
     gpus: tuple[str, ...] = ()  # as the user typed them (--gpu); families allowed
     providers: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     provisioning: Provisioning | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("gpus", "providers", "regions"):
+            value = getattr(self, name)
+            why = checks.strings(value)
+            if why is not None:
+                problems.append(f"{name} {why}")
+            elif type(value) is not tuple:
+                object.__setattr__(self, name, tuple(value))
+        if self.provisioning is not None and not isinstance(self.provisioning, Provisioning):
+            problems.append(
+                f"provisioning must be a Provisioning or None, got {describe(self.provisioning)}"
+            )
+        if not problems:
+            try:
+                self._gpu_names  # noqa: B018 (unknown GPU names are refused here)
+            except ValueError as exc:
+                problems.append(f"gpus: {exc}")
+        if problems:
+            raise ValueError(f"invalid shape filter: {'; '.join(problems)}")
 
     @cached_property
     def _gpu_names(self) -> frozenset[str]:

@@ -2,17 +2,19 @@
 
 A shape is (provider, region, instance type, provisioning). Its id is
 ``provider:region:instance_type:provisioning`` — e.g. ``aws:us-east-1:p5.48xlarge:spot`` —
-and ids match case-insensitively (:func:`shape_key`). Models are frozen and do no I/O.
+and ids match case-insensitively (:func:`shape_key`). Shapes are frozen dataclasses that
+check their own fields (no pydantic: this module is on the quote path) and do no I/O.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from shapes import checks
 from shapes.gpus import CANONICAL_GPUS
 
 
@@ -54,56 +56,235 @@ def shape_key(shape_id: str) -> str:
     return shape_id.strip().lower()
 
 
-class Shape(BaseModel):
-    """One purchasable node type: a GPU instance type in a region, spot or on-demand."""
+_PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]*")
+_FIELDS = (
+    "provider",
+    "region",
+    "instance_type",
+    "gpu",
+    "gpus_per_node",
+    "gpu_memory_gib",
+    "vcpus",
+    "memory_gib",
+    "provisioning",
+    "price_per_node_hour",
+    "zones",
+    "zone_prices",
+)
+_JSON_KEYS = frozenset({"id", *_FIELDS})
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    region: str = Field(min_length=1)
-    instance_type: str = Field(min_length=1)
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One purchasable node type: a GPU instance type in a region, spot or on-demand.
+
+    Construction checks every field (strict types: no string is a number, no boolean an
+    integer; sizes and prices finite and > 0) and raises ``ValueError`` naming each problem.
+    Use :func:`dataclasses.replace` for a changed copy (it checks again).
+    """
+
+    provider: str
+    region: str
+    instance_type: str
     gpu: str
-    gpus_per_node: int = Field(ge=1)
-    gpu_memory_gib: float = Field(gt=0)
-    vcpus: int = Field(ge=1)
-    memory_gib: float = Field(gt=0)
+    gpus_per_node: int
+    gpu_memory_gib: float
+    vcpus: int
+    memory_gib: float
     provisioning: Provisioning
-    price_per_node_hour: float = Field(gt=0, description="USD per node-hour")
+    price_per_node_hour: float  # USD per node-hour
     zones: tuple[str, ...] = ()
-    zone_prices: dict[str, float] | None = Field(
-        default=None, description="USD per node-hour by zone, where the price varies by zone"
-    )
+    # USD per node-hour by zone, where the price varies by zone
+    zone_prices: dict[str, float] | None = None
+    id: str = field(init=False, repr=False, compare=False)
+    key: str = field(init=False, repr=False, compare=False)  # lower-cased id
 
-    @field_validator("gpu")
-    @classmethod
-    def _canonical_gpu(cls, value: str) -> str:
-        if value not in CANONICAL_GPUS:
-            raise ValueError(f"GPU {value!r} is not a canonical name ({sorted(CANONICAL_GPUS)})")
-        return value
+    def __post_init__(self) -> None:
+        # The common case in one expression (catalogs hold 100k shapes); the slow path
+        # below names every problem.
+        zp = self.zone_prices
+        if not (
+            self.provider in _GOOD_PROVIDERS
+            and type(self.region) is str
+            and self.region
+            and ":" not in self.region
+            and type(self.instance_type) is str
+            and self.instance_type
+            and ":" not in self.instance_type
+            and self.gpu in CANONICAL_GPUS
+            and type(self.gpus_per_node) is int
+            and self.gpus_per_node >= 1
+            and type(self.vcpus) is int
+            and self.vcpus >= 1
+            and type(self.gpu_memory_gib) in _NUMBER
+            and 0 < self.gpu_memory_gib < _INF
+            and type(self.memory_gib) in _NUMBER
+            and 0 < self.memory_gib < _INF
+            and type(self.price_per_node_hour) in _NUMBER
+            and 0 < self.price_per_node_hour < _INF
+            and type(self.provisioning) is Provisioning
+            and type(self.zones) is tuple
+            and (zp is None or type(zp) is dict)
+        ) or (self.zones and not all(type(z) is str for z in self.zones)):
+            problems = _shape_problems(self)
+            if problems:
+                raise ValueError(f"invalid shape: {'; '.join(problems)}")
+        set_ = object.__setattr__
+        if type(self.provisioning) is not Provisioning:
+            set_(self, "provisioning", Provisioning(self.provisioning))
+        for name in ("gpu_memory_gib", "memory_gib", "price_per_node_hour"):
+            if type(getattr(self, name)) is not float:
+                set_(self, name, float(getattr(self, name)))
+        if type(self.zones) is not tuple:
+            set_(self, "zones", tuple(self.zones))
+        if zp is not None:
+            problems = _zone_price_problems(zp, self.zones)
+            if problems:
+                raise ValueError(f"invalid shape: {'; '.join(problems)}")
+            set_(self, "zone_prices", {z: float(p) for z, p in zp.items()})
+        shape_id = f"{self.provider}:{self.region}:{self.instance_type}:{self.provisioning.value}"
+        set_(self, "id", shape_id)
+        set_(self, "key", shape_id.lower())
 
-    @field_validator("region", "instance_type")
-    @classmethod
-    def _no_colon(cls, value: str) -> str:
-        if ":" in value:
-            raise ValueError("must not contain ':' (it separates the parts of a shape id)")
-        return value
-
-    @model_validator(mode="after")
-    def _zone_prices_match_zones(self) -> Shape:
-        if self.zone_prices is not None and set(self.zone_prices) - set(self.zones):
-            raise ValueError("zone_prices names zones that are not in zones")
-        return self
-
-    @cached_property
-    def id(self) -> str:
-        return f"{self.provider}:{self.region}:{self.instance_type}:{self.provisioning.value}"
-
-    @cached_property
-    def key(self) -> str:
-        """Lower-cased id, for case-insensitive matching."""
-        return self.id.lower()
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     def to_json_dict(self) -> dict[str, object]:
-        data: dict[str, object] = {"id": self.id}
-        data.update(self.model_dump(mode="json"))
-        return data
+        """Plain JSON types: ``id`` and every field (exact prices)."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "region": self.region,
+            "instance_type": self.instance_type,
+            "gpu": self.gpu,
+            "gpus_per_node": self.gpus_per_node,
+            "gpu_memory_gib": self.gpu_memory_gib,
+            "vcpus": self.vcpus,
+            "memory_gib": self.memory_gib,
+            "provisioning": self.provisioning.value,
+            "price_per_node_hour": self.price_per_node_hour,
+            "zones": list(self.zones),
+            "zone_prices": None if self.zone_prices is None else dict(self.zone_prices),
+        }
+
+    @classmethod
+    def from_json_dict(cls, doc: object) -> Shape:
+        """The inverse of :meth:`to_json_dict` (``id``, if present, must match the fields)."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"invalid shape: must be a JSON object, got {checks.describe(doc)}")
+        extra = checks.unknown_keys(doc, _JSON_KEYS)
+        if extra:
+            raise ValueError(f"invalid shape: {extra}")
+        missing = [f for f in _FIELDS[:10] if f not in doc]
+        if missing:
+            raise ValueError(f"invalid shape: missing field(s) {', '.join(missing)}")
+        zones = doc.get("zones", ())
+        if isinstance(zones, list):
+            zones = tuple(zones)
+        shape = cls(**{**{f: doc[f] for f in _FIELDS if f in doc}, "zones": zones})
+        if "id" in doc and doc["id"] != shape.id:
+            raise ValueError(f"invalid shape: id {doc['id']!r} does not match {shape.id}")
+        return shape
+
+
+class _Unchecked:
+    """Shape's slot layout without its checks: :func:`prechecked_shape` fills one and turns
+    it into a Shape (a frozen dataclass sets each field through ``object.__setattr__``,
+    which costs more than the loader's checks of a 100k-shape catalog)."""
+
+    __slots__ = Shape.__slots__
+
+
+def prechecked_shape(
+    provider: str,
+    region: str,
+    instance_type: str,
+    gpu: str,
+    gpus_per_node: int,
+    gpu_memory_gib: float,
+    vcpus: int,
+    memory_gib: float,
+    provisioning: Provisioning,
+    price_per_node_hour: float,
+    zones: tuple[str, ...],
+    zone_prices: dict[str, float] | None,
+) -> Shape:
+    """A shape from fields its caller has checked exactly as :class:`Shape` would (the
+    catalog loader checks an instance type's shared fields once, then each region's); the
+    floats must be floats and ``provisioning`` a :class:`Provisioning`."""
+    s: Any = _Unchecked()
+    s.provider = provider
+    s.region = region
+    s.instance_type = instance_type
+    s.gpu = gpu
+    s.gpus_per_node = gpus_per_node
+    s.gpu_memory_gib = gpu_memory_gib
+    s.vcpus = vcpus
+    s.memory_gib = memory_gib
+    s.provisioning = provisioning
+    s.price_per_node_hour = price_per_node_hour
+    s.zones = zones
+    s.zone_prices = zone_prices
+    s.id = shape_id = f"{provider}:{region}:{instance_type}:{provisioning.value}"
+    s.key = shape_id.lower()
+    s.__class__ = Shape
+    return s  # type: ignore[no-any-return]
+
+
+_GOOD_PROVIDERS: set[str] = set()  # names already checked against the pattern
+
+
+def _shape_problems(s: Shape) -> list[str]:
+    """Every problem with a shape's fields, as ``field: what is wrong``."""
+    problems: list[str] = []
+    add = problems.append
+    provider = s.provider
+    if provider not in _GOOD_PROVIDERS:
+        if not isinstance(provider, str) or _PROVIDER_NAME.fullmatch(provider) is None:
+            add(f"provider must match [a-z][a-z0-9-]*, got {checks.describe(provider)}")
+        else:
+            _GOOD_PROVIDERS.add(provider)
+    for name in ("region", "instance_type"):
+        value = getattr(s, name)
+        why = checks.string(value)
+        if why is None and ":" in value:
+            why = "must not contain ':' (it separates the parts of a shape id)"
+        if why is not None:
+            add(f"{name} {why}")
+    if s.gpu not in CANONICAL_GPUS:
+        add(f"gpu {s.gpu!r} is not a canonical name ({', '.join(sorted(CANONICAL_GPUS))})")
+    for name in ("gpus_per_node", "vcpus"):
+        why = checks.integer(getattr(s, name), low=1)
+        if why is not None:
+            add(f"{name} {why}")
+    for name in ("gpu_memory_gib", "memory_gib", "price_per_node_hour"):
+        why = checks.positive(getattr(s, name))
+        if why is not None:
+            add(f"{name} {why}")
+    prov = s.provisioning
+    if not isinstance(prov, Provisioning) and prov not in _PROVISIONING_VALUES:
+        add(f"provisioning must be 'spot' or 'on-demand', got {checks.describe(prov)}")
+    why = checks.strings(s.zones) if s.zones != () else None
+    if why is not None:
+        add(f"zones {why}")
+    if isinstance(s.zone_prices, dict):
+        problems.extend(_zone_price_problems(s.zone_prices, s.zones))
+    elif s.zone_prices is not None:
+        add(f"zone_prices must be a mapping of zone to price, got {checks.describe(s.zone_prices)}")
+    return problems
+
+
+def _zone_price_problems(prices: dict[str, float], zones: object) -> list[str]:
+    problems = [
+        f"zone_prices[{zone!r}] {why}"
+        for zone, price in prices.items()
+        if (why := checks.positive(price)) is not None
+    ]
+    if isinstance(zones, tuple | list) and set(prices) - set(zones):
+        problems.append("zone_prices names zones that are not in zones")
+    return problems
+
+
+_PROVISIONING_VALUES = frozenset(p.value for p in Provisioning)
+_NUMBER = (int, float)
+_INF = math.inf

@@ -59,6 +59,7 @@ Default Credentials only (or are injected by tests) and are never logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -359,7 +360,7 @@ class GcpProvider:
                     if shape.zone_prices
                     else None
                 )
-                kept.append(shape.model_copy(update={"zones": zones, "zone_prices": prices}))
+                kept.append(dataclasses.replace(shape, zones=zones, zone_prices=prices))
         return kept
 
     def launch(self, request: LaunchRequest, *, timeout: float) -> list[Node]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.launchfile import (
@@ -17,6 +16,7 @@ from broker.launchfile import (
     LaunchFileResult,
     parse_launch_file,
     parse_launch_text,
+    request_from_launch_file,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -413,11 +413,21 @@ def test_experiment_or_raise() -> None:
     assert "gpus: must be an integer between 1 and 72, got 0" in str(info.value)
 
 
-def test_models_are_frozen() -> None:
-    result = parse()
-    assert result.experiment is not None
-    with pytest.raises(ValidationError):
-        result.experiment.gpus = 8  # type: ignore[misc]
+def test_burst_file_becomes_a_quote_request_with_cli_overrides() -> None:
+    result = parse(compute_mode='"burst"', burst_shape_priority_list='["aws:x:y:spot"]')
+    req = request_from_launch_file(
+        result, rank_overrides={"priority": ("gcp:a:b:spot",), "max_price_per_hour": 9.5}, hours=2.0
+    )
+    assert req.rank.gpus == 16 and req.rank.priority == ("gcp:a:b:spot",)
+    assert req.rank.priority_field == "priority" and req.rank.max_price_per_hour == 9.5
+    assert req.hours == 2.0 and req.launch_file == result.source
+    assert [w.field for w in req.warnings] == ["burst_shape_priority_list"]  # overridden
+
+
+def test_only_burst_files_can_be_quoted() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        request_from_launch_file(parse(), rank_overrides={}, hours=1.0)
+    assert [e.field for e in info.value.errors] == ["compute_mode"]
 
 
 @given(st.text(max_size=300))

@@ -218,3 +218,76 @@ def test_nonpositive_price_cap_is_an_error(small_catalog: Catalog) -> None:
     with pytest.raises(InvalidRequest) as exc:
         rank(RankRequest(gpus=8, max_price_per_hour=0), small_catalog)
     assert exc.value.errors[0].field == "max_price_per_hour"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "fragment"),
+    [
+        ({"gpus": "16"}, "gpus", 'must be an integer, got a string ("16")'),
+        ({"gpus": True}, "gpus", "must be an integer, got a boolean (true)"),
+        ({"gpus": 16.0}, "gpus", "must be an integer, got a float (16.0)"),
+        ({"gpus": 8, "priority": "aws:us-east-1:p5.48xlarge:spot"}, "priority", "list of strings"),
+        ({"gpus": 8, "priority": ("ok", 3)}, "priority", "item 1 must be a string"),
+        ({"gpus": 8, "max_price_per_hour": "50"}, "max_price_per_hour", "must be a number"),
+        ({"gpus": 8, "max_price_per_hour": False}, "max_price_per_hour", "must be a number"),
+        ({"gpus": 8, "burst_max_gpus": "48"}, "burst_max_gpus", "must be an integer"),
+        ({"gpus": 8, "strict_priority": 1}, "strict_priority", "must be true or false"),
+        ({"gpus": 8, "filter": {"gpus": ["H100"]}}, "filter", "must be a ShapeFilter"),
+    ],
+)
+def test_rank_request_types_are_strict(
+    kwargs: dict[str, object], field: str, fragment: str
+) -> None:
+    """As a launch file refuses gpus = "16", so does the Python API."""
+    with pytest.raises(InvalidRequest) as info:
+        RankRequest(**kwargs)  # type: ignore[arg-type]
+    assert [e.field for e in info.value.errors] == [field]
+    assert fragment in info.value.errors[0].message
+
+
+def test_rank_request_json_round_trip() -> None:
+    req = RankRequest(
+        gpus=16,
+        priority=["aws:us-east-1:p5.48xlarge:spot"],  # type: ignore[arg-type]
+        filter=ShapeFilter(gpus=("H100",), provisioning=Provisioning.SPOT),
+        max_price_per_hour=99.5,
+        strict_priority=True,
+    )
+    assert req.priority == ("aws:us-east-1:p5.48xlarge:spot",)
+    assert RankRequest.from_json_dict(req.to_json_dict()) == req
+    old = {k: v for k, v in req.to_json_dict().items() if k != "strict_priority"}
+    assert RankRequest.from_json_dict(old).strict_priority is False  # rows stored before it
+
+
+@pytest.mark.parametrize("cap", [float("inf"), float("nan"), -5.0])
+def test_price_cap_must_be_finite_and_positive(small_catalog: Catalog, cap: float) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        rank(RankRequest(gpus=8, max_price_per_hour=cap), small_catalog)
+    assert exc.value.errors[0].field == "max_price_per_hour"
+
+
+def test_fallback_says_so_with_did_you_mean(small_catalog: Catalog) -> None:
+    r = rank(RankRequest(gpus=8, priority=("aws:us-east-1:p5.48xlarg:spot",)), small_catalog)
+    assert not r.priority_used and len(r.plans) == len(small_catalog)
+    assert [w.field for w in r.warnings] == ["priority[0]", "priority"]
+    assert "did you mean aws:us-east-1:p5.48xlarge:spot?" in r.warnings[0].message
+    assert "trying every shape" in r.warnings[1].message
+
+
+@pytest.mark.parametrize("prio", [(), ("aws:us-east-1:p5.48xlarg:spot",)])
+def test_strict_priority_refuses_instead_of_falling_back(
+    small_catalog: Catalog, prio: tuple[str, ...]
+) -> None:
+    req = RankRequest(gpus=8, priority=prio, strict_priority=True)
+    with pytest.raises(InvalidRequest) as info:
+        rank(req, small_catalog)
+    assert [e.field for e in info.value.errors] == ["priority"]
+    assert "strict priority" in info.value.errors[0].message
+    assert [w.field for w in info.value.warnings] == [f"priority[{i}]" for i in range(len(prio))]
+
+
+def test_strict_priority_keeps_a_list_that_names_known_shapes(small_catalog: Catalog) -> None:
+    prio = ("nope", "aws:us-east-1:g6.xlarge:on-demand")
+    r = rank(RankRequest(gpus=8, priority=prio, strict_priority=True), small_catalog)
+    assert r.priority_used and ids(r) == ["aws:us-east-1:g6.xlarge:on-demand"]
+    assert rank(RankRequest(gpus=8, strict_priority=True), small_catalog).plans  # no list

@@ -542,7 +542,7 @@ from shapes.catalog import Catalog
 from shapes.model import Shape
 
 state, shape_json, index = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-shape = Shape.model_validate_json(shape_json)
+shape = Shape.from_json_dict(json.loads(shape_json))
 scenario = SimScenario.model_validate({"default": {"capacity_nodes": 2}})
 provider = SimProvider(state, Catalog.of([shape]), scenario)
 req = LaunchRequest(shape=shape, zone=shape.zones[0], count=1, token=str(uuid.uuid4()),
@@ -560,7 +560,7 @@ except ProviderError as exc:
 
 def test_concurrent_processes_never_overcommit(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    shape = P5_SPOT.model_dump_json()
+    shape = json.dumps(P5_SPOT.to_json_dict())
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(state), shape, str(i)],

@@ -7,11 +7,17 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from shapes.catalog import BUNDLED_DIR, PROVIDERS, load_bundled_catalog
+from shapes.catalog import BUNDLED_DIR, load_bundled_catalog
 from shapes.gpus import CANONICAL_GPUS, GPU_MEMORY_GIB
 from shapes.model import Provisioning
 
 CATALOG = load_bundled_catalog()
+PROVIDERS = ("aws", "azure", "gcp")  # the clouds the package ships prices for
+
+
+def test_the_clouds_are_the_bundled_files() -> None:
+    assert CATALOG.providers == PROVIDERS
+    assert sorted(p.stem for p in BUNDLED_DIR.glob("*.json")) == list(PROVIDERS)
 
 
 def test_at_least_200_shapes_on_every_cloud_both_markets() -> None:

@@ -1,8 +1,10 @@
-"""Catalog loading, the override directory, and filter verdicts (per shape vs columns)."""
+"""Catalog loading and validation, the local directory, and filter verdicts (per shape vs
+columns)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from shapes.catalog import (
     Catalog,
     CatalogError,
     ShapeFilter,
+    load_bundled_catalog,
     load_catalog,
     parse_catalog_file,
 )
@@ -64,25 +67,80 @@ def test_parse_file_expands_markets_and_keeps_zone_prices(tmp_path: Path) -> Non
     assert spot.zones == ("use1-az1", "use1-az2", "use1-az4")
 
 
+REGION = ("instance_types", "g6.xlarge", "regions", "us-east-1")
+
+
+def _at(doc: dict, path: tuple[str, ...]) -> dict:  # type: ignore[type-arg]
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
 @pytest.mark.parametrize(
-    "breakage",
+    ("breakage", "where"),
     [
-        lambda d: d.pop("instance_types"),
-        lambda d: d["instance_types"]["g6.xlarge"].update(gpu="L4-24GB"),
-        lambda d: d["instance_types"]["g6.xlarge"]["regions"]["us-east-1"].update(on_demand=-1),
+        (lambda d: d.pop("instance_types"), "missing 'instance_types'"),
+        (lambda d: d.update(provider="gcp"), "is 'gcp', but the file is named aws.json"),
+        (lambda d: _at(d, REGION[:2]).update(gpu="L4-24GB"), "instance_types.g6.xlarge"),
+        (lambda d: _at(d, REGION[:2]).update(gpus="1"), "gpus_per_node must be an integer"),
+        (lambda d: _at(d, REGION[:2]).update(gpus=True), "gpus_per_node must be an integer"),
+        (
+            lambda d: _at(d, REGION).update(on_demand=-1),
+            "aws:us-east-1:g6.xlarge:on-demand: must be > 0",
+        ),
+        (
+            lambda d: _at(d, REGION).update(on_demand=0),
+            "aws:us-east-1:g6.xlarge:on-demand: must be > 0",
+        ),
+        (
+            lambda d: _at(d, REGION).update(on_demand="0.8"),
+            "aws:us-east-1:g6.xlarge:on-demand: must be a number",
+        ),
+        (
+            lambda d: _at(d, REGION)["spot"].update({"use1-az1": -0.31}),
+            "aws:us-east-1:g6.xlarge:spot: zone use1-az1: must be > 0",
+        ),
+        (
+            lambda d: _at(d, REGION)["spot"].update({"use9-az9": 0.31}),
+            "aws:us-east-1:g6.xlarge:spot: prices zones not in zones",
+        ),
+        (lambda d: _at(d, REGION).update(zones="use1-az1"), "zones: must be a list of strings"),
+        (lambda d: d.update(prices_as_of="yesterday"), "prices_as_of"),
     ],
 )
-def test_malformed_catalog_is_a_catalog_error(tmp_path: Path, breakage) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_catalog_names_the_file_and_the_entry(  # type: ignore[no-untyped-def]
+    tmp_path: Path, breakage, where: str
+) -> None:
     doc = json.loads(json.dumps(MINI))
     breakage(doc)
-    with pytest.raises(CatalogError, match="malformed catalog"):
-        parse_catalog_file(write(tmp_path, doc), bundled=False)
+    path = write(tmp_path, doc)
+    with pytest.raises(CatalogError, match="malformed catalog") as info:
+        parse_catalog_file(path, bundled=False)
+    assert str(path) in str(info.value) and where in str(info.value), str(info.value)
 
 
-def test_unreadable_catalog_is_a_catalog_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("key", ["on_demand", "spot"])
+def test_nan_and_infinite_prices_are_refused(tmp_path: Path, constant: str, key: str) -> None:
+    """Python's json reads NaN and Infinity; a catalog must not (they would reach --json
+    output, which would then not be JSON)."""
+    doc = json.loads(json.dumps(MINI))
+    _at(doc, REGION)[key] = 1.25
+    text = json.dumps(doc).replace("1.25", constant)
     path = tmp_path / "aws.json"
-    path.write_text("{not json")
-    with pytest.raises(CatalogError, match="cannot read catalog"):
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=f"{path}.*{constant}.*not a number"):
+        parse_catalog_file(path, bundled=False)
+    with pytest.raises(CatalogError, match=re.escape(str(path))):
+        load_catalog(tmp_path)  # a refreshed file is read the same way
+
+
+def test_huge_number_is_an_infinite_price(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(MINI))
+    _at(doc, REGION)["on_demand"] = 7.0
+    path = tmp_path / "aws.json"
+    path.write_text(json.dumps(doc).replace("7.0", "1e999"))
+    with pytest.raises(CatalogError, match="on-demand: must be > 0 and finite, got inf"):
         parse_catalog_file(path, bundled=False)
 
 
@@ -97,14 +155,36 @@ def test_override_dir_replaces_one_provider(tmp_path: Path) -> None:
     assert src["aws"].path == str(tmp_path / "aws.json")
 
 
-def test_override_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_local_dir_means_bundled_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """shapes reads no environment variable: the caller passes the local directory."""
     write(tmp_path, MINI)
     monkeypatch.setenv("BROKER_CATALOG_DIR", str(tmp_path))
-    assert len([s for s in load_catalog().shapes if s.provider == "aws"]) == 2
+    assert all(s.bundled for s in load_catalog(None).sources)
+    assert load_catalog(None) is load_bundled_catalog()
+
+
+def test_a_new_cloud_is_a_data_file(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(MINI))
+    doc["provider"] = "lambda"
+    write(tmp_path, doc, name="lambda.json")
+    cat = load_catalog(tmp_path)
+    assert cat.providers == ("aws", "azure", "gcp", "lambda")
+    assert cat.get("lambda:us-east-1:g6.xlarge:spot") is not None
+
+
+def test_a_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    write(tmp_path, MINI)
+    assert load_catalog(tmp_path).get("aws:us-east-1:g6.xlarge:on-demand") is not None
+    doc = json.loads(json.dumps(MINI))
+    _at(doc, REGION).update(on_demand=0.9, zones=["use1-az1", "use1-az2", "use1-az4", "x"])
+    write(tmp_path, doc)
+    shape = load_catalog(tmp_path).get("aws:us-east-1:g6.xlarge:on-demand")
+    assert shape is not None and shape.price_per_node_hour == 0.9
 
 
 def test_catalog_as_of_is_unknown_if_any_source_is() -> None:
     cat = load_catalog(BUNDLED_DIR / "does-not-exist")
+    assert all(s.bundled for s in cat.sources)
     stamps = [s.prices_as_of for s in cat.sources]
     if None in stamps:
         assert cat.as_of is None
