@@ -45,6 +45,11 @@ class ConfigError(BrokerError):
     http_status = 500
 
 
+class ScenarioError(ConfigError, ValueError):
+    """A simulated cloud's scenario file is missing, unreadable or invalid (the message
+    names the file and the key). Still a ValueError, as it was before it was a ConfigError."""
+
+
 class ProviderError(BrokerError):
     """A classified cloud error. ``code`` is the cloud's own error code, kept for the record."""
 

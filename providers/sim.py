@@ -16,7 +16,10 @@ launch latency, errors consumed one per call, and non-atomic (partial) gangs::
     terminate_errors = ["server_error"]
 
 Every read-modify-write runs in ``BEGIN IMMEDIATE`` ... ``COMMIT``, so concurrent processes
-never double-allocate capacity or addresses, or consume a scripted error twice.
+never double-allocate capacity or addresses, or consume a scripted error twice. Each write
+also prunes what is long gone: nodes terminated more than ``prune_after`` seconds ago (an
+hour by default), their idempotency tokens, and calls recorded before then, so the file
+stays bounded however many gangs come and go.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import secrets
 import sqlite3
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -53,10 +56,12 @@ from providers.errors import (
     AuthError,
     CallTimeoutError,
     CapacityError,
+    ConfigError,
     GlobalQuotaError,
     InvalidLaunchError,
     ProviderError,
     QuotaError,
+    ScenarioError,
     ThrottledError,
     TransientError,
 )
@@ -77,11 +82,13 @@ __all__ = [
     "SimScenario",
     "SimShapeRule",
     "load_scenario",
+    "sim_exists",
 ]
 
 PROVIDER = "sim"
 DB_FILENAME = "sim-cloud.sqlite3"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: nodes.ended_at and calls.at, for pruning
+PRUNE_AFTER = 3600.0  # seconds a terminated node (and its calls) is kept
 
 ErrorKind = Literal[
     "capacity", "quota", "throttle", "server_error", "timeout", "auth", "global_quota", "invalid"
@@ -100,8 +107,9 @@ ERROR_KINDS: Mapping[ErrorKind, tuple[type[ProviderError], str]] = {
 }
 assert set(ERROR_KINDS) == set(get_args(ErrorKind))
 
+
 _Count = Annotated[StrictInt, Field(ge=0)]
-_Millis = Annotated[StrictInt | StrictFloat, Field(ge=0)]
+_Millis = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]  # an integer is fine too
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -171,11 +179,12 @@ class SimScenario(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> SimScenario:
-        """Read a scenario file; a ValueError names the file, the key and (if found) the line."""
+        """Read a scenario file; a ScenarioError (a ConfigError, and a ValueError) names the
+        file, the key and (if found) the line."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read sim scenario {os.fspath(path)}: {exc}") from exc
+            raise ScenarioError(f"cannot read sim scenario {os.fspath(path)}: {exc}") from exc
         return cls.from_toml_text(text, source=os.fspath(path))
 
     @classmethod
@@ -183,12 +192,12 @@ class SimScenario(BaseModel):
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:  # its message carries line and column
-            raise ValueError(f"sim scenario {source}: invalid TOML: {exc}") from None
+            raise ScenarioError(f"sim scenario {source}: invalid TOML: {exc}") from None
         try:
             return cls.model_validate(doc)
         except ValidationError as exc:
             problems = [_describe_problem(err, text) for err in exc.errors()]
-            raise ValueError(f"sim scenario {source}: " + "; ".join(problems)) from None
+            raise ScenarioError(f"sim scenario {source}: " + "; ".join(problems)) from None
 
     def entry_for(self, shape_id: str) -> str | None:
         """The pattern of the first ``[shapes.*]`` entry matching this id, None if none does."""
@@ -220,8 +229,14 @@ class SimScenario(BaseModel):
 
 
 def load_scenario(path: str | os.PathLike[str] | None) -> SimScenario:
-    """The scenario in this TOML file, or the default scenario for None."""
+    """The scenario in this TOML file, or the default scenario for None; a ScenarioError
+    (a ConfigError) for a missing, unreadable or invalid file."""
     return SimScenario() if path is None else SimScenario.from_toml(path)
+
+
+def sim_exists(state_dir: Path) -> bool:
+    """Has the simulated cloud been used in this state directory? Opens nothing."""
+    return (state_dir / DB_FILENAME).exists()
 
 
 def _toml_key(part: str) -> str:
@@ -303,19 +318,22 @@ CREATE TABLE IF NOT EXISTS nodes (
     tags TEXT NOT NULL,
     cluster TEXT,
     token TEXT NOT NULL,
-    ready_at REAL NOT NULL
+    ready_at REAL NOT NULL,
+    ended_at REAL
 );
 CREATE INDEX IF NOT EXISTS nodes_by_shape_zone ON nodes (shape_key, zone, state);
 CREATE INDEX IF NOT EXISTS nodes_by_cluster ON nodes (cluster, state);
 CREATE INDEX IF NOT EXISTS nodes_by_token ON nodes (token);
+CREATE INDEX IF NOT EXISTS nodes_by_end ON nodes (ended_at) WHERE ended_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tokens (
     token TEXT PRIMARY KEY, shape_key TEXT NOT NULL, zone TEXT NOT NULL, count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, used INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, shape_id TEXT, zone TEXT,
-    token TEXT, count INTEGER NOT NULL, nodes TEXT NOT NULL, outcome TEXT NOT NULL
+    token TEXT, count INTEGER NOT NULL, nodes TEXT NOT NULL, outcome TEXT NOT NULL, at REAL
 );
+CREATE INDEX IF NOT EXISTS calls_by_at ON calls (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -335,21 +353,47 @@ class SimProvider:
     name: str = PROVIDER
 
     def __init__(
-        self, state_dir: Path | str, catalog: Catalog, scenario: SimScenario | None = None
+        self,
+        state_dir: Path | str,
+        catalog: Catalog,
+        scenario: SimScenario | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        prune_after: float = PRUNE_AFTER,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.catalog = catalog
         self.scenario = scenario if scenario is not None else SimScenario()
         self.db_path = self.state_dir / DB_FILENAME
+        self.clock = clock
+        self.prune_after = prune_after
         self._rules: dict[str, SimRule] = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:  # not a database, or not ours
+            raise ConfigError(
+                f"{self.db_path}: cannot open the simulated cloud's file ({exc}); "
+                "move it away to start a fresh simulated cloud"
+            ) from None
+
+    def _init_schema(self) -> None:
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN IMMEDIATE")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 db.execute("ROLLBACK")
-                raise RuntimeError(f"{self.db_path}: unknown sim schema version {version}")
+                raise ConfigError(
+                    f"{self.db_path}: unknown simulated cloud schema version {version} "
+                    f"(this burst-broker knows {_SCHEMA_VERSION}; a newer one wrote it?)"
+                )
+            if version == 1:  # before pruning: what is terminated now ends now
+                db.execute("ALTER TABLE nodes ADD COLUMN ended_at REAL")
+                db.execute("ALTER TABLE calls ADD COLUMN at REAL")
+                now = self.clock()
+                db.execute("UPDATE nodes SET ended_at = ? WHERE state = 'terminated'", (now,))
+                db.execute("UPDATE calls SET at = ?", (now,))
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -390,7 +434,7 @@ class SimProvider:
             time.sleep(min(rule.latency_ms / 1000, max(timeout, 0.0)))
             raise error
 
-        wait = ready_at - time.time()
+        wait = ready_at - self.clock()
         if wait > timeout:  # the call gives up; the cloud keeps the pending nodes (lost launch)
             time.sleep(max(timeout, 0.0))
             with self._write() as db:
@@ -429,13 +473,15 @@ class SimProvider:
                 if kind is not None and error is None:
                     error = _error(kind, f"scripted terminate error for {row['shape_id']}")
             done = [] if error is not None else [row["provider_id"] for row in rows]
+            now = self.clock()
             db.executemany(
-                "UPDATE nodes SET state = 'terminated' WHERE provider_id = ?",
-                [(i,) for i in done],
+                "UPDATE nodes SET state = 'terminated', ended_at = ? WHERE provider_id = ?",
+                [(now, i) for i in done],
             )
             db.execute(
-                "INSERT INTO calls (op, count, nodes, outcome) VALUES ('terminate', ?, ?, ?)",
-                (len(ids), json.dumps(done), "ok" if error is None else error.code),
+                "INSERT INTO calls (op, count, nodes, outcome, at) "
+                "VALUES ('terminate', ?, ?, ?, ?)",
+                (len(ids), json.dumps(done), "ok" if error is None else error.code, now),
             )
         if error is not None:
             raise error
@@ -481,10 +527,23 @@ class SimProvider:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                self._prune(db)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Forget what ended more than ``prune_after`` seconds ago (inside the caller's
+        transaction): terminated nodes, tokens no node uses any more, old calls."""
+        before = self.clock() - self.prune_after
+        gone = db.execute(
+            "DELETE FROM nodes WHERE ended_at IS NOT NULL AND ended_at < ? AND state = ?",
+            (before, NodeState.TERMINATED.value),
+        ).rowcount
+        if gone:
+            db.execute("DELETE FROM tokens WHERE token NOT IN (SELECT token FROM nodes)")
+        db.execute("DELETE FROM calls WHERE at < ?", (before,))
 
     def _rule(self, shape_id: str) -> SimRule:
         key = shape_key(shape_id)
@@ -503,13 +562,13 @@ class SimProvider:
         capacity = rule.capacity(request.zone)
         free = max(capacity - self._alive_count(db, shape.key, request.zone), 0)
         if free >= request.count:
-            ready_at = time.time() + rule.latency_ms / 1000
+            ready_at = self.clock() + rule.latency_ms / 1000
             return self._create(
                 db, request, shape.key, request.count, NodeState.PENDING, ready_at
             ), None
         # A non-atomic cloud keeps what it managed to create before running out.
         created = self._create(
-            db, request, shape.key, free if rule.partial else 0, NodeState.RUNNING, time.time()
+            db, request, shape.key, free if rule.partial else 0, NodeState.RUNNING, self.clock()
         )
         message = (
             f"{shape.id} in {request.zone}: {request.count} node(s) asked, room for {free} "
@@ -651,13 +710,12 @@ class SimProvider:
         )
         return ids
 
-    @staticmethod
     def _record(
-        db: sqlite3.Connection, request: LaunchRequest, ids: list[str], outcome: str
+        self, db: sqlite3.Connection, request: LaunchRequest, ids: list[str], outcome: str
     ) -> None:
         db.execute(
-            "INSERT INTO calls (op, shape_id, zone, token, count, nodes, outcome) "
-            "VALUES ('launch', ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO calls (op, shape_id, zone, token, count, nodes, outcome, at) "
+            "VALUES ('launch', ?, ?, ?, ?, ?, ?, ?)",
             (
                 request.shape.id,
                 request.zone,
@@ -665,6 +723,7 @@ class SimProvider:
                 request.count,
                 json.dumps(ids),
                 outcome,
+                self.clock(),
             ),
         )
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,23 +23,28 @@ from providers.errors import (
     AuthError,
     CallTimeoutError,
     CapacityError,
+    ConfigError,
     GlobalQuotaError,
     InvalidLaunchError,
     ProviderError,
     QuotaError,
     Reach,
+    ScenarioError,
     ThrottledError,
     TransientError,
 )
 from providers.sim import (
+    DB_FILENAME,
     ERROR_KINDS,
     SimDefaults,
     SimProvider,
     SimScenario,
     SimShapeRule,
     load_scenario,
+    sim_exists,
 )
 from shapes.catalog import Catalog, load_catalog
+from shapes.errors import BrokerError, Exit
 from shapes.model import Shape
 from tests.conftest import make_shape
 from tests.providers.contract import ProviderContract, ids, new_cluster_id
@@ -148,8 +155,6 @@ def test_scenario_file_parses(tmp_path: Path) -> None:
     rule = scenario.rule_for("aws:us-east-1:p5.48xlarge:spot")
     assert (rule.capacity("use1-az4"), rule.capacity("use1-az1"), rule.latency_ms) == (0, 0, 0)
     assert scenario.rule_for(P5.id).capacity_nodes == 1000  # not matched: [default]
-    with pytest.raises(Exception, match="frozen"):
-        scenario.default = SimDefaults()  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -176,16 +181,43 @@ def test_scenario_file_parses(tmp_path: Path) -> None:
         ('[shapes."aws:*"]\nzones = { "use1-az4" = -2 }\n', r"zones\.use1-az4: .*line 2"),
         ('[shapes."aws:us-east-1:p5.48xlarge"]\n', r"'aws:us-east-1:p5\.48xlarge' is not a shape"),
         ("[default\n", r"invalid TOML.*line 1"),
+        (
+            "[default]\nlatency_ms = inf\n",
+            r"default\.latency_ms: .*finite number.*2",
+        ),
+        (
+            "[default]\nlatency_ms = nan\n",
+            r"default\.latency_ms: .*finite number.*2",
+        ),
+        ("[default]\nlatency_ms = -inf\n", r"default\.latency_ms: .*finite number"),
+        ("[default]\nlatency_ms = -5\n", r"default\.latency_ms: .*greater than or equal to 0"),
+        (
+            '[default]\nlatency_ms = "5"\n',
+            r"latency_ms: .*valid number \(got '5'\)",
+        ),
+        (
+            '[shapes."aws:*"]\nlatency_ms = inf\n',
+            r"shapes\.\"aws:\*\"\.latency_ms: .*finite",
+        ),
     ],
 )
-def test_bad_scenarios_name_the_key_and_line(text: str, expected: str) -> None:
-    with pytest.raises(ValueError, match=expected) as caught:
+def test_bad_scenarios_name_the_file_key_and_line(text: str, expected: str) -> None:
+    with pytest.raises(ScenarioError, match=expected) as caught:
         SimScenario.from_toml_text(text, source="bad.toml")
-    assert "bad.toml" in str(caught.value)
+    assert str(caught.value).startswith("sim scenario bad.toml: ")
 
 
-def test_unreadable_scenario_file_is_a_value_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"missing\.toml"):
+def test_a_bad_scenario_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latency.toml"
+    path.write_text("[default]\nlatency_ms = inf\n")
+    with pytest.raises(ScenarioError, match=re.escape(str(path)) + r".*latency_ms") as caught:
+        load_scenario(path)
+    assert isinstance(caught.value, ConfigError) and isinstance(caught.value, BrokerError)
+    assert caught.value.exit_code == Exit.INVALID
+
+
+def test_a_missing_scenario_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"cannot read sim scenario .*missing\.toml"):
         load_scenario(tmp_path / "missing.toml")
 
 
@@ -592,3 +624,127 @@ def test_concurrent_processes_never_overcommit(tmp_path: Path) -> None:
     alive = provider.list_tagged()
     assert len(alive) == 2 and len({n.private_ip for n in alive}) == 2
     assert sorted(c["outcome"] for c in provider.calls()) == sorted(outcomes)
+
+
+# -- pruning and the file ---------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_terminated_nodes_their_tokens_and_calls_are_pruned_after_an_hour(tmp_path: Path) -> None:
+    clock = Clock()
+    provider = SimProvider(tmp_path / "state", CATALOG, clock=clock)
+    token = str(uuid.uuid4())
+    gone = provider.launch(request(count=2, token=token), timeout=5)
+    provider.terminate(gone)
+    kept = provider.launch(request(count=1), timeout=5)  # alive: never pruned
+
+    clock.now += 3599
+    provider.terminate([])  # any write prunes; nothing is old enough yet
+    assert len(provider.all_nodes(include_terminated=True)) == 3 and len(provider.calls()) == 4
+
+    clock.now += 2
+    provider.terminate([])
+    assert ids(provider.all_nodes(include_terminated=True)) == ids(kept)
+    assert [c["op"] for c in provider.calls()] == ["terminate", "terminate"]  # the recent ones
+    assert provider.describe(kept[0].cluster_id or "") == kept
+    # the token is forgotten with its gang: using it again starts a new gang, no mismatch
+    again = provider.launch(request(G6, count=1, token=token), timeout=5)
+    assert again[0].shape_id == G6.id
+
+
+def test_the_file_stays_bounded_over_many_cycles(tmp_path: Path) -> None:
+    clock = Clock()
+    provider = SimProvider(tmp_path / "state", CATALOG, clock=clock, prune_after=60)
+    db = tmp_path / "state" / DB_FILENAME
+
+    def cycles(n: int) -> None:
+        for _ in range(n):
+            provider.terminate(provider.launch(request(count=4), timeout=5))
+            clock.now += 10
+
+    def rows() -> int:
+        with closing(sqlite3.connect(db)) as conn:
+            return sum(
+                conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("nodes", "tokens", "calls")
+            )
+
+    cycles(50)
+    after_50 = rows()
+    cycles(250)
+    # a minute of cycles, at most: 7 gangs of 4 nodes, their tokens and 2 calls each
+    assert rows() == after_50 <= 7 * (4 + 1 + 2)
+    assert len(provider.all_nodes(include_terminated=True)) <= 7 * 4
+    assert provider.list_tagged() == []
+
+
+def test_a_version_1_file_is_migrated_and_its_terminated_nodes_pruned_later(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    old = SimProvider(state, CATALOG)
+    old.terminate(old.launch(request(count=2), timeout=5))
+    alive = old.launch(request(count=1), timeout=5)
+    with closing(sqlite3.connect(state / DB_FILENAME, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        conn.execute("DROP INDEX nodes_by_end")
+        conn.execute("DROP INDEX calls_by_at")
+        conn.execute("ALTER TABLE nodes DROP COLUMN ended_at")
+        conn.execute("ALTER TABLE calls DROP COLUMN at")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("COMMIT")
+
+    clock = Clock(time.time())
+    provider = SimProvider(state, CATALOG, clock=clock)
+    assert ids(provider.list_tagged()) == ids(alive)
+    assert len(provider.all_nodes(include_terminated=True)) == 3
+    clock.now += 3601
+    provider.terminate([])
+    assert ids(provider.all_nodes(include_terminated=True)) == ids(alive)
+
+
+def test_an_unknown_schema_version_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    SimProvider(state, CATALOG)
+    with closing(sqlite3.connect(state / DB_FILENAME)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match=re.escape(str(state / DB_FILENAME)) + ".*version 99"):
+        SimProvider(state, CATALOG)
+
+
+def test_a_file_that_is_not_a_database_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / DB_FILENAME).write_bytes(b"not a database, just bytes " * 100)
+    with pytest.raises(ConfigError, match=re.escape(str(state / DB_FILENAME))):
+        SimProvider(state, CATALOG)
+    assert (state / DB_FILENAME).read_bytes().startswith(b"not a database")  # left alone
+
+
+def test_sim_exists_only_once_the_simulated_cloud_was_used(tmp_path: Path) -> None:
+    from providers.registry import sim_exists as registry_sim_exists
+
+    state = tmp_path / "state"
+    assert not sim_exists(state) and not registry_sim_exists(state) and not state.exists()
+    SimProvider(state, CATALOG)
+    assert sim_exists(state) and registry_sim_exists(state)
+
+
+def test_open_provider_takes_a_loaded_scenario(tmp_path: Path) -> None:
+    from providers.config import BrokerConfig
+    from providers.registry import open_provider
+
+    scenario = SimScenario(default=SimDefaults(capacity_nodes=0))
+    provider = open_provider(
+        "sim", state_dir=tmp_path, catalog=CATALOG, config=BrokerConfig(), sim_scenario=scenario
+    )
+    assert isinstance(provider, SimProvider) and provider.scenario is scenario
+    with pytest.raises(CapacityError):
+        provider.launch(request(), timeout=5)
