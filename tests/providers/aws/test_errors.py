@@ -39,60 +39,31 @@ from providers.errors import (
 )
 from tests.providers.aws.conftest import STATUS, AwsWorld, inject, raw_client
 
-# code -> (class, reach). Every code of ERROR_TABLE is listed here, by hand.
-EXPECTED: dict[str, tuple[type[ProviderError], Reach]] = {
-    "InsufficientInstanceCapacity": (CapacityError, Reach.ZONE),
-    "InsufficientHostCapacity": (CapacityError, Reach.ZONE),
-    "InsufficientCapacityOnHost": (CapacityError, Reach.ZONE),
-    "InsufficientReservedInstanceCapacity": (CapacityError, Reach.ZONE),
-    "InsufficientCapacity": (CapacityError, Reach.ZONE),
-    "UnfulfillableCapacity": (CapacityError, Reach.ZONE),
-    "Unsupported": (CapacityError, Reach.ZONE),
-    "InsufficientFreeAddressesInSubnet": (CapacityError, Reach.ZONE),
-    "SpotMaxPriceTooLow": (QuotaError, Reach.REGION),
-    "MaxSpotInstanceCountExceeded": (QuotaError, Reach.REGION),
-    "VcpuLimitExceeded": (QuotaError, Reach.REGION),
-    "InstanceLimitExceeded": (QuotaError, Reach.REGION),
-    "OptInRequired": (QuotaError, Reach.REGION),
-    "RequestLimitExceeded": (ThrottledError, Reach.CALL),
-    "Throttling": (ThrottledError, Reach.CALL),
-    "ThrottlingException": (ThrottledError, Reach.CALL),
-    "EC2ThrottledException": (ThrottledError, Reach.CALL),
-    "RequestThrottled": (ThrottledError, Reach.CALL),
-    "InternalError": (TransientError, Reach.CALL),
-    "InternalFailure": (TransientError, Reach.CALL),
-    "InternalErrorException": (TransientError, Reach.CALL),
-    "Unavailable": (TransientError, Reach.CALL),
-    "ServiceUnavailable": (TransientError, Reach.CALL),
-    "RequestTimeout": (CallTimeoutError, Reach.CALL),
-    "UnauthorizedOperation": (AuthError, Reach.PROVIDER),
-    "AuthFailure": (AuthError, Reach.PROVIDER),
-    "Blocked": (AuthError, Reach.PROVIDER),
-    "PendingVerification": (AuthError, Reach.PROVIDER),
-    "ExpiredToken": (AuthError, Reach.PROVIDER),
-    "InvalidClientTokenId": (AuthError, Reach.PROVIDER),
-    "SignatureDoesNotMatch": (AuthError, Reach.PROVIDER),
-    "AccessDenied": (AuthError, Reach.PROVIDER),
-    "AccessDeniedException": (AuthError, Reach.PROVIDER),
-    "InvalidSubnetID.NotFound": (RegionConfigError, Reach.REGION),
-    "InvalidGroup.NotFound": (RegionConfigError, Reach.REGION),
-    "InvalidKeyPair.NotFound": (RegionConfigError, Reach.REGION),
-    "ParameterNotFound": (RegionConfigError, Reach.REGION),
-    "InvalidParameterValue": (InvalidLaunchError, Reach.REQUEST),
-    "InvalidParameterCombination": (InvalidLaunchError, Reach.REQUEST),
-    "MissingParameter": (InvalidLaunchError, Reach.REQUEST),
-    "UnknownParameter": (InvalidLaunchError, Reach.REQUEST),
-    "IdempotentParameterMismatch": (InvalidLaunchError, Reach.REQUEST),
-}
-
-# Codes matched by a prefix row (InvalidAMIID.*, InvalidParameter*).
-EXPECTED_BY_PREFIX: dict[str, tuple[type[ProviderError], Reach]] = {
-    "InvalidAMIID.NotFound": (RegionConfigError, Reach.REGION),
-    "InvalidAMIID.Malformed": (RegionConfigError, Reach.REGION),
-    "InvalidAMIID.Unavailable": (RegionConfigError, Reach.REGION),
-    "InvalidParameter": (InvalidLaunchError, Reach.REQUEST),
-    "InvalidParameterDependency": (InvalidLaunchError, Reach.REQUEST),
-}
+# What the provisioner must do on the errors EC2 documents, as cases (not a copy of the
+# table): the code, the class, and how far the failure reaches (what the broker tries next).
+CASES: list[tuple[str, type[ProviderError], Reach]] = [
+    ("InsufficientInstanceCapacity", CapacityError, Reach.ZONE),  # a stockout: next zone
+    ("Unsupported", CapacityError, Reach.ZONE),  # the type is not offered in this AZ
+    ("InsufficientFreeAddressesInSubnet", CapacityError, Reach.ZONE),
+    ("VcpuLimitExceeded", QuotaError, Reach.REGION),  # the regional family quota
+    ("MaxSpotInstanceCountExceeded", QuotaError, Reach.REGION),
+    ("OptInRequired", QuotaError, Reach.REGION),  # a region the account has not enabled
+    ("RequestLimitExceeded", ThrottledError, Reach.CALL),  # EC2's throttling: back off
+    ("ThrottlingException", ThrottledError, Reach.CALL),  # SSM's and Pricing's
+    ("InternalError", TransientError, Reach.CALL),
+    ("ServiceUnavailable", TransientError, Reach.CALL),
+    ("RequestTimeout", CallTimeoutError, Reach.CALL),
+    ("AuthFailure", AuthError, Reach.PROVIDER),  # bad credentials: skip AWS
+    ("UnauthorizedOperation", AuthError, Reach.PROVIDER),  # a policy without ec2:RunInstances
+    ("ExpiredToken", AuthError, Reach.PROVIDER),
+    ("InvalidSubnetID.NotFound", RegionConfigError, Reach.REGION),  # config names a bad subnet
+    ("ParameterNotFound", RegionConfigError, Reach.REGION),  # no SSM image in this region
+    ("InvalidAMIID.NotFound", RegionConfigError, Reach.REGION),  # by prefix
+    ("InvalidAMIID.Malformed", RegionConfigError, Reach.REGION),
+    ("InvalidParameterValue", InvalidLaunchError, Reach.REQUEST),
+    ("InvalidParameterDependency", InvalidLaunchError, Reach.REQUEST),  # by prefix
+    ("IdempotentParameterMismatch", InvalidLaunchError, Reach.REQUEST),
+]
 
 
 def client_error(
@@ -114,29 +85,27 @@ def client_error(
     )
 
 
-def test_every_table_row_is_tested() -> None:
-    assert set(EXPECTED) == set(ERROR_TABLE)
-    assert {prefix for prefix, _ in PREFIX_TABLE} == {"InvalidAMIID.", "InvalidParameter"}
-
-
-@pytest.mark.parametrize("code", sorted(EXPECTED))
-def test_table_row(code: str) -> None:
-    cls, reach = EXPECTED[code]
-    for status in (400, STATUS.get(code, 400), 500, 503):  # the table wins over the status
+@pytest.mark.parametrize(("code", "cls", "reach"), CASES, ids=[c[0] for c in CASES])
+def test_documented_codes(code: str, cls: type[ProviderError], reach: Reach) -> None:
+    for status in (400, STATUS.get(code, 400), 500, 503):  # the code wins over the status
         err = classify(client_error(code, status))
-        assert type(err) is cls, (code, status)
-        assert err.reach is reach
-        assert err.code == code
-        assert err.provider == "aws"
+        assert (type(err), err.reach, err.code, err.provider) == (cls, reach, code, "aws")
         assert "the cloud's message" in err.message
 
 
-@pytest.mark.parametrize("code", sorted(EXPECTED_BY_PREFIX))
-def test_prefix_row(code: str) -> None:
-    cls, reach = EXPECTED_BY_PREFIX[code]
-    err = classify(client_error(code))
-    assert (type(err), err.reach, err.code) == (cls, reach, code)
-    assert lookup(code) is cls
+@pytest.mark.parametrize("code", sorted(ERROR_TABLE))
+def test_every_row_of_the_table_wins_over_the_http_status(code: str) -> None:
+    """Whatever class a row names, classify gives exactly it, for any status."""
+    for status in (400, 401, 403, 500, 503):
+        assert type(classify(client_error(code, status))) is ERROR_TABLE[code]
+
+
+@pytest.mark.parametrize(("prefix", "cls"), PREFIX_TABLE)
+def test_prefix_rows_match_a_family_of_codes(prefix: str, cls: type[ProviderError]) -> None:
+    code = prefix + "SomethingNew"
+    assert code not in ERROR_TABLE
+    assert lookup(code) is cls and type(classify(client_error(code))) is cls
+    assert lookup("X" + code) is None  # a prefix, not a substring
 
 
 def test_region_config_error_is_region_scoped_not_a_quota() -> None:
