@@ -99,7 +99,7 @@ def test_fallback_across_zones_regions_and_retries(tmp_path: Path, aws: AwsWorld
     # moto runs the running cluster's instances and nothing else
     live = moto_instances()
     assert sorted(i["InstanceId"] for i in live) == sorted(
-        n["provider_id"] for n in cluster.nodes or []
+        n.provider_id for n in cluster.nodes
     )
     assert len(live) == 2
     for instance in live:
@@ -142,7 +142,7 @@ def test_partial_gang_is_cleaned_then_the_next_zone_runs(tmp_path: Path, aws: Aw
     assert (first.nodes_created, first.nodes_cleaned) == (1, 1)
     assert (second.zone, second.outcome) == ("use1-az2", "running")
     assert sorted(i["InstanceId"] for i in moto_instances()) == sorted(
-        n["provider_id"] for n in cluster.nodes or []
+        n.provider_id for n in cluster.nodes
     )
     broker.release(cluster.id)
     assert moto_instances() == []

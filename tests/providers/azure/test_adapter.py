@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from broker.api import Broker
+from broker.errors import ProvisionFailed
 from broker.lifecycle import Status
-from broker.provisioner import ProvisionFailed, ProvisionPolicy
+from broker.provisioner import ProvisionPolicy
 from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from providers.azure.adapter import TAG_SHAPE, TAG_TOKEN, AzureProvider, vm_base_name
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
-from providers.config import BrokerConfig, BrokerSection
+from providers.config import BrokerConfig
 from providers.errors import (
     CallTimeoutError,
     CapacityError,
@@ -488,7 +489,7 @@ def make_broker(tmp_path: Path, azure: AzureWorld) -> tuple[Broker, AzureProvide
     broker = Broker(
         state_dir=tmp_path / "state",
         catalog=FALLBACK,
-        config=BrokerConfig(broker=BrokerSection(providers=("azure",)), azure=azure.config),
+        config=BrokerConfig.enabling(azure.config),
         policy=ProvisionPolicy(retry_attempts=4, retry_initial_wait=1.0, retry_max_wait=4.0),
         clock=azure.clock,
         sleep=azure.clock.sleep,
@@ -537,7 +538,7 @@ def test_fallback_across_zones_regions_and_retries(tmp_path: Path, azure: AzureW
     assert zones_put == [("eastus", "1"), ("eastus", "1"), ("westus2", "2"), ("westus2", "2")]
     assert 3.0 in azure.clock.slept  # the Retry-After hint, through the broker's sleep
     left = fake.leftovers()
-    assert sorted(left["vms"]) == sorted(n["provider_id"] for n in cluster.nodes or [])
+    assert sorted(left["vms"]) == sorted(n.provider_id for n in cluster.nodes)
     assert left["ppgs"] == [f"{cluster.id}-c1-a4"]
 
     released = broker.release(cluster.id)
@@ -597,7 +598,7 @@ def test_reconcile_removes_orphans_and_keeps_the_running_gang(
         f"{cluster.id}-c1-a9-1",
     ]
     left = azure.fake.leftovers()
-    assert left["vms"] == sorted(n["provider_id"] for n in cluster.nodes or [])
+    assert left["vms"] == sorted(n.provider_id for n in cluster.nodes)
     assert left["ppgs"] == [f"{cluster.id}-c1-a1"]  # the orphans' group went with them
     broker.release(cluster.id)
     assert azure.fake.leftovers() == NOTHING

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from broker.api import Broker, ProvisionFailed
+from broker.api import Broker
+from broker.errors import ProvisionFailed
 from broker.lifecycle import Status
 from broker.provisioner import ProvisionPolicy
 from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, NodeState
-from providers.config import BrokerConfig, BrokerSection
+from providers.config import BrokerConfig
 from providers.errors import (
     CallTimeoutError,
     CapacityError,
@@ -391,7 +392,7 @@ def make_broker(tmp_path: Path, gcp: GcpWorld, clock: FakeClock) -> Broker:
     broker = Broker(
         state_dir=tmp_path / "state",
         catalog=FALLBACK_CATALOG,
-        config=BrokerConfig(broker=BrokerSection(providers=("gcp",)), gcp=gcp.config),
+        config=BrokerConfig.enabling(gcp.config),
         policy=ProvisionPolicy(retry_attempts=4, retry_initial_wait=1.0, retry_max_wait=4.0),
         clock=clock,
         sleep=clock.sleep,
@@ -433,7 +434,7 @@ def test_fallback_across_zones_regions_and_retries(tmp_path: Path, gcp: GcpWorld
     assert zones == ["us-central1-a", "us-central1-b", *["us-east4-a"] * 4, *["us-east4-b"] * 3]
     assert len(clock.slept) >= 3 + 2  # tenacity's backoffs, through the broker's sleep
     live = gcp.fake.live()
-    assert sorted(i["name"] for i in live) == sorted(n["provider_id"] for n in cluster.nodes or [])
+    assert sorted(i["name"] for i in live) == sorted(n.provider_id for n in cluster.nodes)
     assert {i["labels"][TAG_ATTEMPT] for i in live} == {"c1-a4"}
 
     released = broker.release(cluster.id)
