@@ -447,3 +447,40 @@ def test_concurrent_renewals_and_transitions_share_one_store(tmp_path: Path) -> 
         t.join(timeout=60)
     assert errors == []
     assert {c.status for c in broker.list_clusters(limit=None)} == {Status.COMPLETED}
+
+
+def test_concurrent_reconciles_and_releases_report_no_false_problems(tmp_path: Path) -> None:
+    broker = sim_broker(tmp_path)
+    clusters = [broker.provision(request(24)) for _ in range(4)]  # 3 nodes each
+    sim = broker.provider("sim")
+    for c in clusters[:2]:  # two gangs lose a node: reconcile must fail them NodeLost
+        sim.terminate([n for n in sim.describe(c.id) if n.provider_id == c.nodes[0].provider_id])
+    reports = []
+    errors: list[BaseException] = []
+
+    def reconcile() -> None:
+        try:
+            reports.append(sim_broker(tmp_path).reconcile())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def release(cluster_id: str) -> None:
+        try:
+            sim_broker(tmp_path).release(cluster_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reconcile) for _ in range(3)]
+    threads += [threading.Thread(target=release, args=(c.id,)) for c in clusters[2:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert [p for r in reports for p in r.problems] == []
+    lost = sorted(cid for r in reports for cid in r.lost)
+    assert lost == sorted(c.id for c in clusters[:2])  # each counted once
+    terminated = [n.provider_id for r in reports for n in r.terminated]
+    assert len(terminated) == len(set(terminated)) == 4  # the 2 x 2 survivors, once each
+    assert alive(broker) == []
+    assert {broker.get(c.id).status for c in clusters[2:]} == {Status.COMPLETED}
