@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from providers.aws import adapter as adapter_module
 from providers.aws.adapter import client_config
@@ -430,7 +430,7 @@ def test_botocore_itself_never_retries(aws: AwsWorld) -> None:
 
     default = new_session().client("ec2", region_name="us-east-1")
     default.meta.events.register_first("before-send.ec2.DescribeInstances", throttle_on_the_wire)
-    with pytest.raises(Exception, match="RequestLimitExceeded"):
+    with pytest.raises(ClientError, match="RequestLimitExceeded"):
         default.describe_instances()
     assert len(sends) > 2
 
