@@ -1,6 +1,10 @@
 """The cloud adapters against their local stand-ins. Run by hand, from the repository root:
 ``python benchmarks/adapters.py [--rounds N]`` (needs the test extras: the fakes live in
-``tests/fakes``).
+``tests/fakes``). Each fake runs as its own process, started with its documented try-out
+command (``python -m tests.fakes.gcp --port 0 --dir D``, ``python -m tests.fakes.azure ...``),
+which writes the broker configuration and the credential files the adapter then uses exactly
+as a user's `broker` would (Application Default Credentials, the Azure CLI credential); faults
+are injected over the fake's ``POST /_fake/inject``. Nothing from ``tests`` is imported.
 
 What it measures, in one run, for GCP (fake Compute API) and Azure (fake ARM over HTTPS):
 
@@ -21,11 +25,16 @@ Nothing real is created, and nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,11 +47,62 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest  # noqa: E402
+from providers.config import load_config  # noqa: E402
 from providers.errors import CapacityError  # noqa: E402
 from shapes.catalog import load_bundled_catalog  # noqa: E402
-from tests.conftest import FakeClock  # noqa: E402
 
 CATALOG = load_bundled_catalog()
+
+
+class Clock:
+    """A clock that moves only when the adapter sleeps on it: its polling waits cost nothing,
+    so the wall time measured is the adapter's and the SDK's own."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextmanager
+def fake_process(cloud: str, workdir: Path, ready: str) -> Iterator[None]:
+    """``python -m tests.fakes.<cloud> --port 0 --dir <workdir>`` until the block ends; ready
+    once its try-out hint (ending with a line containing ``ready``) is printed."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", f"tests.fakes.{cloud}", "--port", "0", "--dir", str(workdir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if ready in line:
+                break
+        else:
+            raise RuntimeError(f"the {cloud} fake exited with {child.wait()}")
+        yield
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def inject(url: str, fault: dict[str, Any], ca_file: str | None = None) -> None:
+    """One fault, over the fake's control endpoint (urllib: not counted as an SDK request)."""
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    post = urllib.request.Request(
+        f"{url}/_fake/inject", data=json.dumps(fault).encode(), method="POST"
+    )
+    with urllib.request.urlopen(post, timeout=10, context=context) as answer:
+        answer.read()
 
 
 class Counter:
@@ -141,59 +201,61 @@ def bench_cloud(
 
 
 def gcp_rows(n: int) -> list[tuple[str, str, float, float]]:
-    from providers.config import GcpConfig
     from providers.gcp.adapter import GcpProvider
-    from tests.fakes.gcp import PROJECT, FakeServer
-    from tests.providers.gcp.conftest import FakeCredentials
+    from providers.gcp.config import GcpConfig
 
-    with FakeServer() as server:
-        clock = FakeClock()
-        config = GcpConfig(
-            project=PROJECT,
-            regions=("us-central1",),
-            image="projects/debian-cloud/global/images/family/debian-12",
-            endpoint=server.url,
+    with (
+        tempfile.TemporaryDirectory() as where,
+        fake_process("gcp", Path(where), "broker provision"),
+    ):
+        config = load_config(Path(where) / "config.toml", required=True).section_of(GcpConfig)
+        assert config is not None and config.endpoint is not None
+        os.environ.update(
+            GOOGLE_APPLICATION_CREDENTIALS=str(Path(where) / "adc.json"),
+            GOOGLE_CLOUD_PROJECT=config.project,
+            GCE_METADATA_HOST="127.0.0.1:9",
+            GCE_METADATA_IP="127.0.0.1:9",
+            NO_GCE_CHECK="true",
         )
-        provider = GcpProvider(
-            config, CATALOG, credentials=FakeCredentials(), sleep=clock.sleep, clock=clock
-        )
+        clock = Clock()
+        provider = GcpProvider(config, CATALOG, sleep=clock.sleep, clock=clock)
+        endpoint = config.endpoint
         return bench_cloud(
             "GCP",
             provider,
             "gcp:us-central1:a3-highgpu-8g:spot",
             "us-central1-a",
-            lambda: server.state.inject("bulkInsert", "stockout"),
+            lambda: inject(endpoint, {"method": "bulkInsert", "error": "stockout"}),
             n,
         )
 
 
 def azure_rows(n: int) -> list[tuple[str, str, float, float]]:
     from providers.azure.adapter import AzureProvider
-    from tests.fakes.azure import FakeArm
-    from tests.providers.azure.conftest import FakeCredential, make_config
+    from providers.azure.config import AzureConfig
 
-    with tempfile.TemporaryDirectory() as where:
-        fake = FakeArm(workdir=Path(where)).start()
-        try:
-            clock = FakeClock()
-            provider = AzureProvider(
-                make_config(fake),
-                CATALOG,
-                credential=FakeCredential(),
-                polling_interval=0,
-                sleep=clock.sleep,
-                clock=clock,
-            )
-            return bench_cloud(
-                "Azure",
-                provider,
-                "azure:eastus:Standard_ND96isr_H100_v5:on-demand",
-                "eastus",
-                lambda: fake.inject("create", "AllocationFailed", kind="lro"),
-                n,
-            )
-        finally:
-            fake.stop()
+    with (
+        tempfile.TemporaryDirectory() as where,
+        fake_process("azure", Path(where), "BROKER_CATALOG_DIR"),
+    ):
+        config = load_config(Path(where) / "config.toml", required=True).section_of(AzureConfig)
+        assert config is not None and config.endpoint is not None
+        os.environ["PATH"] = f"{Path(where) / 'bin'}{os.pathsep}{os.environ['PATH']}"
+        os.environ["AZURE_TOKEN_CREDENTIALS"] = "AzureCliCredential"
+        clock = Clock()
+        provider = AzureProvider(
+            config, CATALOG, polling_interval=0, sleep=clock.sleep, clock=clock
+        )
+        endpoint, ca_file = config.endpoint, config.ca_bundle
+        fault = {"op": "create", "code": "AllocationFailed", "kind": "lro"}
+        return bench_cloud(
+            "Azure",
+            provider,
+            "azure:eastus:Standard_ND96isr_H100_v5:on-demand",
+            "eastus",
+            lambda: inject(endpoint, fault, ca_file),
+            n,
+        )
 
 
 def main() -> int:

@@ -26,7 +26,9 @@ Run it by hand for a try-out of the CLI (see the README)::
 
 It writes the CA file, a fake ``az`` (which DefaultAzureCredential's AzureCliCredential runs
 for a token) and a broker config there, prints the environment to export, and serves until
-Ctrl-C.
+Ctrl-C or SIGTERM. Another process injects faults with ``POST /_fake/inject`` and a JSON
+object of :meth:`FakeArm.inject`'s arguments (``{"op": "create", "code": "AllocationFailed",
+"kind": "lro"}``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "burst-rg"
 TOKEN = "fake-arm-token-7f3c9d"  # what the fake `az` prints; tests assert it never leaks
 API_PRICES = "/api/retail/prices"
+# POST a JSON object of inject()'s arguments here to inject a fault from another process.
+CONTROL_INJECT = "/_fake/inject"
 ZONES = ("1", "2", "3")
 
 # Canonical GPU -> Azure's capability name / family suffix are not needed: SKUs carry counts.
@@ -378,6 +382,9 @@ class FakeArm:
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/").lower()
+        if path == CONTROL_INJECT and request.method == "POST":  # for a driving process
+            fault = self.inject(**json.loads(request.get_data(as_text=True)))
+            return ok({"op": fault.op, "code": fault.code})
         if path == API_PRICES:
             self.price_auth.append(request.headers.get("Authorization"))
             return self._prices(request)

@@ -21,6 +21,9 @@ operations (``stockout``, ``stockout-details``, ``stockout-no-status``, ``op-503
 Run it for a person to try the CLI (prints the config and environment to use)::
 
     python -m tests.fakes.gcp --port 8480      # from the repository root
+
+Another process injects faults with ``POST /_fake/inject`` and a JSON object of
+:meth:`FakeGce.inject`'s arguments (``{"method": "bulkInsert", "error": "stockout"}``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ CATALOG = Path(__file__).resolve().parents[2] / "shapes" / "data" / "gcp.json"
 PROJECT = "burst-test"
 BILLING_SERVICE = "6F81-5844-456A"
 TOKEN_PREFIX = "ya29.fake-"
+# POST a JSON object of inject()'s arguments here to inject a fault from another process.
+CONTROL_INJECT = "/_fake/inject"
 
 # Canonical GPU -> the accelerator type bound to A2/A3/G2 machine types.
 BOUND_ACCELERATORS = {
@@ -279,6 +284,9 @@ class FakeGce:
 
     def _route(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         path, verb = request.path, request.method
+        if path == CONTROL_INJECT and verb == "POST":  # for a process driving the fake
+            fault = self.inject(**json.loads(request.get_data(as_text=True)))
+            return 200, {"method": fault.method, "error": fault.error}, {}
         if path == "/token" and verb == "POST":
             token = f"{TOKEN_PREFIX}{uuid.uuid4().hex}"
             self.tokens.append(token)
@@ -867,6 +875,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  export GOOGLE_APPLICATION_CREDENTIALS={files['adc']}")
         print(f"  export GOOGLE_CLOUD_PROJECT={PROJECT}")
         print(f"  export BROKER_CONFIG={files['config']}")
+        print(f"  export BROKER_STATE_DIR={where / 'state'} BROKER_CATALOG_DIR={where / 'catalog'}")
         print(
             "  export GCE_METADATA_HOST=127.0.0.1:9 GCE_METADATA_IP=127.0.0.1:9 NO_GCE_CHECK=true"
         )
