@@ -98,9 +98,7 @@ def test_fallback_across_zones_regions_and_retries(tmp_path: Path, aws: AwsWorld
 
     # moto runs the running cluster's instances and nothing else
     live = moto_instances()
-    assert sorted(i["InstanceId"] for i in live) == sorted(
-        n.provider_id for n in cluster.nodes
-    )
+    assert sorted(i["InstanceId"] for i in live) == sorted(n.provider_id for n in cluster.nodes)
     assert len(live) == 2
     for instance in live:
         tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
