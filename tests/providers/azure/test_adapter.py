@@ -5,6 +5,7 @@ describe and list_tagged across regions, configuration errors and health."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,7 @@ def test_the_same_attempt_with_other_parameters_is_a_mismatch(
     provider.launch(req, timeout=60)
     other: dict[str, Any] = {
         "count": {"count": 1},
-        "shape": {"shape": ZONAL.model_copy(update={"instance_type": "Standard_ND40rs_v2"})},
+        "shape": {"shape": dataclasses.replace(ZONAL, instance_type="Standard_ND40rs_v2")},
         "zone": {"zone": "2"},
         "token": {"token": "another-token"},
     }[change]
