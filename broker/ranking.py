@@ -189,9 +189,7 @@ def check_request(request: RankRequest) -> None:
     cap = request.max_price_per_hour
     if cap is not None and not (math.isfinite(cap) and cap > 0):
         errors.append(
-            Diagnostic(
-                field="max_price_per_hour", message=f"must be > 0 and finite, got {cap}"
-            )
+            Diagnostic(field="max_price_per_hour", message=f"must be > 0 and finite, got {cap}")
         )
     if errors:
         raise InvalidRequest(errors)

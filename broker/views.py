@@ -8,9 +8,11 @@ Importing this module loads no pydantic, SQLAlchemy or cloud SDK (the quote path
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -101,6 +103,63 @@ def quote_document(
         "warnings": [diagnostic_document(w) for w in quote.warnings],
         "catalog": catalog_document(quote.catalog, today),
     }
+
+
+def quote_json(quote: Quote, *, limit: int | None = None, today: date | None = None) -> str:
+    """``json.dumps(quote_document(...), indent=2)``, the same text, in about half the time:
+    the standard library's indenting encoder is pure Python and generic, so the plans (all
+    of them by default: 100k for a 100k-shape catalog) are written by :func:`_flat_object`."""
+    doc = quote_document(quote, limit=limit, today=today)
+    plans = doc["plans"]
+    doc["plans"] = []
+    text = json.dumps(doc, indent=2)
+    if not plans:
+        return text
+    marker = '\n  "plans": [],\n'  # the one key at the top level's indent
+    body = ",\n".join([_flat_object(p, "    ") for p in plans])
+    return text.replace(marker, f'\n  "plans": [\n{body}\n  ],\n', 1)
+
+
+def _flat_object(doc: Document, pad: str) -> str:
+    """One JSON object of scalars and lists of scalars, as ``json.dumps(indent=2)`` writes
+    it at indent ``pad``."""
+    inner = pad + "  "
+    parts = []
+    for key, value in doc.items():
+        if type(value) is list:
+            if value:
+                items = f",\n{inner}  ".join([_scalar(v) for v in value])
+                text = f"[\n{inner}  {items}\n{inner}]"
+            else:
+                text = "[]"
+        else:
+            text = _scalar(value)
+        parts.append(f"{_string(key)}: {text}")
+    return f"{pad}{{\n{inner}" + f",\n{inner}".join(parts) + f"\n{pad}}}"
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, str):
+        return _string(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, float):
+        if value != value or value in (_INF, -_INF):
+            raise ValueError(f"{value} is not JSON")  # never: prices are checked finite
+        return float.__repr__(value)
+    if isinstance(value, int):
+        return int.__repr__(value)
+    raise TypeError(f"not a JSON scalar: {value!r}")
+
+
+_string = encode_basestring_ascii  # C; what json.dumps uses with ensure_ascii
+
+
+_INF = float("inf")
 
 
 def catalog_document(catalog: Catalog, today: date | None = None) -> Document:

@@ -98,8 +98,13 @@ def _date(doc: dict[str, Any], key: str) -> date | None:
 
 
 def _price(where: str, value: object) -> float:
+    if type(value) is float and 0 < value < _INF:  # the common case, without a call
+        return value
     _need(where, checks.positive(value))
     return float(value)  # type: ignore[arg-type]
+
+
+_INF = float("inf")
 
 
 def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterator[Shape]:
@@ -135,7 +140,8 @@ def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterato
         _need(at, "region must not contain ':'" if ":" in region else None)
         _need(at, None if isinstance(entry, dict) else f"must be an object, got {describe(entry)}")
         zones = entry.get("zones", [])
-        _need(f"{at}: zones", checks.strings(zones))
+        if type(zones) is not list or not all(type(z) is str for z in zones):
+            _need(f"{at}: zones", checks.strings(zones))
         zone_tuple = tuple(zones)
         on_demand = entry.get("on_demand")
         if on_demand is not None:
@@ -164,13 +170,8 @@ def _filler(
 ) -> Callable[[str, tuple[str, ...], Provisioning, float, dict[str, float] | None], Shape]:
     """Build shapes that differ from ``first`` only in the fields the loader has checked."""
     provider, instance_type = first.provider, first.instance_type
-    shared = (
-        first.gpu,
-        first.gpus_per_node,
-        first.gpu_memory_gib,
-        first.vcpus,
-        first.memory_gib,
-    )
+    gpu, gpus, gpu_memory = first.gpu, first.gpus_per_node, first.gpu_memory_gib
+    vcpus, memory = first.vcpus, first.memory_gib
 
     def fill(
         region: str,
@@ -180,7 +181,18 @@ def _filler(
         zone_prices: dict[str, float] | None,
     ) -> Shape:
         return prechecked_shape(
-            provider, region, instance_type, *shared, market, price, zones, zone_prices
+            provider,
+            region,
+            instance_type,
+            gpu,
+            gpus,
+            gpu_memory,
+            vcpus,
+            memory,
+            market,
+            price,
+            zones,
+            zone_prices,
         )
 
     return fill

@@ -33,12 +33,16 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+_NUMBERS = (int, float)
+_SEQUENCES = (list, tuple)
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _NUMBERS) and not isinstance(value, bool)
 
 
 def integer(value: object, low: int | None = None, high: int | None = None) -> str | None:
@@ -56,7 +60,7 @@ def positive(value: object) -> str | None:
     """A finite number > 0 (prices, hours, sizes)."""
     if not is_number(value):
         return f"must be a number, got {describe(value)}"
-    assert isinstance(value, int | float)
+    assert isinstance(value, _NUMBERS)
     if not math.isfinite(value) or not value > 0:
         return f"must be > 0 and finite, got {value}"
     return None
@@ -72,7 +76,7 @@ def string(value: object, *, empty: bool = False) -> str | None:
 
 def strings(value: object) -> str | None:
     """A list or tuple of strings."""
-    if not isinstance(value, list | tuple):
+    if not isinstance(value, _SEQUENCES):
         return f"must be a list of strings, got {describe(value)}"
     for i, item in enumerate(value):
         if not isinstance(item, str):

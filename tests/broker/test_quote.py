@@ -10,7 +10,7 @@ import pytest
 from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.quote import QuoteRequest, quote
 from broker.ranking import RankRequest
-from broker.views import quote_document
+from broker.views import quote_document, quote_json
 from shapes.catalog import Catalog, ShapeFilter
 from tests.conftest import make_shape
 
@@ -81,3 +81,15 @@ def test_diagnostic_types_are_checked() -> None:
         Diagnostic(field="gpus", message="m", line="3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="message must be a string"):
         Diagnostic(field="gpus", message=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", [None, 0, 1, 3])
+def test_quote_json_is_the_document_as_json_dumps_writes_it(
+    small_catalog: Catalog, limit: int | None
+) -> None:
+    """The fast writer (for 100k plans) prints exactly the bytes of json.dumps(indent=2)."""
+    shapes = [*small_catalog.shapes, make_shape("z.1", zones=(), price=0.05786)]
+    q = quote(QuoteRequest(rank=RankRequest(gpus=8), hours=2.5), Catalog.of(shapes))
+    assert quote_json(q, limit=limit) == json.dumps(quote_document(q, limit=limit), indent=2)
+    none = quote(QuoteRequest(rank=RankRequest(gpus=8, max_price_per_hour=0.01)), small_catalog)
+    assert quote_json(none) == json.dumps(quote_document(none), indent=2)
