@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from broker.api import ClusterReport
-    from broker.reconcile import ReconcileReport
     from broker.diagnostics import Diagnostic
     from broker.quote import Quote
     from broker.ranking import Plan
+    from broker.reconcile import ReconcileReport
     from broker.scopes import Block
     from broker.state import AttemptRecord, ClusterRecord, NodeRecord
     from shapes.catalog import Catalog
