@@ -191,3 +191,20 @@ def _loopback_only(real: Any) -> Any:
         return real(host, *args, **kwargs)
 
     return getaddrinfo
+
+
+def bundled_shape_id(provider: str, region: str | None = None, min_zones: int = 2) -> str:
+    """The first 8-GPU on-demand shape of the bundled catalog on this provider (and region)
+    with at least ``min_zones`` zones: stable ids for tests that need real shapes."""
+    from shapes.catalog import load_bundled_catalog
+
+    for s in load_bundled_catalog().shapes:
+        if (
+            s.provider == provider
+            and (region is None or s.region == region)
+            and len(s.zones) >= min_zones
+            and s.gpus_per_node == 8
+            and s.provisioning is Provisioning.ON_DEMAND
+        ):
+            return s.id
+    raise LookupError(provider)

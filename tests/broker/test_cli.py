@@ -81,9 +81,10 @@ def test_quote_priority_order_filters_and_warnings(capsys: pytest.CaptureFixture
         "16",
         "--spot",
         "--priority",
-        "gcp:us-central1:a3-highgpu-8g:spot",
-        "aws:us-east-1:p5.48xlarge:on-demand",
+        "gcp:us-central1:a3-highgpu-8g:spot,aws:us-east-1:p5.48xlarge:on-demand",
+        "--priority",
         "AWS:US-EAST-1:P5.48XLARGE:SPOT",
+        "--priority",
         "aws:us-east-1:p5.48xlarge:bogus",
     )
     assert code == 0
@@ -135,12 +136,15 @@ def test_quote_no_shape_exit_3_with_reasons(capsys: pytest.CaptureFixture[str]) 
         ([], "gpus", "give --gpus N or a burst launch file"),
         (["--gpus", "8", "--gpu", "K80"], "gpu", "unknown GPU"),
         (["--gpus", "8", "--provider", "oracle"], "provider", "unknown provider"),
-        (["--gpus", "8", "--max-price-per-hour", "-1"], "max_price_per_hour", "must be > 0"),
-        (["--gpus", "8", "--hours", "0"], "hours", "must be > 0"),
+        (["--gpus", "8", "--max-price-per-hour", "-1"], None, "must be > 0"),
+        (["--gpus", "8", "--hours", "0"], None, "must be > 0"),
+        (["--gpus", "8", "--hours", "inf"], None, "must be a finite number"),
+        (["--gpus", "8", "--region", "us-wset-2"], "region", "did you mean us-west-2?"),
+        (["--gpus", "8", "--gpu", "16"], "gpu", "use --gpus 16"),
     ],
 )
 def test_quote_invalid_input_exit_2(
-    capsys: pytest.CaptureFixture[str], argv: list[str], field: str, fragment: str
+    capsys: pytest.CaptureFixture[str], argv: list[str], field: str | None, fragment: str
 ) -> None:
     code, out, err = run(capsys, "quote", *argv)
     assert code == 2
@@ -165,9 +169,10 @@ def test_burst_cap_setting(
 
 def test_usage_errors_exit_2_also_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "quote", "--gpus", "many")
-    assert code == 2 and "invalid int value" in err
+    assert code == 2 and "must be an integer, got 'many'" in err
+    assert err.startswith("usage: broker quote")  # the subcommand's usage, not the top level
     code, doc = run_json(capsys, "quote", "--gpus", "many")
-    assert code == 2 and "invalid int value" in doc["errors"][0]["message"]
+    assert code == 2 and "must be an integer" in doc["errors"][0]["message"]
     code, _, err = run(capsys, "quote", "--gpus", "8", "--spot", "--on-demand")
     assert code == 2 and "not allowed with" in err
 

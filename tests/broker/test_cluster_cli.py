@@ -18,9 +18,11 @@ from broker.state import Store
 from providers.sim import DB_FILENAME as SIM_DB
 from providers.sim import SimProvider
 from shapes.catalog import load_bundled_catalog
-from tests.broker.test_provisioning import A, B
+from tests.conftest import bundled_shape_id
 
 CATALOG = load_bundled_catalog()
+A = bundled_shape_id("aws", "us-east-1")
+B = bundled_shape_id("aws", "us-west-2")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -95,7 +97,7 @@ def test_provision_failure_lists_every_attempt(
     scenario = tmp_path / "s.toml"
     scenario.write_text(f'[shapes."{A}"]\ncapacity_nodes = 0\n[shapes."{B}"]\nerrors = ["quota"]\n')
     argv = ["provision", "--provider", "sim", "--sim-scenario", str(scenario), "--gpus", "8",
-            "--priority", A, B, "--json"]  # fmt: skip
+            "--priority", A, "--priority", B, "--json"]  # fmt: skip
     code, out, err = run(capsys, *argv)
     assert code == 3
     doc = json.loads(out)
@@ -128,10 +130,18 @@ def test_cluster_command_errors(
     assert code == 2 and fragment in err and "Traceback" not in err
 
 
+LEASE = 1.0  # seconds: the broker processes' lease, so a killed owner's expires quickly
+
+
 def _broker_process(
     state_dir: Path, *argv: str, scenario: Path | None = None
 ) -> subprocess.Popen[str]:
-    env = {**os.environ, "BROKER_STATE_DIR": str(state_dir), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "BROKER_STATE_DIR": str(state_dir),
+        "PYTHONPATH": str(ROOT),
+        "BROKER_LEASE_SECONDS": str(LEASE),
+    }
     if scenario is not None:
         env["BROKER_SIM_SCENARIO"] = str(scenario)
     return subprocess.Popen(
@@ -162,6 +172,7 @@ def test_kill_9_during_provisioning_then_reconcile_leaves_nothing(
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)  # reaped: no zombie to look alive
+    time.sleep(LEASE + 0.2)  # nobody renews the dead owner's lease: it runs out
     rec = _broker_process(state_dir, "reconcile", "--json", scenario=scenario)
     out, err = rec.communicate(timeout=60)
     assert rec.returncode == 0, err
@@ -209,8 +220,8 @@ def test_explain_shows_blocked_scopes(
     scenario = tmp_path / "s.toml"
     scenario.write_text(f'[shapes."{A}"]\ncapacity_nodes = 0\n')
     base = ["--provider", "sim", "--sim-scenario", str(scenario), "--gpus", "8"]
-    assert run(capsys, "provision", *base, "--priority", A, B)[0] == 0
-    code, _, err = run(capsys, "provision", *base, "--priority", A, B, "--explain")
+    assert run(capsys, "provision", *base, "--priority", f"{A},{B}")[0] == 0
+    code, _, err = run(capsys, "provision", *base, "--priority", f"{A},{B}", "--explain")
     assert code == 0
     assert "Blocked scopes" in err and "InsufficientCapacity" in err
     assert f"excluded {A}: every zone blocked" in err

@@ -1,4 +1,5 @@
-"""`broker --help` and `broker quote` must not import any cloud SDK (they cost ~1.5 s)."""
+"""`broker --help` and `broker quote` must not import any cloud SDK (they cost ~1.5 s), nor
+the store's SQLAlchemy or pydantic (the quote costs little more than starting Python)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ except SystemExit:
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "azure")
              or m.startswith(("google.cloud", "google.api_core")))
 print("IMPORTED:" + ",".join(bad), file=sys.stderr)
+heavy = sorted(m for m in ("pydantic", "sqlalchemy", "tenacity") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 """
 
 
@@ -44,6 +47,9 @@ def test_no_cloud_sdk_imported(argv: list[str]) -> None:
     assert marker, proc.stderr
     assert marker[0] == "IMPORTED:", f"cloud SDK imported by {argv}: {marker[0]}"
     assert "Traceback" not in proc.stderr
+    heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY:")]
+    if argv[0] != "validate":  # a launch file is read by a pydantic model
+        assert heavy == ["HEAVY:"], f"{argv} loaded {heavy}"
 
 
 def test_plain_quote_does_not_load_the_state_store() -> None:

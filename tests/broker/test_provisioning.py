@@ -18,29 +18,16 @@ from broker.ranking import RankRequest
 from broker.settings import Settings
 from providers.sim import SimProvider
 from shapes.catalog import load_bundled_catalog
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, bundled_shape_id
 
 CATALOG = load_bundled_catalog()
 
 
-def _pick(provider: str, region: str | None = None, min_zones: int = 2) -> str:
-    for s in CATALOG.shapes:
-        if (
-            s.provider == provider
-            and (region is None or s.region == region)
-            and len(s.zones) >= min_zones
-            and s.gpus_per_node == 8
-            and s.provisioning.value == "on-demand"
-        ):
-            return s.id
-    raise LookupError(provider)
-
-
 # Four shapes on three providers; A and B are on one provider in two regions.
-A = _pick("aws", "us-east-1")
-B = _pick("aws", "us-west-2")
-C = _pick("gcp", min_zones=2)
-D = _pick("azure", min_zones=1)
+A = bundled_shape_id("aws", "us-east-1")
+B = bundled_shape_id("aws", "us-west-2")
+C = bundled_shape_id("gcp", min_zones=2)
+D = bundled_shape_id("azure", min_zones=1)
 PRIORITY = (A, B, C, D)
 
 

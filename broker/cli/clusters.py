@@ -1,0 +1,337 @@
+"""Cluster commands: provision, restart, list, describe, env, release, stop, delete,
+reconcile, util, blocks, unblock. Each calls the Broker once and renders a view document."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from broker.api import SIMULATED, Broker
+from broker.cli.output import emit_json, print_warnings, say
+from broker.cli.quote import print_blocks, request_from_args
+from broker.cli.render import money, table
+from broker.errors import Cancelled, Interrupted, ProvisionFailed
+from broker.lifecycle import TERMINAL, Status
+from broker.settings import Settings
+from broker.views import (
+    Document,
+    blocks_document,
+    cluster_document,
+    env_document,
+    reconcile_document,
+    report_document,
+    util_document,
+)
+from shapes.errors import Exit
+
+if TYPE_CHECKING:
+    from broker.state import ClusterRecord
+
+
+def _broker(args: argparse.Namespace, settings: Settings, backend: str | None = None) -> Broker:
+    from broker.provisioner import ProvisionPolicy
+
+    timeout = getattr(args, "timeout", None)
+    policy = ProvisionPolicy(
+        timeout=timeout or 1800.0,
+        deployment=settings.deployment,
+        lease_seconds=settings.lease_seconds,
+    )
+    return Broker(
+        settings,
+        backend=backend,
+        sim_scenario=getattr(args, "sim_scenario", None),
+        policy=policy,
+        progress=say,
+    )
+
+
+def _short(ts: str | None) -> str:
+    return (ts or "-").replace("T", " ")
+
+
+def _print_attempts(attempts: list[Document]) -> None:
+    rows = [
+        (
+            f"{a['cycle']}.{a['attempt']}",
+            a["shape_id"],
+            a["zone"],
+            a["nodes"],
+            a["outcome"],
+            a["error_code"] or "-",
+            a["retries"],
+            "-" if a["duration_s"] is None else f"{a['duration_s']:.2f}s",
+        )
+        for a in attempts
+    ]
+    headers = ["#", "SHAPE", "ZONE", "NODES", "OUTCOME", "ERROR", "RETRIES", "TOOK"]
+    print(table(headers, rows, right={3, 6, 7}))
+
+
+def _print_running(doc: Document) -> None:
+    print(
+        f"{doc['cluster_id']} RUNNING: {len(doc['nodes'])} x {doc['shape_id']} in {doc['zone']}, "
+        f"{doc['procs_per_node']} proc(s) per node, {money(doc['price_per_hour'] or 0)}/h"
+    )
+    rows = [(n["rank"], n["private_ip"], n["provider_id"], n["zone"]) for n in doc["nodes"]]
+    print(table(["RANK", "PRIVATE IP", "NODE", "ZONE"], rows, right={0}))
+    print(f"environment: broker env {doc['cluster_id']} --rank R")
+
+
+def _provisioned(broker: Broker, run: Any, as_json: bool) -> int:
+    """Run the provisioning and render its outcome, whatever it is."""
+    try:
+        cluster: ClusterRecord = run()
+    except ProvisionFailed as exc:
+        doc = cluster_document(exc.cluster, exc.attempts)
+        if as_json:
+            emit_json(doc)
+        else:
+            if exc.attempts:
+                _print_attempts(doc["attempts"])
+            banner = "!! NODES MAY BE LEFT RUNNING: " if exc.exit_code == Exit.LEAK else ""
+            say(f"broker: {banner}{exc.cluster.id} FAILED ({exc.cluster.reason}): "
+                f"{exc.cluster.detail}")  # fmt: skip
+        return int(exc.exit_code)
+    except Cancelled as exc:
+        if as_json and exc.cluster is not None:
+            emit_json(cluster_document(exc.cluster, broker.attempts(exc.cluster.id)))
+        status = exc.cluster.status.value if exc.cluster is not None else "moved"
+        who = exc.cluster.id if exc.cluster is not None else "the cluster"
+        say(f"broker: {who} was stopped by someone else while it was being provisioned "
+            f"(it is {status}); this attempt's nodes were given back")  # fmt: skip
+        return int(exc.exit_code)
+    except Interrupted as exc:
+        c = exc.cluster
+        if c is not None:
+            if as_json:
+                emit_json(cluster_document(c, broker.attempts(c.id)))
+            say(f"broker: {exc}: {c.id} is {c.status.value}" + (
+                "; its nodes were terminated" if c.status is Status.STOPPED else
+                "; run `broker reconcile` to finish the cleanup"))  # fmt: skip
+        else:
+            say(f"broker: {exc}")
+        return exc.exit_code
+    doc = cluster_document(cluster, broker.attempts(cluster.id))
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_running(doc)
+    return Exit.OK
+
+
+def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
+    backend = SIMULATED if SIMULATED in [p.lower() for p in args.provider] else None
+    args.provider = [p for p in args.provider if p.lower() != SIMULATED]
+    broker = _broker(args, settings, backend)  # checks the scenario and the policy first
+    request = request_from_args(args, settings, broker.catalog)
+    experiment: dict[str, Any] | None = None
+    if args.launch_file is not None:
+        from broker.launchfile import parse_launch_file
+
+        exp = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
+        experiment = exp.experiment_or_raise().model_dump(mode="json")
+    print_warnings(request.warnings)
+    if args.explain:
+        print_blocks(broker.blocks())
+        for e in broker.quote(request, explain=True).ranking.excluded:
+            say(f"  excluded {e.shape_id}: {e.reason}")
+    quoted = broker.quote(request)
+    print_warnings(quoted.ranking.warnings)
+    submitted = broker.submit(request, experiment=experiment)
+    say(f"submitted {submitted.id}")
+    return _provisioned(broker, lambda: broker.run(submitted.id), args.json)
+
+
+def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
+    current = Broker(settings).get(args.cluster_id)
+    broker = _broker(args, settings, current.backend)
+    return _provisioned(broker, lambda: broker.restart(current.id), args.json)
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    statuses = None
+    if args.status:
+        known = {s.value for s in Status}
+        wrong = [s for s in args.status if s.upper() not in known]
+        if wrong:
+            from broker.diagnostics import Diagnostic
+            from broker.errors import InvalidRequest
+
+            raise InvalidRequest(
+                [
+                    Diagnostic(
+                        field="status",
+                        message=f"unknown status {w!r} (known: {', '.join(sorted(known))})",
+                    )
+                    for w in wrong
+                ]
+            )
+        statuses = [Status(s.upper()) for s in args.status]
+    limit = None if args.all else (args.limit if args.limit else 50)
+    broker = Broker(settings)
+    clusters = broker.list_clusters(statuses, limit=limit)
+    docs = [cluster_document(c) for c in clusters]
+    if args.json:
+        emit_json(docs)
+        return Exit.OK
+    rows = [
+        (
+            d["cluster_id"],
+            d["status"],
+            d["reason"] or "",
+            d["shape_id"] or "-",
+            len(d["nodes"]),
+            money(d["price_per_hour"]) if d["price_per_hour"] else "-",
+            _short(d["created_at"]),
+        )
+        for d in docs
+    ]
+    headers = ["CLUSTER", "STATUS", "REASON", "SHAPE", "NODES", "$/H", "CREATED"]
+    print(table(headers, rows, right={4, 5}))
+    if limit is not None and len(docs) == limit:
+        say(f"(the newest {limit}; --all for every cluster)")
+    return Exit.OK
+
+
+def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
+    doc = report_document(Broker(settings).describe(args.cluster_id))
+    if args.json:
+        emit_json(doc)
+        return Exit.OK
+    reason = f" ({doc['reason']}: {doc['detail']})" if doc["reason"] else ""
+    print(f"{doc['cluster_id']}  {doc['status']}{reason}  cycle {doc['cycle']}")
+    print(f"shape {doc['shape_id'] or '-'}  zone {doc['zone'] or '-'}  {len(doc['nodes'])} node(s)")
+    print(f"usage {doc['gpu_hours']:.4f} GPU-hours, {money(doc['cost'])}")
+    print("\nLifecycle:")
+    for t in doc["transitions"]:
+        note = f"  {t['reason']}" if t["reason"] else ""
+        print(f"  {_short(t['at'])}  cycle {t['cycle']}  {t['status']}{note}")
+    if doc["attempts"]:
+        print("\nAttempts:")
+        _print_attempts(doc["attempts"])
+    return Exit.OK
+
+
+def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.env import export_lines
+
+    env = Broker(settings).env(args.cluster_id, args.rank)
+    if args.json:
+        emit_json(env_document(env))
+    else:
+        sys.stdout.write(export_lines(env))
+    return Exit.OK
+
+
+def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
+    broker = _broker(args, settings)
+    before = broker.get(args.cluster_id)
+    cluster = broker.release(before.id) if verb == "release" else broker.stop(before.id)
+    if args.json:
+        emit_json(cluster_document(cluster))
+    elif before.status in TERMINAL:
+        print(f"{cluster.id} was already {cluster.status.value}: nothing to {verb}")
+    elif cluster.status is Status.TERMINATING:
+        print(f"{cluster.id} is being wound down by another process ({cluster.owner})")
+    else:
+        print(f"{cluster.id} {cluster.status.value}")
+    return Exit.OK
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    return _end(args, settings, "release")
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    return _end(args, settings, "stop")
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    broker = Broker(settings)
+    cluster = broker.get(args.cluster_id)
+    broker.delete(cluster.id)
+    if args.json:
+        emit_json({"deleted": cluster.id})
+    else:
+        print(f"deleted {cluster.id}")
+    return Exit.OK
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    report = _broker(args, settings).reconcile()
+    doc = reconcile_document(report)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(
+            f"terminated {len(doc['terminated'])} orphaned node(s); "
+            f"settled {len(doc['settled'])} cluster(s) whose owner's lease expired; "
+            f"{len(doc['lost'])} running cluster(s) had lost a node (now FAILED NodeLost)"
+        )
+        for n in doc["terminated"]:
+            print(f"  terminated {n['provider_id']} ({n['shape_id']}, cluster {n['cluster_id']})")
+        for s in doc["skipped"]:
+            say(f"skipped: {s}")
+        for p in doc["problems"]:
+            say(f"problem: {p}")
+    return Exit.OK if not doc["problems"] else Exit.LEAK
+
+
+def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
+    doc = util_document(Broker(settings).util())
+    if args.json:
+        emit_json(doc)
+        return Exit.OK
+    rows = [
+        (
+            name,
+            int(u["clusters"]),
+            int(u["gpus_starting"]),
+            int(u["gpus_running"]),
+            money(u["spend_per_hour"]),
+        )
+        for name, u in doc.items()
+    ]
+    if not rows:
+        print("no cluster is starting or running")
+        return Exit.OK
+    headers = ["PROVIDER", "CLUSTERS", "GPUS STARTING", "GPUS RUNNING", "$/H"]
+    print(table(headers, rows, {1, 2, 3, 4}))
+    return Exit.OK
+
+
+def cmd_blocks(args: argparse.Namespace, settings: Settings) -> int:
+    doc = blocks_document(Broker(settings).blocks())
+    if args.json:
+        emit_json(doc)
+        return Exit.OK
+    if not doc["blocks"]:
+        print("nothing is blocked")
+        return Exit.OK
+    rows = [(b["scope"], b["reason"]) for b in doc["blocks"]]
+    print(table(["SCOPE", "REASON"], rows, right=set()))
+    print("(`broker unblock SCOPE` or `broker unblock --all` to ask again now)")
+    return Exit.OK
+
+
+def cmd_unblock(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.diagnostics import Diagnostic
+    from broker.errors import InvalidRequest
+
+    if bool(args.scope) == bool(args.all):
+        raise InvalidRequest(
+            [Diagnostic(field="scope", message="give one SCOPE (see `broker blocks`) or --all")]
+        )
+    broker = Broker(settings)
+    removed = broker.unblock(None if args.all else args.scope)
+    if args.scope and not removed:
+        raise InvalidRequest(
+            [Diagnostic(field="scope", message=f"no block {args.scope!r} (see `broker blocks`)")]
+        )
+    if args.json:
+        emit_json({"removed": removed})
+    else:
+        print(f"removed {removed} block(s)")
+    return Exit.OK

@@ -1,0 +1,324 @@
+"""The ``broker`` argument parser: argparse and the standard library only.
+
+``broker --help`` and every parse run on this module alone, so they cost no more than
+starting Python and argparse: the command modules (and what they import) load after parsing,
+only the one that runs. Numbers are checked here (finite, in range) so nothing is written
+for a bad flag; everything else is checked by the library before it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+EPILOG = (
+    "Shape ids look like aws:us-east-1:p5.48xlarge:spot "
+    "(provider:region:instance_type:spot|on-demand). Exit codes: 0 ok, 2 invalid input, "
+    "3 no shape can serve the request, 4 nodes may be left running (run broker reconcile), "
+    "5 someone else moved the cluster, 6 the state store cannot be used, 130/143 interrupted. "
+    "Settings come from BROKER_STATE_DIR, BROKER_STATE_URL, BROKER_CONFIG, BROKER_CATALOG_DIR, "
+    "BROKER_DEPLOYMENT, BROKER_SIM_SCENARIO, BROKER_BURST_MAX_GPUS and BROKER_LEASE_SECONDS."
+)
+
+
+class UsageError(Exception):
+    """A command line argparse refused; ``usage`` is the (sub)command's own usage line."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {_hinted(self, message)}", self.format_usage())
+
+
+def _hinted(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's message, with a close match for an unknown flag where it gives none."""
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    flags = [o for a in parser._actions for o in a.option_strings]
+    hints = []
+    for word in message.split(":", 1)[1].split():
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1)
+            if close:
+                hints.append(f"{word}: did you mean {close[0]}?")
+    return message + ("; " + "; ".join(hints) if hints else "")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0 (seconds, hours, dollars)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def non_negative(text: str) -> int:
+    value = count(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+class _SplitAppend(argparse.Action):
+    """``--priority A --priority B,C`` -> [A, B, C]: one value per flag, commas allowed,
+    so the flag never swallows the launch file that follows it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.extend(v.strip() for v in str(values).split(",") if v.strip())
+        setattr(namespace, self.dest, items)
+
+
+def _json(p: argparse.ArgumentParser, what: str = "print one JSON document") -> None:
+    p.add_argument("--json", action="store_true", help=what)
+
+
+def add_filters(p: argparse.ArgumentParser, *, per_plan_price: bool) -> None:
+    g = p.add_argument_group("filters")
+    g.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="GPU model, e.g. H100, A100-80GB, L4; a family (A100, V100, H100) selects all "
+        "sizes. Repeat for several. (The number of GPUs is --gpus.)",
+    )
+    g.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        help="aws, gcp or azure (repeatable); provision also takes sim, the simulated cloud",
+    )
+    g.add_argument("--region", action="append", default=[], help="e.g. us-east-1 (repeatable)")
+    market = g.add_mutually_exclusive_group()
+    market.add_argument("--spot", action="store_true", help="spot shapes only")
+    market.add_argument("--on-demand", action="store_true", help="on-demand shapes only")
+    g.add_argument(
+        "--max-price-per-hour",
+        type=positive,
+        metavar="USD",
+        help=(
+            "cap on the plan's price per hour, all nodes together"
+            if per_plan_price
+            else "cap on the price per node-hour"
+        ),
+    )
+
+
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    """What a quote and a provision both take: the GPUs (or a launch file), the priority
+    list and the filters."""
+    p.add_argument("launch_file", nargs="?", metavar="FILE.isc", help="a burst launch file")
+    p.add_argument(
+        "--gpus", type=count, help="number of GPUs (1..72; burst mode allows at most 48)"
+    )
+    p.add_argument(
+        "--priority",
+        action=_SplitAppend,
+        metavar="SHAPE_ID[,SHAPE_ID...]",
+        help="preferred shapes in order (repeatable, or comma-separated); overrides the "
+        "file's burst_shape_priority_list. If no listed id is a known shape, every shape "
+        "is tried (with a warning) unless --strict-priority",
+    )
+    p.add_argument(
+        "--strict-priority",
+        action="store_true",
+        help="refuse the request when the priority list names no known shape, instead of "
+        "falling back to every shape",
+    )
+    add_filters(p, per_plan_price=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="broker",
+        description=(
+            "Find, quote and provision GPU clusters on AWS, GCP and Azure for burst-mode ML "
+            "experiments. Quotes are dry runs: they spend nothing and need no cloud account."
+        ),
+        epilog=EPILOG,
+    )
+    from broker import __version__
+
+    parser.add_argument("--version", action="version", version=f"burst-broker {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    q = sub.add_parser(
+        "quote",
+        help="rank and price shapes for a request (dry run)",
+        description=(
+            "Rank catalog shapes for G GPUs and price each plan, as `broker provision` would "
+            "try them: shapes outside a configured cloud's regions and recently blocked ones "
+            "are left out (--explain says why). With a priority list, only the listed shapes "
+            "are candidates, in the listed order; without one (or if it names no known "
+            "shape) every shape is a candidate, cheapest first. Each plan splits the GPUs "
+            "into NNODES x N_PROC = G. Exit 0 plans found, 2 invalid input, 3 no shape."
+        ),
+    )
+    add_request_args(q)
+    q.add_argument("--hours", type=positive, default=1.0, help="hours to estimate the cost for (1)")
+    q.add_argument(
+        "--explain", action="store_true", help="list blocked scopes and every excluded shape"
+    )
+    q.add_argument(
+        "--limit",
+        type=non_negative,
+        metavar="N",
+        help="show at most N plans (table default 20; JSON default all; 0 for all)",
+    )
+    _json(q)
+
+    s = sub.add_parser("shapes", help="list the shape catalog", description="List catalog shapes.")
+    add_filters(s, per_plan_price=False)
+    _json(s, "print a JSON list of shapes")
+
+    v = sub.add_parser(
+        "validate",
+        help="check an experiment launch file",
+        description="Check a .isc launch file against every rule of the format. Exit 0 valid, "
+        "2 invalid.",
+    )
+    v.add_argument("launch_file", metavar="FILE.isc")
+    _json(v, "print the verdict as JSON")
+
+    p = sub.add_parser(
+        "provision",
+        help="bring up a whole cluster (all nodes or none), falling back through the plans",
+        description=(
+            "Rank shapes as `broker quote` does, then launch the gang shape by shape and zone "
+            "by zone until every node runs. Transient errors are retried; capacity errors move "
+            "to the next zone, quota errors to the next region, provider-wide errors past the "
+            "provider. Progress goes to stderr. `--provider sim` uses the simulated cloud "
+            "(state in BROKER_STATE_DIR, behaviour from --sim-scenario/BROKER_SIM_SCENARIO). "
+            "Ctrl-C or SIGTERM stops the cluster and removes its nodes first. Exit 0 RUNNING, "
+            "2 invalid input (nothing is written), 3 no shape could be provisioned, 4 a failed "
+            "attempt's nodes could not be removed, 5 someone stopped it meanwhile, 130/143 "
+            "interrupted."
+        ),
+    )
+    add_request_args(p)
+    p.add_argument("--timeout", type=positive, metavar="S", help="overall deadline (1800 s)")
+    p.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for --provider sim")
+    p.add_argument(
+        "--explain", action="store_true", help="first list blocked scopes and excluded shapes"
+    )
+    _json(p, "print the cluster as JSON")
+
+    ls = sub.add_parser(
+        "list",
+        help="list clusters (the newest 50; --all for every one)",
+        description="List clusters, newest last: the newest 50 unless --limit or --all.",
+    )
+    ls.add_argument("--all", action="store_true", help="every cluster ever made")
+    ls.add_argument("--limit", type=non_negative, metavar="N", help="the newest N (50)")
+    ls.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="only these statuses (repeatable): PENDING, QUEUED, STARTING, RUNNING, "
+        "TERMINATING, COMPLETED, STOPPED, FAILED",
+    )
+    _json(ls)
+    for name, text in (
+        ("util", "GPUs starting and running per provider, and spend per hour"),
+        (
+            "reconcile",
+            "settle clusters whose owner's lease expired; fail gangs that lost a node; "
+            "terminate tagged nodes no live cluster owns",
+        ),
+        ("blocks", "scopes recent failures block (zone, region quota, cloud), why, until when"),
+    ):
+        c = sub.add_parser(name, help=text, description=text)
+        _json(c)
+    ub = sub.add_parser(
+        "unblock",
+        help="forget a blocked scope (or all of them)",
+        description="Forget one blocked scope (as `broker blocks` prints it) or, with --all, "
+        "every block: the next provision asks those zones, regions or clouds again.",
+    )
+    ub.add_argument("scope", nargs="?", metavar="SCOPE")
+    ub.add_argument("--all", action="store_true", help="forget every block")
+    _json(ub)
+    for name, text in (
+        ("describe", "lifecycle, attempts, GPU-hours and cost of a cluster"),
+        ("release", "terminate a RUNNING cluster's nodes: COMPLETED"),
+        ("stop", "stop a cluster (also one being provisioned): STOPPED"),
+        ("restart", "provision a finished cluster again, as a new cycle"),
+        ("delete", "forget a COMPLETED, STOPPED or FAILED cluster"),
+    ):
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("cluster_id", metavar="ID", help="cluster id (a unique prefix will do)")
+        if name == "restart":
+            c.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for sim")
+            c.add_argument("--timeout", type=positive, metavar="S", help="deadline (1800 s)")
+        _json(c)
+    e = sub.add_parser(
+        "env",
+        help="a node's environment (NNODES, N_PROC, NODE_RANK, MASTER_ADDR, ...)",
+        description="Shell `export` lines (or --json) for one node of a RUNNING cluster.",
+    )
+    e.add_argument("cluster_id", metavar="ID")
+    e.add_argument("--rank", type=count, required=True, help="node rank, 0..NNODES-1")
+    _json(e)
+
+    pr = sub.add_parser(
+        "providers",
+        help="which clouds are configured and usable, and why not",
+        description="Read the configuration file (BROKER_CONFIG, default "
+        "~/.config/burst-broker/config.toml) and check each enabled cloud with its own "
+        "credential chain. Credentials are never printed.",
+    )
+    _json(pr)
+    cat = sub.add_parser("catalog", help="manage the local shape catalog")
+    csub = cat.add_subparsers(
+        dest="catalog_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    r = csub.add_parser(
+        "refresh",
+        help="fetch live GPU shapes and prices into the local catalog",
+        description="List GPU instance types, their zones and prices from the cloud's APIs "
+        "and write a dated catalog file that takes precedence over the bundled one "
+        "(BROKER_CATALOG_DIR, default ~/.local/share/burst-broker/catalog).",
+    )
+    r.add_argument("--provider", required=True, help="the cloud to refresh (aws, gcp, azure)")
+    r.add_argument("--output", metavar="DIR", help="write here instead of the local catalog dir")
+    _json(r)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+__all__ = ["UsageError", "add_filters", "add_request_args", "build_parser", "parse"]

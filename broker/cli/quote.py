@@ -1,0 +1,259 @@
+"""``broker quote``, ``broker shapes`` and ``broker validate``: the dry-run commands.
+
+The quote goes through ``Broker.quote`` (what ``provision`` would try). Nothing here opens a
+store or imports a cloud SDK; a launch file's module (pydantic) loads only when a file is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from broker.cli.output import emit_json, print_warnings, say
+from broker.cli.render import money, table
+from broker.diagnostics import Diagnostic
+from broker.errors import InvalidRequest
+from broker.settings import Settings
+from shapes.errors import Exit
+
+if TYPE_CHECKING:
+    from broker.quote import QuoteRequest
+    from broker.ranking import Exclusion
+    from shapes.catalog import Catalog, ShapeFilter
+
+SIMULATED = "sim"
+
+
+def _close(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1)
+    if not close:
+        return ""
+    original = next(c for c in choices if c.lower() == close[0])
+    return f"; did you mean {original}?"
+
+
+def shape_filter(args: argparse.Namespace, catalog: Catalog) -> ShapeFilter:
+    """The filters the flags name, every unknown value refused with a hint."""
+    from shapes.catalog import ShapeFilter
+    from shapes.gpus import gpu_filter_names
+    from shapes.model import Provisioning
+
+    errors: list[Diagnostic] = []
+    for name in args.gpu:
+        try:
+            gpu_filter_names(name)
+        except ValueError as exc:
+            hint = ""
+            if name.strip().isdigit():
+                hint = f" (--gpu takes a GPU model; for {name} GPUs use --gpus {name})"
+            errors.append(Diagnostic(field="gpu", message=f"{exc}{hint}"))
+    known = catalog.providers
+    for prov in args.provider:
+        if prov.lower() not in known:
+            errors.append(
+                Diagnostic(
+                    field="provider",
+                    message=f"unknown provider {prov!r} (known: {', '.join(known)})"
+                    + _close(prov, known),
+                )
+            )
+    regions = sorted({s.region for s in catalog.shapes})
+    lowered = {r.lower() for r in regions}
+    for region in args.region:
+        if region.lower() not in lowered:
+            errors.append(
+                Diagnostic(
+                    field="region",
+                    message=f"no shape in the catalog is in region {region!r}"
+                    + _close(region, regions),
+                )
+            )
+    if errors:
+        raise InvalidRequest(errors)
+    provisioning = (
+        Provisioning.SPOT if args.spot else Provisioning.ON_DEMAND if args.on_demand else None
+    )
+    return ShapeFilter(
+        gpus=tuple(args.gpu),
+        providers=tuple(args.provider),
+        regions=tuple(args.region),
+        provisioning=provisioning,
+    )
+
+
+def request_from_args(
+    args: argparse.Namespace, settings: Settings, catalog: Catalog
+) -> QuoteRequest:
+    """The request that ``quote`` and ``provision`` arguments describe."""
+    from broker.quote import QuoteRequest
+    from broker.ranking import RankRequest
+
+    flt = shape_filter(args, catalog)
+    overrides: dict[str, object] = {
+        "filter": flt,
+        "max_price_per_hour": args.max_price_per_hour,
+        "burst_max_gpus": settings.burst_max_gpus,
+        "priority": tuple(args.priority) if args.priority else None,
+        "strict_priority": bool(args.strict_priority),
+    }
+    hours = getattr(args, "hours", 1.0)
+    if args.launch_file is not None:
+        if args.gpus is not None:
+            raise InvalidRequest(
+                [Diagnostic(field="gpus", message="give either FILE.isc or --gpus, not both")]
+            )
+        from broker.launchfile import parse_launch_file, request_from_launch_file
+
+        result = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
+        return request_from_launch_file(result, rank_overrides=overrides, hours=hours)
+    if args.gpus is None:
+        raise InvalidRequest(
+            [Diagnostic(field="gpus", message="give --gpus N or a burst launch file FILE.isc")]
+        )
+    fields = {k: v for k, v in {**overrides, "gpus": args.gpus}.items() if v is not None}
+    return QuoteRequest(rank=RankRequest(**fields), hours=hours)
+
+
+_FILTER_FLAGS = {
+    "provider": "--provider",
+    "region": "--region",
+    "gpu": "--gpu",
+    "provisioning": "--spot/--on-demand",
+    "max_price": "--max-price-per-hour",
+    "unavailable": "known unavailable (blocked, or outside configured regions)",
+}
+
+
+def print_refusal(excluded: Sequence[Exclusion]) -> None:
+    """Why no plan: counts per rule, and the nearest misses (cheapest over the price cap)."""
+    counts = Counter(e.rule.value for e in excluded)
+    parts = [f"{n} by {_FILTER_FLAGS.get(rule, rule)}" for rule, n in counts.most_common()]
+    say(f"broker: no shape can serve this request ({', '.join(parts) or 'no candidates'})")
+    over_cap = sorted(
+        (e for e in excluded if e.price_per_hour is not None),
+        key=lambda e: (e.price_per_hour, e.shape_id),
+    )
+    for e in over_cap[:3]:
+        say(f"  nearest: {e.shape_id}: {e.reason}")
+
+
+def print_blocks(blocks: Sequence[object]) -> None:
+    from broker.scopes import Block
+
+    listed = [b for b in blocks if isinstance(b, Block)]
+    if listed:
+        say("Blocked scopes (recent provisioning failures; not asked again until they expire):")
+        for b in listed:
+            say(f"  {b.scope.key}: {b.reason}")
+
+
+def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.api import Broker
+    from broker.views import blocks_document, quote_document, quote_json
+
+    broker = Broker(settings)
+    catalog = broker.catalog
+    request = request_from_args(args, settings, catalog)
+    result = broker.quote(request, explain=args.explain)
+    if not result.plans and not args.explain:
+        result = broker.quote(request, explain=True)  # so the refusal can say why
+    blocks = broker.blocks() if args.explain else []
+    limit = None if args.limit == 0 else args.limit
+    if args.json:
+        if args.explain:
+            doc = quote_document(result, limit=limit)
+            doc["blocked"] = blocks_document(blocks)["blocks"]
+            emit_json(doc)
+        else:
+            sys.stdout.write(quote_json(result, limit=limit) + "\n")
+        print_warnings(result.warnings)
+        return Exit.OK if result.plans else Exit.NO_SHAPE
+    print_blocks(blocks)
+    print_warnings(result.warnings)
+    r = request.rank
+    mode = "priority list" if result.ranking.priority_used else "cheapest first"
+    print(
+        f"Quote: {r.gpus} GPUs, burst mode, {request.hours:g} h; {mode}; "
+        f"{len(catalog)} shapes, {catalog.describe_age()} (dry run: nothing is created)"
+    )
+    shown = result.plans[: 20 if args.limit is None else (limit or len(result.plans))]
+    if shown:
+        rows = [
+            (
+                i,
+                p.shape.id,
+                p.shape.gpu,
+                f"{p.nodes} x {p.procs_per_node}",
+                money(p.shape.price_per_node_hour),
+                money(p.price_per_hour),
+                money(p.price_per_hour * request.hours),
+            )
+            for i, p in enumerate(shown, start=1)
+        ]
+        headers = ["#", "SHAPE", "GPU", "NODES x PROCS", "$/NODE-H", "$/H"]
+        headers.append(f"EST. {request.hours:g} h")
+        print(table(headers, rows, right={0, 4, 5, 6}))
+        if len(result.plans) > len(shown):
+            print(f"... {len(result.plans) - len(shown)} more plans (--limit 0 for all, --json)")
+    if result.ranking.excluded and (args.explain or result.ranking.priority_used):
+        print("\nExcluded:")
+        for e in result.ranking.excluded:
+            print(f"  {e.shape_id}: {e.reason}")
+    if not result.plans:
+        print_refusal(result.ranking.excluded)
+        if not args.explain and not result.ranking.priority_used:
+            say("  (--explain lists every excluded shape and why)")
+        return Exit.NO_SHAPE
+    return Exit.OK
+
+
+def cmd_shapes(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.views import shape_document
+    from shapes.catalog import load_catalog
+
+    catalog = load_catalog(settings.catalog_dir)
+    flt = shape_filter(args, catalog)
+    cap = args.max_price_per_hour
+    shapes = [s for s in flt.apply(catalog.shapes) if cap is None or s.price_per_node_hour <= cap]
+    if args.json:
+        emit_json([shape_document(s) for s in shapes])
+        return Exit.OK
+    rows = [
+        (
+            s.id,
+            s.gpu,
+            s.gpus_per_node,
+            s.vcpus,
+            f"{s.memory_gib:g}",
+            money(s.price_per_node_hour),
+            ",".join(s.zones),
+        )
+        for s in shapes
+    ]
+    headers = ["SHAPE", "GPU", "GPUS", "VCPUS", "MEM GIB", "$/NODE-H", "ZONES"]
+    print(table(headers, rows, {2, 3, 4, 5}))
+    say(f"{len(shapes)} of {len(catalog)} shapes; {catalog.describe_age()}")
+    return Exit.OK
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.launchfile import parse_launch_file
+
+    result = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
+    if args.json:
+        emit_json(result.to_json_dict())
+    else:
+        print_warnings(result.warnings)
+        for e in result.errors:
+            say(f"{result.source}: error: {e.render()}")
+        if result.valid and result.experiment is not None:
+            exp = result.experiment
+            print(
+                f"{result.source}: valid ({exp.compute_mode.value} experiment "
+                f"{exp.experiment_name!r}, {exp.gpus} GPUs)"
+            )
+    return Exit.OK if result.valid else Exit.INVALID
