@@ -69,6 +69,7 @@ def _install_signal_handlers() -> None:
 
 
 def _run(argv: list[str], as_json: bool) -> int:
+    from broker.errors import Interrupted
     from shapes.errors import BrokerError, Exit
 
     try:
@@ -94,12 +95,16 @@ def _run(argv: list[str], as_json: bool) -> int:
         print_errors(exc, as_json)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("\nbroker: interrupted", file=sys.stderr)
+        print("\nbroker: interrupted by SIGINT (nothing was being provisioned)", file=sys.stderr)
         return Exit.SIGINT
+    except Interrupted as exc:  # a signal before the provisioning began: nothing to clean up
+        print(f"\nbroker: {exc} (nothing was being provisioned)", file=sys.stderr)
+        return exc.exit_code
     except OSError as exc:  # an output or input file we could not use
         if isinstance(exc, BrokenPipeError):
             raise
-        return fail_with(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1, as_json)
+        what = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        return fail_with(what, Exit.INVALID, as_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

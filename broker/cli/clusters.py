@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker.api import SIMULATED, Broker
@@ -12,12 +13,13 @@ from broker.cli.output import emit_json, print_warnings, say
 from broker.cli.quote import print_blocks, request_from_args
 from broker.cli.render import money, table
 from broker.errors import Cancelled, Interrupted, ProvisionFailed
-from broker.lifecycle import TERMINAL, Status
+from broker.lifecycle import LIVE, TERMINAL, Status
 from broker.settings import Settings
 from broker.views import (
     Document,
     blocks_document,
     cluster_document,
+    diagnostic_document,
     env_document,
     reconcile_document,
     report_document,
@@ -26,6 +28,7 @@ from broker.views import (
 from shapes.errors import Exit
 
 if TYPE_CHECKING:
+    from broker.diagnostics import Diagnostic
     from broker.state import ClusterRecord
 
 
@@ -79,7 +82,9 @@ def _print_running(doc: Document) -> None:
     print(f"environment: broker env {doc['cluster_id']} --rank R")
 
 
-def _provisioned(broker: Broker, run: Any, as_json: bool) -> int:
+def _provisioned(
+    broker: Broker, run: Any, as_json: bool, warnings: Sequence[Diagnostic] = ()
+) -> int:
     """Run the provisioning and render its outcome, whatever it is."""
     try:
         cluster: ClusterRecord = run()
@@ -115,6 +120,7 @@ def _provisioned(broker: Broker, run: Any, as_json: bool) -> int:
         return exc.exit_code
     doc = cluster_document(cluster, broker.attempts(cluster.id))
     if as_json:
+        doc["warnings"] = [diagnostic_document(w) for w in warnings]
         emit_json(doc)
     else:
         _print_running(doc)
@@ -141,7 +147,8 @@ def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
     print_warnings(quoted.ranking.warnings)
     submitted = broker.submit(request, experiment=experiment)
     say(f"submitted {submitted.id}")
-    return _provisioned(broker, lambda: broker.run(submitted.id), args.json)
+    run = lambda: broker.run(submitted.id)  # noqa: E731
+    return _provisioned(broker, run, args.json, quoted.warnings)
 
 
 def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,7 +178,12 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         statuses = [Status(s.upper()) for s in args.status]
     limit = None if args.all else (args.limit if args.limit else 50)
     broker = Broker(settings)
-    clusters = broker.list_clusters(statuses, limit=limit)
+    if statuses is None and limit is not None:  # every live cluster, and the newest others
+        live = broker.list_clusters(LIVE | {Status.TERMINATING}, limit=None)
+        done = broker.list_clusters(TERMINAL, limit=limit)
+        clusters = sorted([*live, *done], key=lambda c: (c.created_at, c.id))
+    else:
+        clusters = broker.list_clusters(statuses, limit=limit)
     docs = [cluster_document(c) for c in clusters]
     if args.json:
         emit_json(docs)
@@ -190,8 +202,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     ]
     headers = ["CLUSTER", "STATUS", "REASON", "SHAPE", "NODES", "$/H", "CREATED"]
     print(table(headers, rows, right={4, 5}))
-    if limit is not None and len(docs) == limit:
-        say(f"(the newest {limit}; --all for every cluster)")
+    if limit is not None and len(docs) >= limit:
+        say(f"(live clusters and the newest {limit} others; --all for every cluster)")
     return Exit.OK
 
 

@@ -211,3 +211,28 @@ def test_no_cloud_configured_says_so_once(tmp_path: Path) -> None:
     assert "NotConfigured" in out.stderr
     assert len(out.stderr.splitlines()) < 15  # not one line per plan
     assert json.loads(broker(tmp_path, "blocks", "--json").stdout)["blocks"] == []
+
+
+def test_list_keeps_live_clusters_older_than_the_newest_finished(tmp_path: Path) -> None:
+    from broker.api import Broker
+    from broker.quote import QuoteRequest
+    from broker.ranking import RankRequest
+
+    b = Broker(state_dir=tmp_path, backend="sim", sleep=lambda _s: None)
+    request = QuoteRequest(rank=RankRequest(gpus=8, priority=(A,)))
+    running = b.provision(request)
+    for _ in range(3):
+        b.stop(b.submit(request).id)
+    doc = json.loads(broker(tmp_path, "list", "--limit", "2", "--json").stdout)
+    assert [c["status"] for c in doc] == ["RUNNING", "STOPPED", "STOPPED"]
+    assert doc[0]["cluster_id"] == running.id
+    assert len(json.loads(broker(tmp_path, "list", "--all", "--json").stdout)) == 4
+
+
+def test_provision_json_carries_the_fallback_warning(tmp_path: Path) -> None:
+    typo = A.replace("us-east-1", "us-east-7")
+    out = broker(tmp_path, "provision", "--provider", "sim", "--gpus", "8", "--priority", typo,
+                 "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    messages = [w["message"] for w in json.loads(out.stdout)["warnings"]]
+    assert any("every shape" in m for m in messages)
