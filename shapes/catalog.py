@@ -11,17 +11,19 @@ kept cheap: ``benchmarks/run.py`` times it, and a 100k-shape catalog.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cached_property
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
-from shapes import checks
+from shapes import checks, compiled
 from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
@@ -205,8 +207,16 @@ def parse_catalog_file(path: Path, *, bundled: bool) -> tuple[CatalogSource, lis
     cannot be read, is not JSON, or holds a malformed entry (a negative, zero, NaN or
     infinite price included).
     """
+    return _parse_file(path, bundled)[:2]
+
+
+def _parse_file(path: Path, bundled: bool) -> tuple[CatalogSource, list[Shape], os.stat_result]:
+    """:func:`parse_catalog_file`, and the stat of the very file that was read (taken on
+    its open descriptor, so a file replaced meanwhile can never be stamped as parsed)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
     try:
@@ -214,7 +224,7 @@ def parse_catalog_file(path: Path, *, bundled: bool) -> tuple[CatalogSource, lis
     except (json.JSONDecodeError, _Malformed) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
     try:
-        return _parse_doc(doc, path, bundled)
+        return (*_parse_doc(doc, path, bundled), st)
     except _Malformed as exc:
         raise CatalogError(f"malformed catalog {path}: {exc}") from None
 
@@ -265,6 +275,7 @@ class Columns:
     keys: list[str]
     provider: list[str]
     region: list[str]  # lower-cased
+    region_name: list[str]  # as written
     gpu: list[str]
     provisioning: list[Provisioning]
     gpus_per_node: list[int]
@@ -277,6 +288,7 @@ class Columns:
             keys=[s.key for s in shapes],
             provider=[s.provider for s in shapes],
             region=[s.region.lower() for s in shapes],
+            region_name=[s.region for s in shapes],
             gpu=[s.gpu for s in shapes],
             provisioning=[s.provisioning for s in shapes],
             gpus_per_node=[s.gpus_per_node for s in shapes],
@@ -286,25 +298,167 @@ class Columns:
 
 
 _by_key = attrgetter("key")
+_MARKETS = (Provisioning.ON_DEMAND, Provisioning.SPOT)  # indexed by FileColumns.spot
+
+
+class _Fields(NamedTuple):
+    """The fields a shape needs beyond :class:`Columns`, index i = shape i."""
+
+    instance_type: list[str]
+    gpu_memory_gib: list[float]
+    vcpus: list[int]
+    memory_gib: list[float]
+    zones: list[tuple[str, ...]]
+    zone_prices: list[dict[str, float] | None]
+
+
+class ShapeList(Sequence[Shape]):
+    """A catalog's shapes, each built on first access from the compiled columns (a quote
+    of a 100k-shape catalog reads a few dozen). Equal to any sequence of equal shapes."""
+
+    __slots__ = ("_cols", "_fields", "_items")
+
+    def __init__(self, cols: Columns, fields: _Fields, items: list[Shape | None]) -> None:
+        self._cols = cols
+        self._fields = fields
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> Shape: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Shape]: ...
+    def __getitem__(self, i: int | slice) -> Shape | list[Shape]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._items)))]
+        shape = self._items[i]  # IndexError and negative indexes as for a list
+        if shape is None:
+            shape = self._make(i if i >= 0 else i + len(self._items))
+        return shape
+
+    def _make(self, i: int) -> Shape:
+        c, f = self._cols, self._fields
+        zp = f.zone_prices[i]
+        shape = prechecked_shape(
+            c.provider[i],
+            c.region_name[i],
+            f.instance_type[i],
+            c.gpu[i],
+            c.gpus_per_node[i],
+            f.gpu_memory_gib[i],
+            f.vcpus[i],
+            f.memory_gib[i],
+            c.provisioning[i],
+            c.price[i],
+            f.zones[i],
+            None if zp is None else dict(zp),
+        )
+        self._items[i] = shape
+        return shape
+
+    def __iter__(self) -> Iterator[Shape]:
+        items = self._items
+        for i, shape in enumerate(items):
+            yield shape if shape is not None else self._make(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<ShapeList of {len(self)} shapes>"
+
+
+class _KeyIndex(Mapping[str, Shape]):
+    """Shapes by key, by binary search over the sorted key column: nothing to build."""
+
+    __slots__ = ("_keys", "_shapes")
+
+    def __init__(self, keys: list[str], shapes: Sequence[Shape]) -> None:
+        self._keys = keys
+        self._shapes = shapes
+
+    def __getitem__(self, key: str) -> Shape:
+        keys = self._keys
+        i = bisect.bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            return self._shapes[i]
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        i = bisect.bisect_left(self._keys, key)
+        return i < len(self._keys) and self._keys[i] == key
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 @dataclass(frozen=True, eq=False)
 class Catalog:
     """An immutable set of shapes, sorted by id, with the sources they came from.
 
-    Compared and hashed by identity, so per-catalog caches can key on it cheaply.
+    Compared and hashed by identity, so per-catalog caches can key on it cheaply. A
+    catalog loaded from compiled files (:mod:`shapes.compiled`) holds its columns and
+    builds each :class:`Shape` when it is first read (``shapes`` is a :class:`ShapeList`).
     """
 
-    shapes: tuple[Shape, ...]
+    shapes: Sequence[Shape]
     sources: tuple[CatalogSource, ...] = field(default=())
 
     @classmethod
     def of(cls, shapes: Iterable[Shape], sources: Iterable[CatalogSource] = ()) -> Catalog:
         ordered = sorted(shapes, key=_by_key)
-        for a, b in itertools.pairwise(ordered):
-            if a.key == b.key:
-                raise CatalogError(f"duplicate shape id {b.id}")
+        _refuse_duplicates(ordered)
         return cls(tuple(ordered), tuple(sources))
+
+    @classmethod
+    def _of_files(
+        cls, parts: list[tuple[CatalogSource, compiled.FileColumns, list[Shape] | None]]
+    ) -> Catalog:
+        """One catalog from per-file columns (each sorted by key, checked, one provider;
+        ``list[Shape]`` when that file was just parsed, None when it came compiled)."""
+        sources = tuple(source for source, _, _ in parts)
+        providers = [cols.provider for _, cols, _ in parts]
+        if len(set(providers)) != len(providers):  # two files of one provider: merge by key
+            shapes = [s for _, cols, built in parts for s in (built or _shapes_of(cols))]
+            return cls.of(shapes, sources)
+        # Every key starts with "<provider>:", and no such prefix is a prefix of another:
+        # the files' sorted columns, in order of that prefix, are the catalog's sorted keys.
+        ordered = sorted(parts, key=lambda part: part[1].provider + ":")
+        files = [cols for _, cols, _ in ordered]
+
+        def cat(name: str) -> list[Any]:
+            return list(itertools.chain.from_iterable(getattr(f, name) for f in files))
+
+        spot = cat("spot")
+        columns = Columns(
+            keys=cat("keys"),
+            provider=list(itertools.chain.from_iterable([f.provider] * len(f.keys) for f in files)),
+            region=cat("region_lower"),
+            region_name=cat("region"),
+            gpu=cat("gpu"),
+            provisioning=list(map(_MARKETS.__getitem__, spot)),
+            gpus_per_node=cat("gpus_per_node"),
+            price=cat("price"),
+            price_micros=cat("price_micros"),
+        )
+        fields = _Fields(*(cat(name) for name in _Fields._fields))
+        items: list[Shape | None] = []
+        for _, cols, built in ordered:
+            items.extend(built if built is not None else itertools.repeat(None, len(cols.keys)))
+        catalog = cls(ShapeList(columns, fields, items), sources)
+        catalog.__dict__["columns"] = columns  # the cached property, already built
+        return catalog
 
     @cached_property
     def providers(self) -> tuple[str, ...]:
@@ -314,12 +468,19 @@ class Catalog:
         return tuple(sorted(names))
 
     @cached_property
+    def regions(self) -> tuple[str, ...]:
+        """Every region some shape is in, as written, sorted (from the columns: reading it
+        builds no shape)."""
+        return tuple(sorted(set(self.columns.region_name)))
+
+    @cached_property
     def columns(self) -> Columns:
         return Columns.of(self.shapes)
 
     @cached_property
-    def by_key(self) -> dict[str, Shape]:
-        return {s.key: s for s in self.shapes}
+    def by_key(self) -> Mapping[str, Shape]:
+        """Shapes by key (lower-cased id); a view over the sorted keys, built lazily."""
+        return _KeyIndex(self.columns.keys, self.shapes)
 
     def get(self, shape_id: str) -> Shape | None:
         """Look a shape up by id, case-insensitively."""
@@ -363,42 +524,125 @@ def catalog_paths(local_dir: Path | None = None) -> list[tuple[Path, bool]]:
     return [chosen[name] for name in sorted(chosen)]
 
 
-_CACHE: dict[tuple[tuple[Path, bool, int, int], ...], Catalog] = {}
+_CACHE: dict[tuple[tuple[Path, bool, tuple[int, int, int, int]], ...], Catalog] = {}
 
 
-def load_catalog(local_dir: Path | None = None) -> Catalog:
+def load_catalog(local_dir: Path | None = None, *, cache_dir: Path | None = None) -> Catalog:
     """The bundled catalog, with the files of ``local_dir`` (refreshed by ``broker catalog
     refresh``; None: bundled files only) replacing or adding providers. Cached per process
-    and per set of files (a file rewritten in place is read again)."""
-    return _load(catalog_paths(local_dir))
+    and per set of files (a file rewritten in place is read again).
+
+    Each file's validated parse is kept compiled (:mod:`shapes.compiled`) next to a local
+    file, or in ``cache_dir`` (bundled files, or a directory we cannot write), and later
+    loads read that instead while the file is unchanged. ``cache_dir`` None and nowhere
+    writable: every load parses the JSON, as it would without compiled files."""
+    return _load(catalog_paths(local_dir), cache_dir)
 
 
-def load_bundled_catalog() -> Catalog:
+def load_bundled_catalog(*, cache_dir: Path | None = None) -> Catalog:
     """The catalog shipped with the package, ignoring any refreshed files."""
-    return load_catalog(None)
+    return load_catalog(None, cache_dir=cache_dir)
 
 
-def _load(files: list[tuple[Path, bool]]) -> Catalog:
-    stamp = []
+def _load(files: list[tuple[Path, bool]], cache_dir: Path | None = None) -> Catalog:
+    stamps = []
     for path, bundled in files:
         try:
             st = path.stat()
         except OSError as exc:
             raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
-        stamp.append((path, bundled, st.st_mtime_ns, st.st_size))
-    key = tuple(stamp)
+        stamps.append((path, bundled, compiled.file_stamp(st)))
+    key = tuple(stamps)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    sources: list[CatalogSource] = []
-    shapes: list[Shape] = []
-    for path, bundled in files:
-        source, found = parse_catalog_file(path, bundled=bundled)
-        sources.append(source)
-        shapes.extend(found)
-    catalog = Catalog.of(shapes, sources)
+    parts = [_load_file(path, bundled, stamp, cache_dir) for path, bundled, stamp in stamps]
+    catalog = Catalog._of_files(parts)
     _CACHE[key] = catalog
     return catalog
+
+
+def _load_file(
+    path: Path, bundled: bool, stamp: tuple[int, int, int, int], cache_dir: Path | None
+) -> tuple[CatalogSource, compiled.FileColumns, list[Shape] | None]:
+    """One file's source and columns: from its compiled sidecar when one matches, else
+    from the validating parse (which then writes the sidecar), with the parsed shapes."""
+    cols = compiled.read(path, stamp, bundled=bundled, cache_dir=cache_dir)
+    if cols is not None:
+        source = CatalogSource(
+            provider=cols.provider,
+            path=str(path),
+            bundled=bundled,
+            prices_as_of=None
+            if cols.prices_as_of is None
+            else date.fromisoformat(cols.prices_as_of),
+            retrieved=None if cols.retrieved is None else date.fromisoformat(cols.retrieved),
+            price_source=cols.price_source,
+            notes=cols.notes,
+            shapes=len(cols.keys),
+        )
+        return source, cols, None
+    source, shapes, st = _parse_file(path, bundled)
+    shapes.sort(key=_by_key)
+    _refuse_duplicates(shapes)
+    cols = _file_columns(source, shapes)
+    compiled.write(path, compiled.file_stamp(st), cols, bundled=bundled, cache_dir=cache_dir)
+    return source, cols, shapes
+
+
+def _refuse_duplicates(ordered: Sequence[Shape]) -> None:
+    for a, b in itertools.pairwise(ordered):
+        if a.key == b.key:
+            raise CatalogError(f"duplicate shape id {b.id}")
+
+
+def _file_columns(source: CatalogSource, shapes: Sequence[Shape]) -> compiled.FileColumns:
+    """A checked file's shapes (sorted by key) as compiled columns. Equal values are made
+    one object, which :mod:`marshal` then writes once."""
+    memo: dict[object, Any] = {}
+    one = memo.setdefault
+    return compiled.FileColumns(
+        provider=source.provider,
+        prices_as_of=None if source.prices_as_of is None else source.prices_as_of.isoformat(),
+        retrieved=None if source.retrieved is None else source.retrieved.isoformat(),
+        price_source=source.price_source,
+        notes=source.notes,
+        keys=[s.key for s in shapes],
+        region=[one(s.region, s.region) for s in shapes],
+        region_lower=[one(r := s.region.lower(), r) for s in shapes],
+        instance_type=[one(s.instance_type, s.instance_type) for s in shapes],
+        gpu=[one(s.gpu, s.gpu) for s in shapes],
+        gpus_per_node=[s.gpus_per_node for s in shapes],
+        gpu_memory_gib=[s.gpu_memory_gib for s in shapes],
+        vcpus=[s.vcpus for s in shapes],
+        memory_gib=[s.memory_gib for s in shapes],
+        spot=[s.provisioning is Provisioning.SPOT for s in shapes],
+        price=[s.price_per_node_hour for s in shapes],
+        price_micros=[round(s.price_per_node_hour * 1_000_000) for s in shapes],
+        zones=[one(s.zones, s.zones) for s in shapes],
+        zone_prices=[s.zone_prices for s in shapes],
+    )
+
+
+def _shapes_of(cols: compiled.FileColumns) -> list[Shape]:
+    """Every shape of one compiled file."""
+    return [
+        prechecked_shape(
+            cols.provider,
+            cols.region[i],
+            cols.instance_type[i],
+            cols.gpu[i],
+            cols.gpus_per_node[i],
+            cols.gpu_memory_gib[i],
+            cols.vcpus[i],
+            cols.memory_gib[i],
+            _MARKETS[cols.spot[i]],
+            cols.price[i],
+            cols.zones[i],
+            None if cols.zone_prices[i] is None else dict(cols.zone_prices[i] or {}),
+        )
+        for i in range(len(cols.keys))
+    ]
 
 
 class Rejection(NamedTuple):
