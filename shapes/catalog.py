@@ -4,9 +4,12 @@ The bundled data lives in ``shapes/data/<provider>.json`` (one file per cloud, e
 with where its prices come from and when); the clouds are the files found there, so a new
 cloud's prices are a new data file. A local catalog directory (the caller's, e.g. the
 broker's ``BROKER_CATALOG_DIR``) holds newer files of the same format written by ``broker
-catalog refresh``; a provider's file there replaces the bundled one. Loading is pure JSON +
+catalog refresh``; a provider's file there replaces the bundled one. Loading is JSON +
 validation (strict types; every price finite and > 0) and runs on every quote, so it is
-kept cheap: ``benchmarks/run.py`` times it, and a 100k-shape catalog.
+kept cheap: each file's validated parse is kept compiled (:mod:`shapes.compiled`, a sidecar
+used only while the file is unchanged), a compiled catalog builds a :class:`Shape` only when
+one is read, and ranking reads the columns (:class:`Columns`). ``benchmarks/run.py`` times
+both loads, for the bundled catalog and a 100k-shape one.
 """
 
 from __future__ import annotations
@@ -568,8 +571,21 @@ def _load_file(
     """One file's source and columns: from its compiled sidecar when one matches, else
     from the validating parse (which then writes the sidecar), with the parsed shapes."""
     cols = compiled.read(path, stamp, bundled=bundled, cache_dir=cache_dir)
-    if cols is not None:
-        source = CatalogSource(
+    source = None if cols is None else _compiled_source(path, bundled, cols)
+    if cols is not None and source is not None:
+        return source, cols, None
+    source, shapes, st = _parse_file(path, bundled)
+    shapes.sort(key=_by_key)
+    _refuse_duplicates(shapes)
+    cols = _file_columns(source, shapes)
+    compiled.write(path, compiled.file_stamp(st), cols, bundled=bundled, cache_dir=cache_dir)
+    return source, cols, shapes
+
+
+def _compiled_source(path: Path, bundled: bool, cols: compiled.FileColumns) -> CatalogSource | None:
+    """The source stamp a sidecar holds; None if it makes none (the sidecar is not used)."""
+    try:
+        return CatalogSource(
             provider=cols.provider,
             path=str(path),
             bundled=bundled,
@@ -581,13 +597,8 @@ def _load_file(
             notes=cols.notes,
             shapes=len(cols.keys),
         )
-        return source, cols, None
-    source, shapes, st = _parse_file(path, bundled)
-    shapes.sort(key=_by_key)
-    _refuse_duplicates(shapes)
-    cols = _file_columns(source, shapes)
-    compiled.write(path, compiled.file_stamp(st), cols, bundled=bundled, cache_dir=cache_dir)
-    return source, cols, shapes
+    except ValueError:
+        return None
 
 
 def _refuse_duplicates(ordered: Sequence[Shape]) -> None:

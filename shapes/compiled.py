@@ -148,8 +148,15 @@ def _checked_payload(payload: object) -> FileColumns | None:
     n_fields = len(FileColumns._fields)
     if type(payload) is not tuple or len(payload) != n_fields:
         return None
-    strings, columns = payload[:_STRINGS], payload[_STRINGS:]
-    if type(strings[0]) is not str or not all(s is None or type(s) is str for s in strings[1:]):
+    provider, as_of, retrieved, price_source, notes = payload[:_STRINGS]
+    columns = payload[_STRINGS:]
+    if not (
+        type(provider) is str
+        and (as_of is None or type(as_of) is str)
+        and (retrieved is None or type(retrieved) is str)
+        and type(price_source) is str
+        and type(notes) is str
+    ):
         return None
     if not all(type(c) is list for c in columns):
         return None
@@ -183,6 +190,7 @@ def _write_one(path: Path, data: bytes) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # as readable as the catalog files themselves
             f.write(data)
         os.replace(tmp, path)
         tmp = None

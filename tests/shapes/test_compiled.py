@@ -9,6 +9,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,12 @@ def test_a_spoiled_sidecar_is_ignored_and_rewritten(
     assert compiled.read(path, compiled.file_stamp(st), bundled=False, cache_dir=None) is not None
 
 
+@pytest.mark.parametrize(
+    "wrong",
+    [{"price": [1.0]}, {"keys": ("a", "b")}, {"price_source": None}, {"provider": 1}],
+)
 def test_a_sidecar_with_a_wrong_layout_is_ignored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrong: dict[str, Any]
 ) -> None:
     """A well-formed sidecar (magic, CRC, stamp) whose payload is not the columns."""
     path = write(tmp_path, MINI)
@@ -199,11 +204,26 @@ def test_a_sidecar_with_a_wrong_layout_is_ignored(
     stamp = compiled.file_stamp(path.stat())
     cols = compiled.read(path, stamp, bundled=False, cache_dir=None)
     assert cols is not None
-    compiled.write(path, stamp, cols._replace(price=[1.0]), bundled=False, cache_dir=None)
+    compiled.write(path, stamp, cols._replace(**wrong), bundled=False, cache_dir=None)
     assert compiled.read(path, stamp, bundled=False, cache_dir=None) is None
     spy = ParseSpy(monkeypatch)
     reload(tmp_path)
     assert path in spy.paths
+
+
+def test_a_sidecar_with_a_bad_date_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINI)
+    reload(tmp_path)
+    stamp = compiled.file_stamp(path.stat())
+    cols = compiled.read(path, stamp, bundled=False, cache_dir=None)
+    assert cols is not None
+    compiled.write(path, stamp, cols._replace(retrieved="yesterday"), bundled=False, cache_dir=None)
+    spy = ParseSpy(monkeypatch)
+    cat = reload(tmp_path)
+    assert path in spy.paths
+    assert [s.retrieved for s in cat.sources if s.path == str(path)] == [date(2026, 11, 2)]
 
 
 def test_a_sidecar_written_by_other_checks_is_ignored(
