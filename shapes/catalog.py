@@ -30,7 +30,7 @@ from shapes import checks, compiled
 from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
-from shapes.model import Provisioning, Shape, prechecked_shape, shape_key
+from shapes.model import Provisioning, Shape, prechecked_shape, prechecked_shapes, shape_key
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 
@@ -363,8 +363,25 @@ class ShapeList(Sequence[Shape]):
 
     def __iter__(self) -> Iterator[Shape]:
         items = self._items
-        for i, shape in enumerate(items):
-            yield shape if shape is not None else self._make(i)
+        if items and all(shape is None for shape in items):  # none read yet: build all
+            c, f = self._cols, self._fields
+            items[:] = prechecked_shapes(
+                c.keys,
+                c.provider,
+                c.region_name,
+                f.instance_type,
+                c.gpu,
+                c.gpus_per_node,
+                f.gpu_memory_gib,
+                f.vcpus,
+                f.memory_gib,
+                c.provisioning,
+                c.price,
+                f.zones,
+                f.zone_prices,
+            )
+            return iter(items)  # type: ignore[arg-type]
+        return (shape if shape is not None else self._make(i) for i, shape in enumerate(items))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence):
@@ -637,23 +654,22 @@ def _file_columns(source: CatalogSource, shapes: Sequence[Shape]) -> compiled.Fi
 
 def _shapes_of(cols: compiled.FileColumns) -> list[Shape]:
     """Every shape of one compiled file."""
-    return [
-        prechecked_shape(
-            cols.provider,
-            cols.region[i],
-            cols.instance_type[i],
-            cols.gpu[i],
-            cols.gpus_per_node[i],
-            cols.gpu_memory_gib[i],
-            cols.vcpus[i],
-            cols.memory_gib[i],
-            _MARKETS[cols.spot[i]],
-            cols.price[i],
-            cols.zones[i],
-            None if cols.zone_prices[i] is None else dict(cols.zone_prices[i] or {}),
-        )
-        for i in range(len(cols.keys))
-    ]
+    n = len(cols.keys)
+    return prechecked_shapes(
+        cols.keys,
+        [cols.provider] * n,
+        cols.region,
+        cols.instance_type,
+        cols.gpu,
+        cols.gpus_per_node,
+        cols.gpu_memory_gib,
+        cols.vcpus,
+        cols.memory_gib,
+        list(map(_MARKETS.__getitem__, cols.spot)),
+        cols.price,
+        cols.zones,
+        cols.zone_prices,
+    )
 
 
 class Rejection(NamedTuple):

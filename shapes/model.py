@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -229,6 +230,64 @@ def prechecked_shape(
     s.key = shape_id.lower()
     s.__class__ = Shape
     return s  # type: ignore[no-any-return]
+
+
+def prechecked_shapes(
+    keys: Sequence[str],
+    provider: Sequence[str],
+    region: Sequence[str],
+    instance_type: Sequence[str],
+    gpu: Sequence[str],
+    gpus_per_node: Sequence[int],
+    gpu_memory_gib: Sequence[float],
+    vcpus: Sequence[int],
+    memory_gib: Sequence[float],
+    provisioning: Sequence[Provisioning],
+    price_per_node_hour: Sequence[float],
+    zones: Sequence[tuple[str, ...]],
+    zone_prices: Sequence[dict[str, float] | None],
+) -> list[Shape]:
+    """:func:`prechecked_shape` for parallel columns of checked fields, in one loop (a
+    catalog's every shape; about a third faster than one call per shape). ``keys`` are
+    the shapes' keys (lower-cased ids), which the caller already holds."""
+    out: list[Shape] = []
+    add = out.append
+    new = _Unchecked
+    value = _VALUE
+    for key, p, r, it, g, n, gm, vc, mem, prov, price, z, zp in zip(
+        keys,
+        provider,
+        region,
+        instance_type,
+        gpu,
+        gpus_per_node,
+        gpu_memory_gib,
+        vcpus,
+        memory_gib,
+        provisioning,
+        price_per_node_hour,
+        zones,
+        zone_prices,
+        strict=True,
+    ):
+        s: Any = new()
+        s.provider = p
+        s.region = r
+        s.instance_type = it
+        s.gpu = g
+        s.gpus_per_node = n
+        s.gpu_memory_gib = gm
+        s.vcpus = vc
+        s.memory_gib = mem
+        s.provisioning = prov
+        s.price_per_node_hour = price
+        s.zones = z
+        s.zone_prices = None if zp is None else dict(zp)
+        s.id = f"{p}:{r}:{it}:{value[prov]}"
+        s.key = key
+        s.__class__ = Shape
+        add(s)
+    return out
 
 
 _GOOD_PROVIDERS: set[str] = set()  # names already checked against the pattern

@@ -312,6 +312,13 @@ def test_lazy_shapes_equal_parsed_ones_at_every_index(tmp_path: Path) -> None:
     with pytest.raises(IndexError):
         lazy.shapes[n]
     assert lazy.shapes == eager.shapes and eager.shapes == lazy.shapes
+    # Iterating a catalog none of whose shapes was read builds them all in one pass.
+    fresh = reload(tmp_path, cache)
+    for a, b in zip(fresh.shapes, eager.shapes, strict=True):
+        assert a == b and a.id == b.id and a.key == b.key and type(a) is type(b)
+        assert a.zones == b.zones and a.zone_prices == b.zone_prices
+    assert [fresh.shapes[i] for i in range(n)] == list(fresh.shapes)
+    assert all(fresh.shapes[i] is s for i, s in enumerate(fresh.shapes))
 
 
 def test_a_read_only_catalog_dir_loads_without_a_sidecar(
