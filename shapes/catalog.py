@@ -30,7 +30,14 @@ from shapes import checks, compiled
 from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
-from shapes.model import Provisioning, Shape, prechecked_shape, prechecked_shapes, shape_key
+from shapes.model import (
+    Provisioning,
+    Shape,
+    collector_paused,
+    prechecked_shape,
+    prechecked_shapes,
+    shape_key,
+)
 
 BUNDLED_DIR = Path(__file__).parent / "data"
 
@@ -576,8 +583,9 @@ def _load(files: list[tuple[Path, bool]], cache_dir: Path | None = None) -> Cata
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    parts = [_load_file(path, bundled, stamp, cache_dir) for path, bundled, stamp in stamps]
-    catalog = Catalog._of_files(parts)
+    with collector_paused():
+        parts = [_load_file(path, bundled, stamp, cache_dir) for path, bundled, stamp in stamps]
+        catalog = Catalog._of_files(parts)
     _CACHE[key] = catalog
     return catalog
 

@@ -8,9 +8,11 @@ check their own fields (no pydantic: this module is on the quote path) and do no
 
 from __future__ import annotations
 
+import gc
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -232,6 +234,21 @@ def prechecked_shape(
     return s  # type: ignore[no-any-return]
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects that form no cycles
+    (a catalog's columns and shapes): each generation's collection would walk everything
+    allocated so far, which costs more than the building itself (a cold 100k-shape load:
+    about 0.3 s of collections). The collector's state before is restored."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def prechecked_shapes(
     keys: Sequence[str],
     provider: Sequence[str],
@@ -250,26 +267,30 @@ def prechecked_shapes(
     """:func:`prechecked_shape` for parallel columns of checked fields, in one loop (a
     catalog's every shape; about a third faster than one call per shape). ``keys`` are
     the shapes' keys (lower-cased ids), which the caller already holds."""
+    with collector_paused():
+        return _build(
+            keys,
+            provider,
+            region,
+            instance_type,
+            gpu,
+            gpus_per_node,
+            gpu_memory_gib,
+            vcpus,
+            memory_gib,
+            provisioning,
+            price_per_node_hour,
+            zones,
+            zone_prices,
+        )
+
+
+def _build(*columns: Sequence[Any]) -> list[Shape]:
     out: list[Shape] = []
     add = out.append
     new = _Unchecked
     value = _VALUE
-    for key, p, r, it, g, n, gm, vc, mem, prov, price, z, zp in zip(
-        keys,
-        provider,
-        region,
-        instance_type,
-        gpu,
-        gpus_per_node,
-        gpu_memory_gib,
-        vcpus,
-        memory_gib,
-        provisioning,
-        price_per_node_hour,
-        zones,
-        zone_prices,
-        strict=True,
-    ):
+    for key, p, r, it, g, n, gm, vc, mem, prov, price, z, zp in zip(*columns, strict=True):
         s: Any = new()
         s.provider = p
         s.region = r
