@@ -350,3 +350,18 @@ def test_a_read_only_catalog_dir_loads_without_a_sidecar(
         assert list(again.shapes) == list(cat.shapes)
     finally:
         local.chmod(stat.S_IRWXU)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_restores_the_collectors_state(tmp_path: Path, enabled: bool) -> None:
+    import gc
+
+    write(tmp_path, MINI)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        reload(tmp_path)
+        list(reload(tmp_path).shapes)  # compiled, every shape built in one pass
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
