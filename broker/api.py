@@ -130,7 +130,9 @@ class Broker:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return self._catalog or load_catalog(self.settings.catalog_dir)
+        if self._catalog is not None:
+            return self._catalog
+        return load_catalog(self.settings.catalog_dir, cache_dir=self.settings.cache_dir)
 
     @cached_property
     def config(self) -> BrokerConfig:

@@ -7,6 +7,7 @@ environment (``BROKER_*``, ``XDG_*``). Everything below the edge takes these as 
 - ``BROKER_CONFIG``: which clouds and how to launch (``$XDG_CONFIG_HOME/burst-broker/
   config.toml``); when set, a missing file is an error;
 - ``BROKER_CATALOG_DIR``: refreshed catalog files (``$XDG_DATA_HOME/burst-broker/catalog``);
+  compiled copies of the bundled files go to ``$XDG_CACHE_HOME/burst-broker/catalog``;
 - ``BROKER_DEPLOYMENT``: the ``broker`` tag on every node, i.e. whose nodes reconcile may
   touch (``default``);
 - ``BROKER_SIM_SCENARIO``: the simulated cloud's scenario file;
@@ -44,6 +45,7 @@ class Settings:
     config_path: Path = field(default_factory=lambda: _home_dir({}, "", ".config") / "config.toml")
     config_explicit: bool = False  # named by BROKER_CONFIG: a missing file is an error
     catalog_dir: Path | None = None  # None: the bundled catalog only
+    cache_dir: Path | None = None  # compiled catalogs of the bundled files (None: none)
     deployment: str = "default"
     sim_scenario: Path | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -67,6 +69,7 @@ class Settings:
             catalog_dir=Path(env["BROKER_CATALOG_DIR"])
             if env.get("BROKER_CATALOG_DIR")
             else _home_dir(env, "XDG_DATA_HOME", ".local/share") / "catalog",
+            cache_dir=_home_dir(env, "XDG_CACHE_HOME", ".cache") / "catalog",
             deployment=_deployment(env.get("BROKER_DEPLOYMENT", "")),
             sim_scenario=Path(env["BROKER_SIM_SCENARIO"])
             if env.get("BROKER_SIM_SCENARIO")

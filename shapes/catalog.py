@@ -528,12 +528,21 @@ class Catalog:
         return min(stamps) if stamps else None
 
     def describe_age(self) -> str:
-        """One phrase for humans: how old the prices are, or that nobody knows."""
-        if self.as_of is not None:
+        """One phrase for humans: how old each source's prices are, refreshed ones named:
+        ``prices as of aws 2026-12-01 (refreshed); date unknown for azure/gcp``."""
+        if self.as_of is not None and all(s.bundled for s in self.sources):
             return f"prices as of {self.as_of.isoformat()}"
-        known = sorted({s.provider for s in self.sources if s.prices_as_of is None})
-        when = f", catalog written {self.retrieved.isoformat()}" if self.retrieved else ""
-        return f"price date unknown for {'/'.join(known)}{when}"
+        dated = [
+            f"{s.provider} {s.prices_as_of.isoformat()}" + ("" if s.bundled else " (refreshed)")
+            for s in self.sources
+            if s.prices_as_of is not None
+        ]
+        unknown = sorted({s.provider for s in self.sources if s.prices_as_of is None})
+        parts = [f"prices as of {', '.join(dated)}"] if dated else []
+        if unknown:
+            when = f", catalog written {self.retrieved.isoformat()}" if self.retrieved else ""
+            parts.append(f"price date unknown for {'/'.join(unknown)}{when}")
+        return "; ".join(parts)
 
     def __len__(self) -> int:
         return len(self.shapes)

@@ -25,7 +25,7 @@ def cmd_providers(args: argparse.Namespace, settings: Settings) -> int:
     from shapes.catalog import load_catalog
 
     config = load_config(settings.config_path, required=settings.config_explicit)
-    catalog = load_catalog(settings.catalog_dir)
+    catalog = load_catalog(settings.catalog_dir, cache_dir=settings.cache_dir)
     statuses = [
         provider_status(name, state_dir=settings.state_dir, catalog=catalog, config=config)
         for name in (*KNOWN_PROVIDERS, SIMULATED)

@@ -61,7 +61,7 @@ def shape_filter(args: argparse.Namespace, catalog: Catalog) -> ShapeFilter:
                     + _close(prov, known),
                 )
             )
-    regions = sorted({s.region for s in catalog.shapes})
+    regions = list(catalog.regions) if args.region else []
     lowered = {r.lower() for r in regions}
     for region in args.region:
         if region.lower() not in lowered:
@@ -215,7 +215,7 @@ def cmd_shapes(args: argparse.Namespace, settings: Settings) -> int:
     from broker.views import shape_document
     from shapes.catalog import load_catalog
 
-    catalog = load_catalog(settings.catalog_dir)
+    catalog = load_catalog(settings.catalog_dir, cache_dir=settings.cache_dir)
     flt = shape_filter(args, catalog)
     cap = args.max_price_per_hour
     shapes = [s for s in flt.apply(catalog.shapes) if cap is None or s.price_per_node_hour <= cap]

@@ -222,3 +222,10 @@ def test_columnar_select_agrees_with_per_shape_reject(flt: ShapeFilter) -> None:
     cat = load_catalog()
     kept = flt.select(cat.columns)
     assert kept == [i for i, s in enumerate(cat.shapes) if flt.reject(s) is None]
+
+
+def test_a_refreshed_file_shows_its_date_in_the_quote_header(tmp_path: Path) -> None:
+    write(tmp_path, MINI)  # a refreshed aws.json, dated, beside undated bundled gcp/azure
+    age = load_catalog(tmp_path).describe_age()
+    assert "aws 2026-11-01 (refreshed)" in age
+    assert "price date unknown for azure/gcp" in age
