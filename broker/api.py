@@ -14,8 +14,8 @@ database import at all.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -265,7 +265,7 @@ class Broker:
                 "`broker quote --explain` says why)"
             )
         return self.store.create_cluster(
-            f"bb-{uuid.uuid4().hex[:12]}",
+            f"bb-{os.urandom(6).hex()}",
             request=request.to_json_dict(),
             experiment=experiment,
             backend=self.backend,

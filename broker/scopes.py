@@ -8,7 +8,6 @@ the standard library alone, so a plain quote never pays for SQLAlchemy.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -152,6 +151,8 @@ def read_blocks_sqlite(path: Path, now: float) -> list[Block]:
     if not path.is_file() or path.stat().st_size == 0:
         return []
     uri = f"{path.resolve().as_uri()}?mode=ro"
+    import sqlite3  # only when a store exists
+
     with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "blocks" not in tables:

@@ -26,10 +26,8 @@ environment; the caller passes ``cache_dir``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import marshal
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -100,7 +98,10 @@ def sidecar_paths(source: Path, *, bundled: bool, cache_dir: Path | None) -> lis
     if not bundled:
         out.append(source.with_name(f".{source.name}.compiled"))
     if cache_dir is not None:
-        digest = hashlib.sha256(str(source.absolute()).encode()).hexdigest()[:20]
+        name = str(source.absolute()).encode()
+        digest = (
+            f"{zlib.crc32(name):08x}{zlib.adler32(name):08x}"  # a name; the sidecar checks the path
+        )
         out.append(cache_dir / f"{source.name}.{digest}.compiled")
     return out
 
@@ -188,6 +189,8 @@ def _write_one(path: Path, data: bytes) -> bool:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # only when writing: a cold quote never pays for it
+
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # as readable as the catalog files themselves
