@@ -241,9 +241,16 @@ class Provisioner:
         )
         detail = f"{len(run.reasons)} attempt(s) or skip(s) over {len(plans)} plan(s) failed"
         if run.unusable and not self._attempts_this_run:
-            detail = "no cloud could be used: " + "; ".join(
-                f"{b}: {e.message}" for b, e in sorted(run.unusable.items())
-            )
+            if all(e.local for e in run.unusable.values()):
+                detail = (
+                    f"no cloud is configured here ({', '.join(sorted(run.unusable))}): enable "
+                    "one under [broker] providers in the configuration file (`broker "
+                    "providers` says where it is read from), or use --provider sim"
+                )
+            else:
+                detail = "no cloud could be used: " + "; ".join(
+                    f"{b}: {e.message}" for b, e in sorted(run.unusable.items())
+                )
         return self._fail(cluster, reason, detail)
 
     def _usable(self, shape: Shape, backend: str, run: _Run) -> Provider | None:

@@ -198,7 +198,7 @@ def test_no_cloud_configured_fails_not_configured_says_it_once_and_blocks_nothin
     with pytest.raises(ProvisionFailed) as caught:
         broker.provision(QuoteRequest(rank=RankRequest(gpus=2)))
     assert caught.value.cluster.reason == "NotConfigured"
-    assert "not enabled" in (caught.value.cluster.detail or "")
+    assert "no cloud is configured here" in (caught.value.cluster.detail or "")
     assert len(said) <= 10  # once per cloud, not once per plan (717 lines before)
     assert broker.blocks() == []  # fixing the configuration takes effect at once
 
