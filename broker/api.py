@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
     from broker.state import AttemptRecord, ClusterRecord, Store, TransitionRecord
-    from providers.base import Node, Provider
+    from providers.base import Provider
     from providers.config import BrokerConfig
     from providers.sim import SimScenario
 
@@ -407,10 +407,6 @@ class Broker:
         from broker.reconcile import Reconciler
 
         return Reconciler(self).run()
-
-
-def _nodes_of(report: ReconcileReport) -> list[Node]:
-    return report.terminated
 
 
 __all__ = ["SIMULATED", "Broker", "ClusterReport", "Usage", "accrue"]
