@@ -258,8 +258,9 @@ class Broker:
         """Validate the request and record it as a PENDING cluster (durable; returns at
         once). Raises InvalidRequest, or NoShape when no catalog shape passes its filters,
         before anything is written."""
-        ranked = quote(request, self.catalog, explain=True)  # availability aside
+        ranked = quote(request, self.catalog)  # availability aside
         if not ranked.plans:
+            ranked = quote(request, self.catalog, explain=True)  # only to say how many
             raise NoShape(
                 f"no shape can serve this request ({len(ranked.ranking.excluded)} excluded; "
                 "`broker quote --explain` says why)"
