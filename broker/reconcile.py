@@ -123,6 +123,12 @@ class Reconciler:
                 if not orphans:
                     continue
                 try:
+                    # A release may have ended its cluster between the listing and the read
+                    # of what is live: its nodes were confirmed gone before it ended, so a
+                    # second listing drops them (they are not ours to count or terminate).
+                    orphans = _still_there(orphans, provider.list_tagged())
+                    if not orphans:
+                        continue
                     provider.terminate(orphans)
                     self.report.terminated.extend(orphans)
                 except ProviderError as exc:
@@ -131,6 +137,11 @@ class Reconciler:
                     )
         finally:
             self.store.drop_lease(SWEEP_LEASE, broker.owner)
+
+
+def _still_there(candidates: list[Node], now_listed: list[Node]) -> list[Node]:
+    present = {n.provider_id for n in now_listed}
+    return [n for n in candidates if n.provider_id in present]
 
 
 def _owned(node: Node, live: dict[str, ClusterRecord], now: float) -> bool:

@@ -484,3 +484,29 @@ def test_concurrent_reconciles_and_releases_report_no_false_problems(tmp_path: P
     assert len(terminated) == len(set(terminated)) == 4  # the 2 x 2 survivors, once each
     assert alive(broker) == []
     assert {broker.get(c.id).status for c in clusters[2:]} == {Status.COMPLETED}
+
+
+def test_sweep_does_not_count_nodes_a_release_removed_after_the_listing(tmp_path: Path) -> None:
+    """The race behind a flaky count: the sweep lists the cloud, a release then ends its
+    cluster (nodes confirmed gone), and only then does the sweep read what is live. Those
+    nodes are not orphans of this reconcile: neither terminated again nor counted."""
+    broker = sim_broker(tmp_path)
+    cluster = broker.provision(request(24))
+    sim = broker.provider("sim")
+    real_list = sim.list_tagged
+    calls = 0
+
+    def list_then_release() -> list[Node]:
+        nonlocal calls
+        calls += 1
+        listed = real_list()
+        if calls == 1:
+            sim_broker(tmp_path).release(cluster.id)  # lands between listing and reading
+        return listed
+
+    sim.list_tagged = list_then_release  # type: ignore[method-assign]
+    report = broker.reconcile()
+    assert report.problems == []
+    assert report.terminated == []
+    assert broker.get(cluster.id).status is Status.COMPLETED
+    assert alive(broker) == []
