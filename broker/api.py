@@ -14,6 +14,9 @@ database import at all.
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
 import os
 import time
 from collections import defaultdict
@@ -23,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from broker.errors import ConflictError, InvalidRequest, NoShape, StoreError
+from broker.errors import ConflictError, InvalidRequest, NoShape, NotFoundError, StoreError
 from broker.lifecycle import TERMINAL, Status
 from broker.quote import Quote, QuoteRequest, quote
 from broker.scopes import Block, blocked_shapes, read_blocks_sqlite
@@ -34,7 +37,15 @@ from shapes.model import Shape
 if TYPE_CHECKING:
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
-    from broker.state import AttemptRecord, ClusterRecord, Store, TransitionRecord
+    from broker.state import (
+        AttemptRecord,
+        ClusterRecord,
+        Everyone,
+        Store,
+        TokenRecord,
+        TransitionRecord,
+    )
+    from broker.tokens import Principal
     from providers.base import Provider
     from providers.config import BrokerConfig
     from providers.sim import SimScenario
@@ -70,6 +81,31 @@ class ClusterReport:
     usage: Usage
 
 
+class ClusterPage(NamedTuple):
+    clusters: list[ClusterRecord]
+    next_cursor: str | None
+
+
+def _encode_cursor(last: ClusterRecord) -> str:
+    raw = json.dumps([last.created_at, last.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    from broker.diagnostics import Diagnostic
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, last_id = json.loads(raw)
+        if isinstance(at, bool) or not isinstance(at, int | float) or not isinstance(last_id, str):
+            raise ValueError(cursor)
+        return float(at), last_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidRequest(
+            [Diagnostic(field="cursor", message="not a cursor this broker handed out")]
+        ) from None
+
+
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend != SIMULATED:
         from broker.diagnostics import Diagnostic
@@ -102,6 +138,7 @@ class Broker:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
+        org: str | None = None,
     ) -> None:
         """``settings`` (default: built-in defaults, no environment) says where things
         are; ``state_dir``/``store_url`` override it. Everything is validated here, before
@@ -118,6 +155,9 @@ class Broker:
         self.clock = clock
         self.sleep = sleep
         self.progress = progress
+        # None: a local store, every cluster visible; a name: only that organisation's
+        # clusters exist for this Broker (others are "not found"), and it owns new ones.
+        self.org = org
         self._providers: dict[str, Provider] = {}
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
@@ -125,6 +165,24 @@ class Broker:
             from providers.sim import load_scenario
 
             self.sim_scenario = load_scenario(scenario_path)  # a bad file: refused now
+
+    def scoped(self, org: str) -> Broker:
+        """This broker as one organisation sees it: the same store, catalog and clouds;
+        only ``org``'s clusters visible; new clusters belong to ``org``."""
+        _ = self.store, self.catalog, self.owner  # share them, never open a second engine
+        view = copy.copy(self)
+        view.org = org
+        return view
+
+    def _find(self, cluster_id: str) -> ClusterRecord:
+        if self.org is None:
+            return self.store.find(cluster_id)
+        return self.store.find(cluster_id, org=self.org)
+
+    def _scope(self) -> str | Everyone | None:
+        from broker.state import EVERYONE
+
+        return EVERYONE if self.org is None else self.org
 
     # -- what it is built from (each loaded on first use) --------------------------------------
 
@@ -253,11 +311,20 @@ class Broker:
     # -- provisioning -------------------------------------------------------------------------
 
     def submit(
-        self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
+        self,
+        request: QuoteRequest,
+        *,
+        experiment: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> ClusterRecord:
         """Validate the request and record it as a PENDING cluster (durable; returns at
         once). Raises InvalidRequest, or NoShape when no catalog shape passes its filters,
-        before anything is written."""
+        before anything is written. A repeated ``idempotency_key`` (per organisation)
+        returns the cluster the first submission made."""
+        if idempotency_key is not None:
+            existing = self.store.by_idempotency_key(self.org, idempotency_key)
+            if existing is not None:
+                return existing
         ranked = quote(request, self.catalog)  # availability aside
         if not ranked.plans:
             ranked = quote(request, self.catalog, explain=True)  # only to say how many
@@ -271,12 +338,14 @@ class Broker:
             experiment=experiment,
             backend=self.backend,
             now=self.clock(),
+            org=self.org,
+            idempotency_key=idempotency_key,
         )
 
     def run(self, cluster_id: str) -> ClusterRecord:
         """Provision a PENDING cluster: the fallback loop, holding its lease. Raises
         ProvisionFailed, CleanupFailed, Cancelled or Interrupted (broker.errors)."""
-        cluster = self.store.find(cluster_id)
+        cluster = self._find(cluster_id)
         request = QuoteRequest.from_json_dict(cluster.request)
         ranked = self.quote(request, backend=cluster.backend)
         if self.progress:
@@ -307,26 +376,52 @@ class Broker:
     def restart(self, cluster_id: str) -> ClusterRecord:
         """Run a finished cluster's lifecycle again, as a new cycle, on the backend it was
         provisioned on; its history is kept."""
-        cluster = self.store.find(cluster_id)
-        self.store.transition(cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL)
-        return self.run(cluster.id)
+        return self.run(self.requeue(cluster_id).id)
+
+    def requeue(self, cluster_id: str) -> ClusterRecord:
+        """Make a finished cluster PENDING again, as a new cycle (a worker runs it)."""
+        cluster = self._find(cluster_id)
+        return self.store.transition(cluster.id, Status.PENDING, now=self.clock(), expect=TERMINAL)
 
     # -- tracking -----------------------------------------------------------------------------
 
     def get(self, cluster_id: str) -> ClusterRecord:
-        return self.store.find(cluster_id)
+        return self._find(cluster_id)
 
     def list_clusters(
         self, statuses: Collection[Status] | None = None, *, limit: int | None = 50
     ) -> list[ClusterRecord]:
         """The newest ``limit`` clusters in these statuses (None: all), oldest first."""
-        return self.store.list_clusters(statuses, limit=limit)
+        return self.store.list_clusters(statuses, limit=limit, org=self._scope())
+
+    def page_clusters(
+        self,
+        statuses: Collection[Status] | None = None,
+        *,
+        mode: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ClusterPage:
+        """One page of clusters, newest first, and the cursor of the next page (None at
+        the end). The cursor is opaque; a malformed one is InvalidRequest."""
+        before = _decode_cursor(cursor) if cursor else None
+        found = self.store.page_clusters(
+            org=self._scope(), statuses=statuses, mode=mode, limit=limit + 1, before=before
+        )
+        page = found[:limit]
+        nxt = _encode_cursor(page[-1]) if len(found) > limit else None
+        return ClusterPage(page, nxt)
+
+    def pending(self, limit: int = 16) -> list[ClusterRecord]:
+        """PENDING clusters, oldest first: what a worker picks up next."""
+        pending = self.store.list_clusters({Status.PENDING}, limit=limit, org=self._scope())
+        return sorted(pending, key=lambda c: (c.created_at, c.id))
 
     def attempts(self, cluster_id: str) -> list[AttemptRecord]:
-        return self.store.attempts(self.store.find(cluster_id).id)
+        return self.store.attempts(self._find(cluster_id).id)
 
     def describe(self, cluster_id: str) -> ClusterReport:
-        cluster = self.store.find(cluster_id)
+        cluster = self._find(cluster_id)
         history = self.store.transitions(cluster.id)
         return ClusterReport(
             cluster, history, self.store.attempts(cluster.id), accrue(history, self.clock())
@@ -335,14 +430,14 @@ class Broker:
     def env(self, cluster_id: str, rank: int) -> dict[str, str]:
         from broker.env import node_env
 
-        return node_env(self.store.find(cluster_id), rank)
+        return node_env(self._find(cluster_id), rank)
 
     def util(self) -> dict[str, dict[str, float]]:
         """GPUs starting and running, and spend per hour, per provider (or backend)."""
         out: dict[str, dict[str, float]] = defaultdict(
             lambda: {"gpus_starting": 0, "gpus_running": 0, "clusters": 0, "spend_per_hour": 0.0}
         )
-        for c in self.store.list_clusters(BILLED):
+        for c in self.store.list_clusters(BILLED, org=self._scope()):
             key = f"{c.backend}:{c.provider}" if c.backend else str(c.provider)
             row = out[key]
             row["clusters"] += 1
@@ -367,7 +462,7 @@ class Broker:
     def _end(self, cluster_id: str, final: Status) -> ClusterRecord:
         from broker.teardown import WindDown, wind_down
 
-        cluster = self.store.find(cluster_id)
+        cluster = self._find(cluster_id)
         if cluster.status in TERMINAL:
             return cluster
         if final is Status.COMPLETED and cluster.status is not Status.RUNNING:
@@ -385,8 +480,39 @@ class Broker:
 
     def delete(self, cluster_id: str) -> None:
         """Forget a finished cluster (COMPLETED, STOPPED or FAILED only)."""
-        cluster = self.store.find(cluster_id)
+        cluster = self._find(cluster_id)
         self.store.delete_cluster(cluster.id, allowed=TERMINAL)
+
+    # -- API tokens (organisations) ------------------------------------------------------------
+
+    def create_token(
+        self, org: str, *, name: str = "token", role: str = "member"
+    ) -> tuple[str, TokenRecord]:
+        """A new API token for ``org``: (its secret, shown only now; its record). A scoped
+        broker creates tokens only for its own organisation."""
+        from broker.tokens import create_token
+
+        if self.org is not None and org != self.org:
+            raise NotFoundError(f"no organisation {org!r}")
+        return create_token(self.store, org, name=name, role=role, now=self.clock())
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token (a scoped broker: its organisation's), revoked ones included."""
+        return self.store.list_tokens(self.org)
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        """Revoke a token by id; revoking a revoked token is no error."""
+        found = [t for t in self.store.list_tokens(self.org) if t.id == token_id]
+        if not found:
+            raise NotFoundError(f"no token {token_id!r}")
+        self.store.revoke_token(token_id, now=self.clock(), org=self.org)
+        return next(t for t in self.store.list_tokens(self.org) if t.id == token_id)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """Who holds this token, or None (unknown, malformed, revoked)."""
+        from broker.tokens import authenticate
+
+        return authenticate(self.store, token)
 
     # -- reconciliation -----------------------------------------------------------------------
 
@@ -410,4 +536,4 @@ class Broker:
         return Reconciler(self).run()
 
 
-__all__ = ["SIMULATED", "Broker", "ClusterReport", "Usage", "accrue"]
+__all__ = ["SIMULATED", "Broker", "ClusterPage", "ClusterReport", "Usage", "accrue"]

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -85,6 +86,12 @@ clusters = Table(
     Column("lease_until", Float),  # clock time the owner's lease runs out
     Column("ending", String(16)),  # while TERMINATING: the final status it is heading for
     Column("version", Integer, nullable=False),
+    # The organisation whose token submitted it (None: a local, single-user store).
+    Column("org", String(128)),
+    Column("mode", String(16)),  # compute mode of its experiment ("burst")
+    Column("idempotency_key", String(255)),  # a submission's Idempotency-Key, per org
+    Index("clusters_org_created", "org", "created_at"),
+    Index("clusters_org_idempotency", "org", "idempotency_key", unique=True),
 )
 
 transitions = Table(
@@ -144,6 +151,18 @@ blocks = Table(
     Column("created_at", Float, nullable=False),
 )
 
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),  # public: shown by `token list`, used to revoke
+    Column("org", String(128), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),  # sha256 of the secret
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
 leases = Table(
     "leases",
     metadata,
@@ -151,6 +170,20 @@ leases = Table(
     Column("owner", String(255), nullable=False),
     Column("until", Float, nullable=False),
 )
+
+
+class Everyone:
+    """The scope of an unscoped query: every organisation's clusters (local use, workers)."""
+
+    def __repr__(self) -> str:
+        return "EVERYONE"
+
+
+EVERYONE = Everyone()
+
+
+def _org_is(org: str | None) -> Any:
+    return clusters.c.org.is_(None) if org is None else clusters.c.org == org
 
 
 class AttemptOutcome(StrEnum):
@@ -235,6 +268,22 @@ class ClusterRecord:
     lease_until: float | None
     ending: Status | None
     version: int
+    org: str | None = None  # the organisation that submitted it (None: local use)
+    mode: str = "burst"
+    idempotency_key: str | None = None
+
+    @property
+    def gpus(self) -> int | None:
+        """The GPUs asked for (the request's ``gpus``)."""
+        rank = self.request.get("rank")
+        value = rank.get("gpus") if isinstance(rank, dict) else None
+        return value if isinstance(value, int) else None
+
+    @property
+    def name(self) -> str | None:
+        """The experiment's name (free text from the launch file), if it has one."""
+        value = self.request.get("experiment_name")
+        return value if isinstance(value, str) else None
 
     def lease_live(self, now: float) -> bool:
         """Does someone hold an unexpired lease on it (provisioning or winding it down)?"""
@@ -267,6 +316,32 @@ class ClusterRecord:
             lease_until=row["lease_until"],
             ending=Status(ending) if ending else None,
             version=row["version"],
+            org=row["org"],
+            mode=row["mode"] or "burst",
+            idempotency_key=row["idempotency_key"],
+        )
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: everything but its secret (only a digest of that is kept)."""
+
+    id: str
+    org: str
+    name: str
+    role: str  # "member" or "admin"
+    created_at: float
+    revoked_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> TokenRecord:
+        return cls(
+            id=row["id"],
+            org=row["org"],
+            name=row["name"],
+            role=row["role"],
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
         )
 
 
@@ -517,6 +592,8 @@ class Store:
                             text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
                         )
             conn.execute(delete(blocks).where(blocks.c.kind.is_(None)))
+            for index in clusters.indexes:  # indexes of columns added above
+                index.create(conn, checkfirst=True)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -538,12 +615,63 @@ class Store:
         experiment: Mapping[str, Any] | None,
         backend: str | None,
         now: float,
+        org: str | None = None,
+        mode: str = "burst",
+        idempotency_key: str | None = None,
     ) -> ClusterRecord:
-        """A new PENDING cluster, durable at once; nobody holds its lease yet."""
+        """A new PENDING cluster, durable at once; nobody holds its lease yet. With an
+        ``idempotency_key`` already used by ``org``, that cluster is returned instead
+        (also when two submissions race: the database's unique index decides)."""
+        if idempotency_key is not None:
+            existing = self.by_idempotency_key(org, idempotency_key)
+            if existing is not None:
+                return existing
+        try:
+            return self._insert_cluster(
+                cluster_id,
+                request=request,
+                experiment=experiment,
+                backend=backend,
+                now=now,
+                org=org,
+                mode=mode,
+                idempotency_key=idempotency_key,
+            )
+        except StoreError:
+            if idempotency_key is not None:
+                existing = self.by_idempotency_key(org, idempotency_key)
+                if existing is not None:
+                    return existing  # the other submission won the race
+            raise
+
+    def by_idempotency_key(self, org: str | None, key: str) -> ClusterRecord | None:
+        query = select(clusters).where(
+            clusters.c.idempotency_key == key,
+            clusters.c.org.is_(None) if org is None else clusters.c.org == org,
+        )
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
+        return ClusterRecord.from_row(row) if row is not None else None
+
+    def _insert_cluster(
+        self,
+        cluster_id: str,
+        *,
+        request: Mapping[str, Any],
+        experiment: Mapping[str, Any] | None,
+        backend: str | None,
+        now: float,
+        org: str | None,
+        mode: str,
+        idempotency_key: str | None,
+    ) -> ClusterRecord:
         with self._tx() as conn:
             conn.execute(
                 insert(clusters).values(
                     id=cluster_id,
+                    org=org,
+                    mode=mode,
+                    idempotency_key=idempotency_key,
                     created_at=now,
                     updated_at=now,
                     status=Status.PENDING.value,
@@ -572,27 +700,33 @@ class Store:
         with self._read() as conn:
             return self._get(conn, cluster_id)
 
-    def find(self, prefix: str) -> ClusterRecord:
-        """A cluster by id or unique id prefix (as users type them)."""
+    def find(self, prefix: str, *, org: str | Everyone | None = EVERYONE) -> ClusterRecord:
+        """A cluster by id or unique id prefix (as users type them); with ``org``, only
+        that organisation's clusters exist (another's is "no cluster", never revealed)."""
         if not prefix:
             raise NotFoundError("no cluster id given")
+        query = select(clusters.c.id).where(clusters.c.id.startswith(prefix, autoescape=True))
+        if not isinstance(org, Everyone):
+            query = query.where(_org_is(org))
         with self._read() as conn:
-            rows = conn.execute(
-                select(clusters.c.id)
-                .where(clusters.c.id.startswith(prefix, autoescape=True))
-                .limit(2)
-            ).all()
+            rows = conn.execute(query.limit(2)).all()
             if len(rows) != 1:
                 what = "no cluster" if not rows else "more than one cluster matches"
                 raise NotFoundError(f"{what} {prefix!r}")
             return self._get(conn, rows[0][0])
 
     def list_clusters(
-        self, statuses: Collection[Status] | None = None, *, limit: int | None = None
+        self,
+        statuses: Collection[Status] | None = None,
+        *,
+        limit: int | None = None,
+        org: str | Everyone | None = EVERYONE,
     ) -> list[ClusterRecord]:
         """Clusters in these statuses (all when None), oldest first; with ``limit``, only
         the newest ``limit`` of them. Uses the status and creation-time indexes."""
         query = select(clusters)
+        if not isinstance(org, Everyone):
+            query = query.where(_org_is(org))
         if statuses is not None:
             query = query.where(clusters.c.status.in_([s.value for s in statuses]))
         if limit is not None:
@@ -602,6 +736,35 @@ class Store:
         with self._read() as conn:
             found = [ClusterRecord.from_row(r) for r in conn.execute(query).mappings()]
         return found[::-1] if limit is not None else found
+
+    def page_clusters(
+        self,
+        *,
+        org: str | Everyone | None,
+        statuses: Collection[Status] | None = None,
+        mode: str | None = None,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+    ) -> list[ClusterRecord]:
+        """One page of clusters, newest first: those created before ``before`` (the
+        (created_at, id) of the previous page's last one). Keyset pagination on the
+        (org, created_at) index, so page 100 costs what page 1 does."""
+        query = select(clusters)
+        if not isinstance(org, Everyone):
+            query = query.where(_org_is(org))
+        if statuses is not None:
+            query = query.where(clusters.c.status.in_([s.value for s in statuses]))
+        if mode is not None:
+            query = query.where(clusters.c.mode == mode)
+        if before is not None:
+            at, last_id = before
+            query = query.where(
+                (clusters.c.created_at < at)
+                | ((clusters.c.created_at == at) & (clusters.c.id < last_id))
+            )
+        query = query.order_by(clusters.c.created_at.desc(), clusters.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            return [ClusterRecord.from_row(r) for r in conn.execute(query).mappings()]
 
     def transition(
         self,
@@ -860,6 +1023,45 @@ class Store:
             query = delete(blocks) if key is None else delete(blocks).where(blocks.c.scope == key)
             return int(conn.execute(query).rowcount)
 
+    # -- API tokens (only their digests) -----------------------------------------------------
+
+    def add_token(self, token: TokenRecord, digest: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(tokens).values(
+                    id=token.id,
+                    org=token.org,
+                    name=token.name,
+                    role=token.role,
+                    digest=digest,
+                    created_at=token.created_at,
+                    revoked_at=None,
+                )
+            )
+
+    def token_by_digest(self, digest: str) -> tuple[TokenRecord, str] | None:
+        """The token whose secret has this digest, and the stored digest (for the
+        caller's constant-time comparison)."""
+        with self._read() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.digest == digest)).mappings().first()
+        return (TokenRecord.from_row(row), str(row["digest"])) if row is not None else None
+
+    def list_tokens(self, org: str | None = None) -> list[TokenRecord]:
+        query = select(tokens).order_by(tokens.c.org, tokens.c.created_at, tokens.c.id)
+        if org is not None:
+            query = query.where(tokens.c.org == org)
+        with self._read() as conn:
+            return [TokenRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def revoke_token(self, token_id: str, *, now: float, org: str | None = None) -> bool:
+        """Revoke it (with ``org``: only if it is that organisation's); False if no such
+        live token."""
+        query = update(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
+        if org is not None:
+            query = query.where(tokens.c.org == org)
+        with self._tx() as conn:
+            return int(conn.execute(query.values(revoked_at=now)).rowcount) == 1
+
     # -- named leases (broker-wide chores) ---------------------------------------------------
 
     def take_lease(self, name: str, owner: str, *, now: float, until: float) -> str | None:
@@ -882,6 +1084,7 @@ class Store:
 
 
 __all__ = [
+    "EVERYONE",
     "STATE_DB_FILENAME",
     "AttemptIntent",
     "AttemptOutcome",
@@ -889,6 +1092,7 @@ __all__ = [
     "AttemptResult",
     "ClusterRecord",
     "ConflictError",
+    "Everyone",
     "Lease",
     "NodeRecord",
     "NotFoundError",
@@ -896,6 +1100,7 @@ __all__ = [
     "StateError",
     "Store",
     "StoreError",
+    "TokenRecord",
     "TransitionRecord",
     "safe_url",
 ]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from broker.ranking import Plan
     from broker.reconcile import ReconcileReport
     from broker.scopes import Block
-    from broker.state import AttemptRecord, ClusterRecord, NodeRecord
+    from broker.state import AttemptRecord, ClusterRecord, NodeRecord, TokenRecord
     from shapes.catalog import Catalog
     from shapes.errors import BrokerError
     from shapes.model import Shape
@@ -242,6 +242,10 @@ def node_document(n: NodeRecord) -> Document:
 def cluster_document(c: ClusterRecord, attempts: Sequence[AttemptRecord] | None = None) -> Document:
     doc: Document = {
         "cluster_id": c.id,
+        "org": c.org,
+        "name": c.name,
+        "mode": c.mode,
+        "gpus": c.gpus,
         "status": c.status.value,
         "reason": c.reason,
         "detail": c.detail,
@@ -278,6 +282,21 @@ def report_document(r: ClusterReport) -> Document:
     ]
     doc["gpu_hours"] = r.usage.gpu_hours
     doc["cost"] = r.usage.cost
+    return doc
+
+
+def token_document(t: TokenRecord, secret: str | None = None) -> Document:
+    """A token as ``broker token list --json`` shows it; ``secret`` only when just made."""
+    doc: Document = {
+        "token_id": t.id,
+        "org": t.org,
+        "name": t.name,
+        "role": t.role,
+        "created_at": when(t.created_at),
+        "revoked_at": when(t.revoked_at),
+    }
+    if secret is not None:
+        doc["token"] = secret
     return doc
 
 

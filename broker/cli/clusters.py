@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from broker.api import SIMULATED, Broker
+from broker.api import Broker
 from broker.cli.output import emit_json, print_warnings, say
-from broker.cli.quote import print_blocks, request_from_args
+from broker.cli.quote import print_blocks
 from broker.cli.render import money, table
 from broker.errors import Cancelled, Interrupted, ProvisionFailed
 from broker.lifecycle import LIVE, TERMINAL, Status
@@ -128,16 +128,14 @@ def _provisioned(
 
 
 def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
-    backend = SIMULATED if SIMULATED in [p.lower() for p in args.provider] else None
-    args.provider = [p for p in args.provider if p.lower() != SIMULATED]
-    broker = _broker(args, settings, backend)  # checks the scenario and the policy first
-    request = request_from_args(args, settings, broker.catalog)
-    experiment: dict[str, Any] | None = None
-    if args.launch_file is not None:
-        from broker.launchfile import parse_launch_file
+    from broker.cli.quote import inputs_from_args
+    from broker.inputs import build_request, split_backend
 
-        exp = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
-        experiment = exp.experiment_or_raise().model_dump(mode="json")
+    backend, args.provider = split_backend(args.provider)
+    broker = _broker(args, settings, backend)  # checks the scenario and the policy first
+    request, experiment = build_request(
+        inputs_from_args(args), burst_max_gpus=settings.burst_max_gpus, catalog=broker.catalog
+    )
     print_warnings(request.warnings)
     if args.explain:
         print_blocks(broker.blocks())

@@ -7,7 +7,6 @@ store or imports a cloud SDK; a launch file's module (pydantic) loads only when 
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -15,107 +14,56 @@ from typing import TYPE_CHECKING
 
 from broker.cli.output import emit_json, print_warnings, say
 from broker.cli.render import money, table
-from broker.diagnostics import Diagnostic
-from broker.errors import InvalidRequest
 from broker.settings import Settings
 from shapes.errors import Exit
 
 if TYPE_CHECKING:
+    from broker.inputs import RequestInputs
     from broker.quote import QuoteRequest
     from broker.ranking import Exclusion
     from shapes.catalog import Catalog, ShapeFilter
 
-SIMULATED = "sim"
+
+CLI_NAMES = {"gpu": "--gpu", "gpus": "--gpus", "launch_file": "FILE.isc"}
 
 
-def _close(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1)
-    if not close:
-        return ""
-    original = next(c for c in choices if c.lower() == close[0])
-    return f"; did you mean {original}?"
+def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
+    """The flags of ``quote``, ``shapes`` and ``provision`` as the core's inputs."""
+    from broker.inputs import RequestInputs
+
+    provisioning = "spot" if args.spot else "on-demand" if args.on_demand else None
+    return RequestInputs(
+        gpus=getattr(args, "gpus", None),
+        launch_path=getattr(args, "launch_file", None),
+        priority=tuple(getattr(args, "priority", None) or ()),
+        strict_priority=bool(getattr(args, "strict_priority", False)),
+        gpu=tuple(args.gpu),
+        provider=tuple(args.provider),
+        region=tuple(args.region),
+        provisioning=provisioning,
+        max_price_per_hour=args.max_price_per_hour,
+        hours=getattr(args, "hours", 1.0),
+        names=CLI_NAMES,
+    )
 
 
 def shape_filter(args: argparse.Namespace, catalog: Catalog) -> ShapeFilter:
     """The filters the flags name, every unknown value refused with a hint."""
-    from shapes.catalog import ShapeFilter
-    from shapes.gpus import gpu_filter_names
-    from shapes.model import Provisioning
+    from broker.inputs import shape_filter as core_filter
 
-    errors: list[Diagnostic] = []
-    for name in args.gpu:
-        try:
-            gpu_filter_names(name)
-        except ValueError as exc:
-            hint = ""
-            if name.strip().isdigit():
-                hint = f" (--gpu takes a GPU model; for {name} GPUs use --gpus {name})"
-            errors.append(Diagnostic(field="gpu", message=f"{exc}{hint}"))
-    known = catalog.providers
-    for prov in args.provider:
-        if prov.lower() not in known:
-            errors.append(
-                Diagnostic(
-                    field="provider",
-                    message=f"unknown provider {prov!r} (known: {', '.join(known)})"
-                    + _close(prov, known),
-                )
-            )
-    regions = list(catalog.regions) if args.region else []
-    lowered = {r.lower() for r in regions}
-    for region in args.region:
-        if region.lower() not in lowered:
-            errors.append(
-                Diagnostic(
-                    field="region",
-                    message=f"no shape in the catalog is in region {region!r}"
-                    + _close(region, regions),
-                )
-            )
-    if errors:
-        raise InvalidRequest(errors)
-    provisioning = (
-        Provisioning.SPOT if args.spot else Provisioning.ON_DEMAND if args.on_demand else None
-    )
-    return ShapeFilter(
-        gpus=tuple(args.gpu),
-        providers=tuple(args.provider),
-        regions=tuple(args.region),
-        provisioning=provisioning,
-    )
+    return core_filter(inputs_from_args(args), catalog)
 
 
 def request_from_args(
     args: argparse.Namespace, settings: Settings, catalog: Catalog
 ) -> QuoteRequest:
     """The request that ``quote`` and ``provision`` arguments describe."""
-    from broker.quote import QuoteRequest
-    from broker.ranking import RankRequest
+    from broker.inputs import build_request
 
-    flt = shape_filter(args, catalog)
-    overrides: dict[str, object] = {
-        "filter": flt,
-        "max_price_per_hour": args.max_price_per_hour,
-        "burst_max_gpus": settings.burst_max_gpus,
-        "priority": tuple(args.priority) if args.priority else None,
-        "strict_priority": bool(args.strict_priority),
-    }
-    hours = getattr(args, "hours", 1.0)
-    if args.launch_file is not None:
-        if args.gpus is not None:
-            raise InvalidRequest(
-                [Diagnostic(field="gpus", message="give either FILE.isc or --gpus, not both")]
-            )
-        from broker.launchfile import parse_launch_file, request_from_launch_file
-
-        result = parse_launch_file(args.launch_file, burst_max_gpus=settings.burst_max_gpus)
-        return request_from_launch_file(result, rank_overrides=overrides, hours=hours)
-    if args.gpus is None:
-        raise InvalidRequest(
-            [Diagnostic(field="gpus", message="give --gpus N or a burst launch file FILE.isc")]
-        )
-    fields = {k: v for k, v in {**overrides, "gpus": args.gpus}.items() if v is not None}
-    return QuoteRequest(rank=RankRequest(**fields), hours=hours)
+    request, _ = build_request(
+        inputs_from_args(args), burst_max_gpus=settings.burst_max_gpus, catalog=catalog
+    )
+    return request
 
 
 _FILTER_FLAGS = {
