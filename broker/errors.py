@@ -17,6 +17,9 @@ module is the one table both read. No traceback reaches a user for an error in t
     +-- NoShape                                    3   422  no shape can serve the request
     +-- TeardownFailed                             4   502  nodes still alive after terminate
     +-- Cancelled                                  5   409  stopped by someone else meanwhile
+    +-- Unauthorized                               2   401  no valid API token (missing, revoked)
+    +-- Forbidden                                  2   403  the token's role may not do this
+    +-- ServerExtraMissing                         2   500  `broker serve` without its extra
     +-- ProviderError (providers.errors)           4   502  a cloud refused (typed by reach)
         +-- ... (the reach tree drawn in providers.errors)
 
@@ -158,6 +161,28 @@ def exit_code_of(exc: BaseException) -> int:
     return Exit.ERROR
 
 
+class Unauthorized(BrokerError):
+    """No valid credentials: a missing, malformed, unknown or revoked API token (one answer
+    for all, so nothing tells them apart)."""
+
+    exit_code = Exit.INVALID
+    http_status = 401
+
+
+class Forbidden(BrokerError):
+    """Valid credentials without the role this needs (an organisation admin)."""
+
+    exit_code = Exit.INVALID
+    http_status = 403
+
+
+class ServerExtraMissing(BrokerError):
+    """``broker serve`` (or a remote client) without the server extra installed."""
+
+    exit_code = Exit.INVALID
+    http_status = 500
+
+
 __all__ = [
     "BrokerError",
     "Cancelled",
@@ -167,14 +192,17 @@ __all__ = [
     "ConflictError",
     "EnvError",
     "Exit",
+    "Forbidden",
     "Interrupted",
     "InvalidRequest",
     "NoShape",
     "NotFoundError",
     "ProviderError",
     "ProvisionFailed",
+    "ServerExtraMissing",
     "StateError",
     "StoreError",
     "TeardownFailed",
+    "Unauthorized",
     "exit_code_of",
 ]

@@ -323,6 +323,14 @@ class ClusterRecord:
 
 
 @dataclass(frozen=True)
+class StoreStats:
+    clusters_by_status: dict[str, int]
+    attempts: dict[tuple[str, str], int]  # (outcome, error code or "") -> count
+    gpus_running: int
+    spend_per_hour: float  # of every cluster that bills now (STARTING..TERMINATING)
+
+
+@dataclass(frozen=True)
 class TokenRecord:
     """An API token as stored: everything but its secret (only a digest of that is kept)."""
 
@@ -1023,6 +1031,46 @@ class Store:
             query = delete(blocks) if key is None else delete(blocks).where(blocks.c.scope == key)
             return int(conn.execute(query).rowcount)
 
+    # -- aggregates (for /metrics: no cluster id, no organisation) ----------------------------
+
+    def stats(self) -> StoreStats:
+        """Clusters per status, attempts per (outcome, error code), and GPUs and spend
+        per hour of the clusters that bill now, across every organisation."""
+        from sqlalchemy import func
+
+        billed = [Status.STARTING.value, Status.RUNNING.value, Status.TERMINATING.value]
+        with self._read() as conn:
+            by_status = {
+                str(k): int(n)
+                for k, n in conn.execute(
+                    select(clusters.c.status, func.count()).group_by(clusters.c.status)
+                )
+            }
+            by_attempt = {
+                (str(o), str(e or "")): int(n)
+                for o, e, n in conn.execute(
+                    select(attempts.c.outcome, attempts.c.error_code, func.count()).group_by(
+                        attempts.c.outcome, attempts.c.error_code
+                    )
+                )
+            }
+            gpus = conn.execute(
+                select(func.coalesce(func.sum(clusters.c.gpus_billed), 0)).where(
+                    clusters.c.status == Status.RUNNING.value
+                )
+            ).scalar_one()
+            _, billed_spend = conn.execute(
+                select(func.count(), func.coalesce(func.sum(clusters.c.price_per_hour), 0.0)).where(
+                    clusters.c.status.in_(billed)
+                )
+            ).one()
+        return StoreStats(by_status, by_attempt, int(gpus), float(billed_spend))
+
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers a query."""
+        with self._read() as conn:
+            conn.execute(select(1)).one()
+
     # -- API tokens (only their digests) -----------------------------------------------------
 
     def add_token(self, token: TokenRecord, digest: str) -> None:
@@ -1100,6 +1148,7 @@ __all__ = [
     "StateError",
     "Store",
     "StoreError",
+    "StoreStats",
     "TokenRecord",
     "TransitionRecord",
     "safe_url",

@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unblock": ("clusters", "cmd_unblock"),
     "providers": ("providers", "cmd_providers"),
     "catalog": ("providers", "cmd_catalog_refresh"),
+    "serve": ("server", "cmd_serve"),
+    "token": ("server", "cmd_token"),
 }
 SIGNALLED = {"provision", "restart"}  # a signal there stops the cluster and cleans up first
 SIGPIPE_EXIT = 128 + 13

@@ -314,7 +314,65 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider", required=True, help="the cloud to refresh (aws, gcp, azure)")
     r.add_argument("--output", metavar="DIR", help="write here instead of the local catalog dir")
     _json(r)
+
+    sv = sub.add_parser(
+        "serve",
+        help="run the HTTP API, the web console and provisioning workers",
+        description="Serve the /v1 API, the web console (/burst, /experiments), background "
+        "provisioning workers and a periodic reconcile, over the same store as the CLI "
+        "(BROKER_STATE_DIR or BROKER_STATE_URL). Needs the server extra: "
+        "pip install 'burst-broker[server]'. SIGTERM stops it gracefully.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument("--port", type=port_number, default=8080, help="port (8080)")
+    sv.add_argument("--workers", type=worker_count, default=4, help="provisioning workers (4)")
+    sv.add_argument(
+        "--reconcile-every", type=positive, default=30.0, metavar="S", help="seconds (30)"
+    )
+    sv.add_argument(
+        "--grace", type=positive, default=20.0, metavar="S",
+        help="seconds in-flight provisionings get on shutdown (20)",
+    )  # fmt: skip
+    sv.add_argument("--sim", action="store_true", help="provision every cluster on sim")
+    sv.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for sim")
+    sv.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+    tk = sub.add_parser(
+        "token",
+        help="create, list and revoke API tokens (organisations)",
+        description="API tokens for `broker serve`. A token belongs to one organisation and "
+        "sees only its clusters; an admin token also manages the organisation's tokens. "
+        "The secret is printed once, at creation, and only its digest is stored.",
+    )
+    tsub = tk.add_subparsers(
+        dest="token_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    tc = tsub.add_parser("create", help="a new token (printed once)")
+    tc.add_argument("--org", required=True, help="organisation, e.g. acme")
+    tc.add_argument("--name", default="token", help="a label to recognise it by")
+    tc.add_argument("--role", choices=["member", "admin"], default="member")
+    _json(tc)
+    tl = tsub.add_parser("list", help="tokens (never their secrets)")
+    tl.add_argument("--org", help="only this organisation's")
+    _json(tl)
+    tr = tsub.add_parser("revoke", help="revoke a token by its id")
+    tr.add_argument("token_id", metavar="TOKEN_ID")
+    _json(tr)
     return parser
+
+
+def port_number(text: str) -> int:
+    value = count(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {text!r}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    value = count(text)
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 0-64, got {text!r}")
+    return value
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

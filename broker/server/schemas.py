@@ -1,0 +1,71 @@
+"""The API's request bodies (pydantic: they are the OpenAPI schema). Responses are the
+documents of :mod:`broker.views`, the same as the CLI's ``--json``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from broker.inputs import RequestInputs
+
+MAX_LAUNCH_FILE = 64 * 1024  # characters: a launch file is a few hundred bytes
+API_NAMES = {"gpu": "gpu", "gpus": "gpus", "launch_file": "launch_file"}
+
+
+def _listify(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class RequestBody(BaseModel):
+    """A quote or cluster request: a launch file (TOML text) and/or the fields; next to a
+    launch file the fields override it, as the CLI's flags do."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    launch_file: str | None = Field(
+        default=None, max_length=MAX_LAUNCH_FILE, description="The TOML text of a .isc file."
+    )
+    gpus: int | None = Field(default=None, description="GPUs, 1-72 (burst: at most 48).")
+    priority: list[str] = Field(default_factory=list, max_length=200)
+    strict_priority: bool = False
+    gpu: list[str] = Field(default_factory=list, max_length=50, description="GPU models.")
+    provider: list[str] = Field(
+        default_factory=list, max_length=10, description='aws, gcp, azure; "sim" simulates.'
+    )
+    region: list[str] = Field(default_factory=list, max_length=200)
+    provisioning: Literal["spot", "on-demand"] | None = None
+    max_price_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    hours: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+    _lists = field_validator("priority", "gpu", "provider", "region", mode="before")(_listify)
+
+    def inputs(self, providers: tuple[str, ...] | None = None) -> RequestInputs:
+        return RequestInputs(
+            gpus=self.gpus,
+            launch_text=self.launch_file,
+            priority=tuple(p for item in self.priority for p in item.split(",") if p.strip()),
+            strict_priority=self.strict_priority,
+            gpu=tuple(self.gpu),
+            provider=tuple(self.provider) if providers is None else providers,
+            region=tuple(self.region),
+            provisioning=self.provisioning,
+            max_price_per_hour=self.max_price_per_hour,
+            hours=self.hours,
+            names=API_NAMES,
+        )
+
+
+class QuoteBody(RequestBody):
+    limit: int | None = Field(default=None, ge=0, description="Plans shown (0 or none: all).")
+    explain: bool = False
+
+
+class TokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(default="token", min_length=1, max_length=200)
+    role: Literal["member", "admin"] = "member"
+
+
+__all__ = ["MAX_LAUNCH_FILE", "QuoteBody", "RequestBody", "TokenBody"]

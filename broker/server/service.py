@@ -1,0 +1,194 @@
+"""The service's long-lived parts: one Broker over the store, provisioning workers that pick
+up PENDING clusters, a reconcile loop, counters for /metrics, and a graceful stop.
+
+Workers claim a cluster by moving it PENDING -> QUEUED under its lease (a compare-and-set in
+the store), so two workers, in this process or another replica, never provision the same
+cluster. A server that stops (SIGTERM) takes no new work and lets in-flight provisionings run
+for a grace period; what is still in flight then keeps its lease until it expires, and the
+reconcile loop of this or another server settles it and queues it again (a new cycle), so a
+restarted server picks up both submitted and half-provisioned clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from broker.api import Broker
+from broker.errors import BrokerError, ConflictError, Interrupted
+from broker.lifecycle import FailReason, Status
+
+log = logging.getLogger("broker.server")
+
+REQUEUE_MAX_CYCLES = 5  # a cluster orphaned this often is left FAILED (something is wrong)
+
+
+@dataclass
+class ServiceOptions:
+    workers: int = 4
+    reconcile_every: float = 30.0  # seconds between reconcile passes
+    poll_every: float = 1.0  # seconds a idle worker waits before looking for work again
+    grace: float = 20.0  # seconds in-flight provisionings get to finish on stop
+
+
+@dataclass
+class Counters:
+    """In-process counters for /metrics (per replica; gauges come from the store)."""
+
+    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    provisions: Counter[str] = field(default_factory=Counter)  # outcome: RUNNING / reason
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(self, method: str, route: str, status: int) -> None:
+        with self.lock:
+            self.requests[(method, route, status)] += 1
+
+    def provision(self, outcome: str) -> None:
+        with self.lock:
+            self.provisions[outcome] += 1
+
+
+class Service:
+    """Owns the Broker and the background threads of one server process."""
+
+    def __init__(self, broker: Broker, options: ServiceOptions | None = None) -> None:
+        self.broker = broker
+        self.options = options or ServiceOptions()
+        self.counters = Counters()
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        self.last_reconcile: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i in range(self.options.workers):
+            self._spawn(f"worker-{i}", self._work)
+        if self.options.reconcile_every > 0:
+            self._spawn("reconcile", self._reconcile_loop)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=f"broker-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, grace: float | None = None) -> list[str]:
+        """Take no new work; wait up to ``grace`` seconds for in-flight provisionings.
+        Returns the clusters still in flight (their leases hand them on)."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + (self.options.grace if grace is None else grace)
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._busy_lock:
+            left = sorted(self._busy)
+        if left:
+            log.warning(
+                "stopping with %d provisioning(s) in flight (%s): their leases expire and "
+                "a reconcile queues them again",
+                len(left),
+                ", ".join(left),
+            )
+        return left
+
+    def wake(self) -> None:
+        """A cluster was submitted: let an idle worker look now."""
+        self._wake.set()
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _claim(self) -> str | None:
+        try:
+            pending = self.broker.pending(limit=32)
+        except BrokerError as exc:
+            log.warning("cannot read pending clusters: %s", exc)
+            return None
+        with self._busy_lock:
+            for cluster in pending:
+                if cluster.id not in self._busy:
+                    self._busy.add(cluster.id)
+                    return cluster.id
+        return None
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            cluster_id = self._claim()
+            if cluster_id is None:
+                self._wake.wait(self.options.poll_every)
+                self._wake.clear()
+                continue
+            try:
+                self.run_one(cluster_id)
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(cluster_id)
+
+    def run_one(self, cluster_id: str) -> None:
+        """Provision one PENDING cluster; every outcome is recorded in the store."""
+        try:
+            cluster = self.broker.run(cluster_id)
+            self.counters.provision(cluster.status.value)
+        except ConflictError:
+            return  # another worker or replica took it, or someone stopped it first
+        except BrokerError as exc:
+            failed = getattr(exc, "cluster", None)
+            reason = getattr(failed, "reason", None) or type(exc).__name__
+            self.counters.provision(str(reason))
+            log.info("cluster %s: %s", cluster_id, exc)
+        except Interrupted:
+            raise
+        except Exception:  # a bug: keep the worker alive, say which cluster
+            self.counters.provision("Error")
+            log.exception("cluster %s: unexpected error while provisioning", cluster_id)
+
+    # -- reconcile ------------------------------------------------------------------------------
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(self.options.reconcile_every):
+            self.reconcile_once()
+
+    def reconcile_once(self) -> None:
+        """One reconcile pass; clusters of the service orphaned while provisioning (their
+        server died or stopped) are queued again as a new cycle."""
+        try:
+            report = self.broker.reconcile()
+            self.last_reconcile = time.time()
+        except BrokerError as exc:
+            log.warning("reconcile failed: %s", exc)
+            return
+        for problem in report.problems:
+            log.warning("reconcile: %s", problem)
+        for cluster_id in report.settled:
+            self._requeue_orphan(cluster_id)
+        if report.settled:
+            self.wake()
+
+    def _requeue_orphan(self, cluster_id: str) -> None:
+        try:
+            cluster = self.broker.get(cluster_id)
+            if (
+                cluster.org is None
+                or cluster.status is not Status.FAILED
+                or cluster.reason != FailReason.ORPHANED.value
+                or cluster.cycle >= REQUEUE_MAX_CYCLES
+            ):
+                return
+            self.broker.requeue(cluster_id)
+            log.info("cluster %s: orphaned while provisioning; queued again", cluster_id)
+        except BrokerError as exc:
+            log.warning("cluster %s: cannot queue it again: %s", cluster_id, exc)
+
+
+__all__ = ["Counters", "Service", "ServiceOptions"]
