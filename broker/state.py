@@ -826,6 +826,8 @@ class Store:
                 )
             if nodes is not None:
                 values["nodes"] = [n.to_json() for n in nodes]
+            elif to is Status.PENDING:
+                values["nodes"] = []  # a new cycle: the last cycle's nodes are gone
             if to in (Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING):
                 values["reason"] = None
                 values["detail"] = None

@@ -78,7 +78,7 @@ def wind_down(
     """Take a live (or TERMINATING) cluster to ``how.final``: through TERMINATING when it
     may have nodes, which are terminated and confirmed gone first. Returns the ended
     cluster and the nodes removed. ConflictError if someone else moved it meanwhile."""
-    if cluster.status in (Status.PENDING, Status.QUEUED) and not cluster.nodes:
+    if cluster.status is Status.PENDING or (cluster.status is Status.QUEUED and not cluster.nodes):
         ended = store.transition(
             cluster.id,
             how.final,
