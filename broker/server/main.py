@@ -4,9 +4,15 @@ get ``grace`` seconds; whatever is left is handed on through its lease)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Generator
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 from broker.api import Broker
 from broker.server.service import Service, ServiceOptions
@@ -40,6 +46,35 @@ def build_service(settings: Settings, options: ServeOptions) -> Service:
     )
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, with signals handled here: the first SIGINT/SIGTERM starts a
+        graceful stop, a second forces it; the signal is not raised again afterwards (so
+        the service's own stop runs and the process exits 0)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+
+            def handler(signum: int, _frame: FrameType | None) -> None:
+                if self.should_exit:
+                    self.force_exit = True
+                self.should_exit = True
+
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
+
+    return Server
+
+
 def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -> int:
     import uvicorn
 
@@ -58,7 +93,7 @@ def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -
         access_log=False,  # requests are counted in /metrics; a token never reaches a log
         timeout_graceful_shutdown=max(1, int(options.grace)),
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     service.start()
     if announce:
         where = f"http://{options.host}:{options.port}"

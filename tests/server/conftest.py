@@ -101,7 +101,8 @@ class BrokerServer:
         raise TimeoutError(f"server not ready: {self.output()}")
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def broker(self) -> Broker:
