@@ -1,5 +1,6 @@
 """`broker --help` and `broker quote` must not import any cloud SDK (they cost ~1.5 s), nor
-the store's SQLAlchemy or pydantic (the quote costs little more than starting Python)."""
+the store's SQLAlchemy or pydantic, nor the server stack (FastAPI, uvicorn, Jinja2): the
+quote costs little more than starting Python."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ except SystemExit:
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "azure")
              or m.startswith(("google.cloud", "google.api_core")))
 print("IMPORTED:" + ",".join(bad), file=sys.stderr)
-heavy = sorted(m for m in ("pydantic", "sqlalchemy", "tenacity") if m in sys.modules)
+heavy = sorted(m for m in ("pydantic", "sqlalchemy", "tenacity", "fastapi", "starlette",
+                            "uvicorn", "jinja2", "anyio") if m in sys.modules)
 print("HEAVY:" + ",".join(heavy), file=sys.stderr)
 """
 
