@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -46,7 +46,7 @@ def build_service(settings: Settings, options: ServeOptions) -> Service:
     )
 
 
-def _server_class() -> Any:
+def _server_class(on_signal: Callable[[], None]) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -64,6 +64,7 @@ def _server_class() -> Any:
                 if self.should_exit:
                     self.force_exit = True
                 self.should_exit = True
+                on_signal()
 
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
@@ -93,7 +94,7 @@ def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -
         access_log=False,  # requests are counted in /metrics; a token never reaches a log
         timeout_graceful_shutdown=max(1, int(options.grace)),
     )
-    server = _server_class()(config)
+    server = _server_class(service.begin_stop)(config)
     service.start()
     if announce:
         where = f"http://{options.host}:{options.port}"

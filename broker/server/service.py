@@ -84,11 +84,15 @@ class Service:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def begin_stop(self) -> None:
+        """Take no new work from now on (/readyz answers 503); in-flight work goes on."""
+        self._stop.set()
+        self._wake.set()
+
     def stop(self, grace: float | None = None) -> list[str]:
         """Take no new work; wait up to ``grace`` seconds for in-flight provisionings.
         Returns the clusters still in flight (their leases hand them on)."""
-        self._stop.set()
-        self._wake.set()
+        self.begin_stop()
         deadline = time.monotonic() + (self.options.grace if grace is None else grace)
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
