@@ -1,0 +1,472 @@
+"""Service benchmarks: `broker serve --sim` on loopback. Run by hand:
+``python benchmarks/server.py [--check] [--clients N] [--clusters M]``.
+
+Measured in one run on one machine (the throughput target is a ratio, so the machine's
+speed cancels):
+  1. Submissions through the API on the simulated cloud (latency 0): a real ``broker serve
+     --sim`` process (default options: 4 provisioning workers) on a free loopback port with
+     its own state and XDG directories; N client threads, each with a keep-alive connection
+     and its own token, submit M clusters (``POST /v1/clusters {"gpus": 16}``) and the run
+     ends when all are RUNNING. Reported: clusters/s end to end (first request to last
+     RUNNING) and the submit rate alone (202 answers per second while submitting).
+  2. The CLI path, in the same run: 16 concurrent ``broker provision --provider sim --gpus 16
+     --json`` processes on one temporary store, clusters/s from the first start to the last
+     exit (the median of 3 rounds). Target: the API path end to end at least 10x this.
+  3. ``GET /v1/clusters`` (default limit 50) with 10,000 clusters of one organisation in the
+     store: 100 provisioned in-process on sim and left RUNNING, 9,900 finished ones (COMPLETED,
+     STOPPED, FAILED, cloned from provisioned ones in one transaction, with their lifecycle
+     rows). Latency from one client on loopback over one keep-alive connection, 500 requests
+     after 20 warm-up ones, for the first page and for page 20 (reached through next_cursor:
+     keyset pagination costs the same). Target: p99 under 50 ms.
+Every process is started here and stopped here (SIGTERM, then SIGKILL); all of them run with a
+bytecode cache in a temporary PYTHONPYCACHEPREFIX (as an installed package has one), so the
+working tree is never written. ``--check`` exits 1 if a target is missed. Nothing here talks
+to a cloud, and nothing imports from ``tests/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker.api import Broker  # noqa: E402
+from broker.lifecycle import Status  # noqa: E402
+from broker.quote import QuoteRequest  # noqa: E402
+from broker.ranking import RankRequest  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+
+RATIO_TARGET = 10.0  # API clusters/s end to end over CLI clusters/s
+P99_TARGET_MS = 50.0  # GET /v1/clusters with 10,000 clusters in the store
+CLI_PROCESSES = 16
+CLI_ROUNDS = 3
+STORE_CLUSTERS = 10_000
+STORE_RUNNING = 100
+LATENCY_REQUESTS = 500
+WARMUP_REQUESTS = 20
+DEADLINE = 300.0  # seconds any one phase may take before the run gives up
+UNSETTLED = "PENDING,QUEUED,STARTING"
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(home: Path, cache: Path) -> dict[str, str]:
+    """The environment of every process started here: nothing of the caller's broker
+    settings, a state dir and XDG dirs under ``home``, a shared bytecode cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "XDG_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        HOME=str(home),
+        BROKER_STATE_DIR=str(home / "state"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        PYTHONPYCACHEPREFIX=str(cache),
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+class Server:
+    """One ``broker serve --sim`` process on a free loopback port."""
+
+    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+        self.env = dict(env)
+        self.port = free_port()
+        self.log = Path(self.env["HOME"]) / f"server-{self.port}.log"
+        self._out = self.log.open("w")
+        cmd = [sys.executable, "-m", "broker.cli", "serve", "--sim", "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited {self.proc.returncode}: {self.output()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+                conn.close()
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the server was not ready in 60 s: {self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def token(self, org: str, name: str) -> str:
+        broker = Broker(Settings.from_env(self.env))
+        secret, _ = broker.create_token(org, name=name, role="member")
+        return secret
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+@contextmanager
+def serving(env: Mapping[str, str], *args: str) -> Iterator[Server]:
+    server = Server(env, *args)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection with one token."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        self.conn.request(method, path, body=data, headers=headers)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- 1. submissions through the API -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiRun:
+    clusters: int
+    submit_seconds: float  # first POST sent to last 202 received
+    total_seconds: float  # first POST sent to every cluster RUNNING
+    failed: int  # clusters that ended other than RUNNING
+
+
+def api_run(env: Mapping[str, str], clients: int, clusters: int) -> ApiRun:
+    with serving(env) as server:
+        tokens = [server.token("bench", f"client-{i}") for i in range(clients)]
+        shares = [clusters // clients + (i < clusters % clients) for i in range(clients)]
+        done: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        go = threading.Barrier(clients + 1)
+
+        def submit(i: int) -> None:
+            client = Client(server.port, tokens[i])
+            try:
+                go.wait(timeout=60)
+                for _ in range(shares[i]):
+                    status, doc = client.request("POST", "/v1/clusters", {"gpus": 16})
+                    if status != 202:
+                        raise RuntimeError(f"POST /v1/clusters: {status} {doc}")
+            except Exception as exc:  # reported after the run
+                with lock:
+                    errors.append(f"client {i}: {exc}")
+            finally:
+                with lock:
+                    done.append(time.perf_counter())
+                client.close()
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        go.wait(timeout=60)
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join(timeout=DEADLINE)
+        if errors or any(t.is_alive() for t in threads):
+            raise RuntimeError(f"submissions failed: {errors[:3]}\n{server.output()[-2000:]}")
+        submitted = max(done)
+        watcher = Client(server.port, tokens[0])
+        try:
+            while True:  # one cheap page: is anything still on its way?
+                status, doc = watcher.request("GET", f"/v1/clusters?status={UNSETTLED}&limit=1")
+                if status != 200:
+                    raise RuntimeError(f"GET /v1/clusters: {status} {doc}")
+                if not doc["clusters"]:
+                    break
+                if time.perf_counter() - t0 > DEADLINE:
+                    raise TimeoutError(f"clusters still provisioning after {DEADLINE:.0f} s")
+                time.sleep(0.02)
+            total = time.perf_counter() - t0
+            status, doc = watcher.request("GET", "/v1/clusters?status=RUNNING&limit=500")
+        finally:
+            watcher.close()
+        running = len(doc["clusters"])
+    return ApiRun(clusters, submitted - t0, total, clusters - running)
+
+
+# -- 2. the CLI path --------------------------------------------------------------------------
+
+
+def cli_round(env: Mapping[str, str], round_no: int) -> float:
+    """Seconds for CLI_PROCESSES concurrent `broker provision` processes on a fresh store."""
+    run_env = {**env, "BROKER_STATE_DIR": str(Path(env["HOME"]) / f"cli-state-{round_no}")}
+    cmd = [sys.executable, "-m", "broker.cli", "provision", "--provider", "sim",
+           "--gpus", "16", "--json"]  # fmt: skip
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(cmd, env=run_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(CLI_PROCESSES)
+    ]
+    outputs = [p.communicate(timeout=DEADLINE) for p in procs]
+    wall = time.perf_counter() - t0
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        if p.returncode != 0 or json.loads(out)["status"] != Status.RUNNING.value:
+            raise RuntimeError(f"broker provision exited {p.returncode}: {err.decode()[-1000:]}")
+    return wall
+
+
+# -- 3. GET /v1/clusters with 10,000 clusters -------------------------------------------------
+
+
+def fill_store(env: Mapping[str, str], org: str) -> None:
+    """STORE_CLUSTERS clusters of ``org``: STORE_RUNNING provisioned on sim and left RUNNING,
+    the rest finished ones cloned from provisioned ones (each status, its own id, an older
+    creation time, its lifecycle rows), written in one transaction."""
+    from sqlalchemy import insert, select
+
+    from broker.state import clusters, transitions
+
+    broker = Broker(Settings.from_env(env), backend="sim").scoped(org)
+    request = QuoteRequest(rank=RankRequest(gpus=16))
+    running = [broker.provision(request).id for _ in range(STORE_RUNNING)]
+    models = {
+        Status.COMPLETED: broker.release(broker.provision(request).id).id,
+        Status.STOPPED: broker.stop(broker.provision(request).id).id,
+        Status.FAILED: broker.stop(broker.submit(request).id).id,  # then relabelled FAILED
+    }
+    store = broker.store
+    with store.engine.begin() as conn:
+        rows = {
+            status: dict(
+                conn.execute(select(clusters).where(clusters.c.id == cid)).mappings().one()
+            )
+            for status, cid in models.items()
+        }
+        history = {
+            status: [
+                dict(r)
+                for r in conn.execute(
+                    select(transitions).where(transitions.c.cluster_id == cid)
+                ).mappings()
+            ]
+            for status, cid in models.items()
+        }
+        rows[Status.FAILED].update(status="FAILED", reason="NoCapacity", detail="bench: cloned")
+        now = time.time()
+        oldest = now - 30 * 86400
+        extra = STORE_CLUSTERS - STORE_RUNNING - len(models)
+        cluster_rows: list[dict[str, Any]] = []
+        transition_rows: list[dict[str, Any]] = []
+        kinds = list(models)
+        for i in range(extra):
+            status = kinds[i % len(kinds)]
+            cid = f"bb-{os.urandom(6).hex()}"
+            at = oldest + i * (now - 3600 - oldest) / extra
+            cluster_rows.append(
+                {**rows[status], "id": cid, "created_at": at, "updated_at": at + 600}
+            )
+            for t in history[status]:
+                shifted = {k: v for k, v in t.items() if k != "id"}
+                shifted.update(cluster_id=cid, at=at + (t["at"] - history[status][0]["at"]))
+                transition_rows.append(shifted)
+        conn.execute(insert(clusters), cluster_rows)
+        conn.execute(insert(transitions), transition_rows)
+    total = len(broker.list_clusters(limit=None))
+    assert total == STORE_CLUSTERS, total
+    assert len(running) == len(broker.list_clusters({Status.RUNNING}, limit=None))
+
+
+def latencies(client: Client, path: str, repeat: int) -> list[float]:
+    for _ in range(WARMUP_REQUESTS):
+        client.request("GET", path)
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        status, doc = client.request("GET", path)
+        out.append(time.perf_counter() - t0)
+        if status != 200 or len(doc["clusters"]) != 50:
+            raise RuntimeError(f"GET {path}: {status}")
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@dataclass(frozen=True)
+class ListRun:
+    page1: list[float]
+    page20: list[float]
+    filtered: list[float]
+
+
+def list_run(env: Mapping[str, str]) -> ListRun:
+    fill_store(env, "bench")
+    with serving(env) as server:
+        client = Client(server.port, server.token("bench", "reader"))
+        try:
+            cursor = None
+            for _ in range(19):
+                path = "/v1/clusters" + (f"?cursor={cursor}" if cursor else "")
+                _, doc = client.request("GET", path)
+                cursor = doc["next_cursor"]
+            page1 = latencies(client, "/v1/clusters", LATENCY_REQUESTS)
+            page20 = latencies(client, f"/v1/clusters?cursor={cursor}", LATENCY_REQUESTS)
+            filtered = latencies(client, "/v1/clusters?status=RUNNING", LATENCY_REQUESTS)
+        finally:
+            client.close()
+    return ListRun(page1, page20, filtered)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--clients", type=int, default=16, help="API client threads (16)")
+    parser.add_argument("--clusters", type=int, default=320, help="clusters submitted (320)")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= args.clusters <= 500:
+        parser.error("need 1 <= --clients <= --clusters <= 500")
+
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        cache = Path(tmp) / "pycache"
+
+        def home(name: str) -> dict[str, str]:
+            path = Path(tmp) / name
+            path.mkdir()
+            return clean_env(path, cache)
+
+        warm = home("warm")  # fills the bytecode cache, as an installed package has one
+        subprocess.run(
+            [sys.executable, "-m", "broker.cli", "provision", "--provider", "sim", "--gpus", "16"],
+            env=warm, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        with serving(warm):
+            pass
+
+        print(f"## Submissions on sim (latency 0), {os.cpu_count()} CPUs")
+        cli_env = home("cli")
+        cli_walls = [cli_round(cli_env, r) for r in range(CLI_ROUNDS)]
+        cli_wall = statistics.median(cli_walls)
+        cli_rate = CLI_PROCESSES / cli_wall
+        api = api_run(home("api"), args.clients, args.clusters)
+        api_rate = api.clusters / api.total_seconds
+        submit_rate = api.clusters / api.submit_seconds
+        ratio = api_rate / cli_rate
+        ratio_ok = ratio >= RATIO_TARGET and api.failed == 0
+        print("| path | clusters | wall s | clusters/s |")
+        print("|---|---|---|---|")
+        print(
+            f"| CLI: {CLI_PROCESSES} concurrent `broker provision --provider sim --gpus 16 "
+            f"--json` (median of {CLI_ROUNDS}: {', '.join(f'{w:.2f}' for w in cli_walls)} s) "
+            f"| {CLI_PROCESSES} | {cli_wall:.2f} | {cli_rate:.1f} |"
+        )
+        print(
+            f"| API: {args.clients} clients, submit until every cluster is RUNNING "
+            f"| {api.clusters} | {api.total_seconds:.2f} | {api_rate:.1f} |"
+        )
+        print(
+            f"| API: submitting only (202 answers) | {api.clusters} | {api.submit_seconds:.2f} "
+            f"| {submit_rate:.1f} |"
+        )
+        if api.failed:
+            print(f"\n{api.failed} API cluster(s) did not end RUNNING")
+        print()
+
+        print(f"## GET /v1/clusters, {STORE_CLUSTERS:,} clusters in the store, keep-alive")
+        lists = list_run(home("list"))
+        print(f"| request ({LATENCY_REQUESTS} each, limit 50) | p50 ms | p99 ms | max ms |")
+        print("|---|---|---|---|")
+        for label, values in (
+            ("page 1 (`GET /v1/clusters`)", lists.page1),
+            ("page 20 (through `next_cursor`)", lists.page20),
+            (f"`?status=RUNNING` ({STORE_RUNNING} of {STORE_CLUSTERS:,})", lists.filtered),
+        ):
+            print(
+                f"| {label} | {percentile(values, 50) * 1000:.1f} | "
+                f"{percentile(values, 99) * 1000:.1f} | {max(values) * 1000:.1f} |"
+            )
+        print()
+
+    p99_1 = percentile(lists.page1, 99) * 1000
+    p99_20 = percentile(lists.page20, 99) * 1000
+    results = [
+        (
+            "API clusters/s end to end over CLI clusters/s",
+            f"{ratio:.1f}x ({api_rate:.1f} / {cli_rate:.1f})",
+            f">= {RATIO_TARGET:g}x",
+            ratio_ok,
+        ),
+        ("GET /v1/clusters p99, page 1", f"{p99_1:.1f} ms", f"< {P99_TARGET_MS:g} ms",
+         p99_1 < P99_TARGET_MS),
+        ("GET /v1/clusters p99, page 20", f"{p99_20:.1f} ms", f"< {P99_TARGET_MS:g} ms",
+         p99_20 < P99_TARGET_MS),
+    ]  # fmt: skip
+    print("## Targets")
+    print("| measure | measured | target | |")
+    print("|---|---|---|---|")
+    for name, value, target, ok in results:
+        print(f"| {name} | {value} | {target} | {verdict(ok)} |")
+    missed = [name for name, _, _, ok in results if not ok]
+    if missed:
+        print(f"missed: {'; '.join(missed)}", file=sys.stderr)
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
