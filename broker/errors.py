@@ -20,6 +20,9 @@ module is the one table both read. No traceback reaches a user for an error in t
     +-- Unauthorized                               2   401  no valid API token (missing, revoked)
     +-- Forbidden                                  2   403  the token's role may not do this
     +-- ServerExtraMissing                         2   500  `broker serve` without its extra
+    +-- ServiceUnavailable                         6   503  the broker service cannot be reached
+    +-- ServiceError                               1   502  the service answered what no class names
+    +-- WaitTimeout                                3   504  a remote provisioning outlasted the wait
     +-- ProviderError (providers.errors)           4   502  a cloud refused (typed by reach)
         +-- ... (the reach tree drawn in providers.errors)
 
@@ -183,6 +186,39 @@ class ServerExtraMissing(BrokerError):
     http_status = 500
 
 
+class ServiceUnavailable(BrokerError):
+    """The broker service (``broker serve``) cannot be reached: connection refused or reset,
+    a timeout, a name that does not resolve. The message names the URL, never the token."""
+
+    exit_code = Exit.UNAVAILABLE
+    http_status = 503
+
+
+class ServiceError(BrokerError):
+    """The broker service answered with an error no class of this tree names (an internal
+    error, a redirect, a status or body that is not the broker's); ``status`` is its HTTP
+    status (0 when there was none)."""
+
+    exit_code = Exit.ERROR
+    http_status = 502
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class WaitTimeout(BrokerError):
+    """A remote provisioning was not over (RUNNING or ended) within the caller's wait;
+    ``cluster`` is where it was then (the service may still be provisioning it)."""
+
+    exit_code = Exit.NO_SHAPE
+    http_status = 504
+
+    def __init__(self, message: str, cluster: ClusterRecord | None = None) -> None:
+        self.cluster = cluster
+        super().__init__(message)
+
+
 __all__ = [
     "BrokerError",
     "Cancelled",
@@ -200,9 +236,12 @@ __all__ = [
     "ProviderError",
     "ProvisionFailed",
     "ServerExtraMissing",
+    "ServiceError",
+    "ServiceUnavailable",
     "StateError",
     "StoreError",
     "TeardownFailed",
     "Unauthorized",
+    "WaitTimeout",
     "exit_code_of",
 ]

@@ -12,7 +12,10 @@ environment (``BROKER_*``, ``XDG_*``). Everything below the edge takes these as 
   touch (``default``);
 - ``BROKER_SIM_SCENARIO``: the simulated cloud's scenario file;
 - ``BROKER_BURST_MAX_GPUS``: the burst cap (48);
-- ``BROKER_LEASE_SECONDS``: a provisioning owner's lease between renewals (120).
+- ``BROKER_LEASE_SECONDS``: a provisioning owner's lease between renewals (120);
+- ``BROKER_URL`` and ``BROKER_TOKEN``: a broker service (``broker serve``) and an API token of
+  it; when the URL is set, the CLI's cluster commands call that service instead of the local
+  store. The token is never part of a repr or a message.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class Settings:
     deployment: str = "default"
     sim_scenario: Path | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    service_url: str | None = None  # BROKER_URL: the CLI's cluster commands call this service
+    service_token: str | None = field(default=None, repr=False)  # BROKER_TOKEN: never shown
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +80,8 @@ class Settings:
             if env.get("BROKER_SIM_SCENARIO")
             else None,
             lease_seconds=_lease(env.get("BROKER_LEASE_SECONDS", "")),
+            service_url=env.get("BROKER_URL", "").strip() or None,
+            service_token=env.get("BROKER_TOKEN", "").strip() or None,
         )
 
 
