@@ -1,5 +1,9 @@
 """Cluster commands: provision, restart, list, describe, env, release, stop, delete,
-reconcile, util, blocks, unblock. Each calls the Broker once and renders a view document."""
+reconcile, util, blocks, unblock. Each calls the Broker once and renders a view document.
+
+With BROKER_URL set, the commands a scheduler uses call a broker service instead, through a
+:class:`~broker.client.Client` (same methods, same records, so the same rendering below);
+``provision`` and ``restart`` run there through :mod:`broker.cli.remote`."""
 
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from broker.views import (
 from shapes.errors import Exit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.client import Client
     from broker.diagnostics import Diagnostic
     from broker.state import ClusterRecord
 
@@ -48,6 +55,20 @@ def _broker(args: argparse.Namespace, settings: Settings, backend: str | None = 
         policy=policy,
         progress=say,
     )
+
+
+def _open(settings: Settings, local: Callable[[], Broker] | None = None) -> Broker | Client:
+    """The Broker over the local store, or the Client of the service BROKER_URL names."""
+    if settings.service_url:
+        from broker.cli.remote import client
+
+        return client(settings)
+    return local() if local is not None else Broker(settings)
+
+
+def _local_only(settings: Settings, command: str) -> None:
+    if settings.service_url:
+        say(f"note: `broker {command}` works on the local store; BROKER_URL is not used")
 
 
 def _short(ts: str | None) -> str:
@@ -83,7 +104,7 @@ def _print_running(doc: Document) -> None:
 
 
 def _provisioned(
-    broker: Broker, run: Any, as_json: bool, warnings: Sequence[Diagnostic] = ()
+    broker: Broker | Client, run: Any, as_json: bool, warnings: Sequence[Diagnostic] = ()
 ) -> int:
     """Run the provisioning and render its outcome, whatever it is."""
     try:
@@ -128,6 +149,10 @@ def _provisioned(
 
 
 def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.service_url:
+        from broker.cli import remote
+
+        return remote.cmd_provision(args, settings)
     from broker.cli.quote import inputs_from_args
     from broker.inputs import build_request, split_backend
 
@@ -150,6 +175,10 @@ def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.service_url:
+        from broker.cli import remote
+
+        return remote.cmd_restart(args, settings)
     current = Broker(settings).get(args.cluster_id)
     broker = _broker(args, settings, current.backend)
     return _provisioned(broker, lambda: broker.restart(current.id), args.json)
@@ -175,7 +204,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         statuses = [Status(s.upper()) for s in args.status]
     limit = None if args.all else (args.limit if args.limit else 50)
-    broker = Broker(settings)
+    broker = _open(settings)
     if statuses is None and limit is not None:  # every live cluster, and the newest others
         live = broker.list_clusters(LIVE | {Status.TERMINATING}, limit=None)
         done = broker.list_clusters(TERMINAL, limit=limit)
@@ -206,7 +235,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
-    doc = report_document(Broker(settings).describe(args.cluster_id))
+    doc = report_document(_open(settings).describe(args.cluster_id))
     if args.json:
         emit_json(doc)
         return Exit.OK
@@ -227,7 +256,7 @@ def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
     from broker.env import export_lines
 
-    env = Broker(settings).env(args.cluster_id, args.rank)
+    env = _open(settings).env(args.cluster_id, args.rank)
     if args.json:
         emit_json(env_document(env))
     else:
@@ -236,7 +265,7 @@ def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
-    broker = _broker(args, settings)
+    broker = _open(settings, lambda: _broker(args, settings))
     before = broker.get(args.cluster_id)
     cluster = broker.release(before.id) if verb == "release" else broker.stop(before.id)
     if args.json:
@@ -244,7 +273,8 @@ def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
     elif before.status in TERMINAL:
         print(f"{cluster.id} was already {cluster.status.value}: nothing to {verb}")
     elif cluster.status is Status.TERMINATING:
-        print(f"{cluster.id} is being wound down by another process ({cluster.owner})")
+        by = f" ({cluster.owner})" if cluster.owner else ""
+        print(f"{cluster.id} is being wound down by another process{by}")
     else:
         print(f"{cluster.id} {cluster.status.value}")
     return Exit.OK
@@ -259,7 +289,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
-    broker = Broker(settings)
+    broker = _open(settings)
     cluster = broker.get(args.cluster_id)
     broker.delete(cluster.id)
     if args.json:
@@ -270,6 +300,7 @@ def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    _local_only(settings, "reconcile")
     report = _broker(args, settings).reconcile()
     doc = reconcile_document(report)
     if args.json:
@@ -290,7 +321,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
-    doc = util_document(Broker(settings).util())
+    doc = util_document(_open(settings).util())
     if args.json:
         emit_json(doc)
         return Exit.OK
@@ -313,6 +344,7 @@ def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_blocks(args: argparse.Namespace, settings: Settings) -> int:
+    _local_only(settings, "blocks")
     doc = blocks_document(Broker(settings).blocks())
     if args.json:
         emit_json(doc)
@@ -334,6 +366,7 @@ def cmd_unblock(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidRequest(
             [Diagnostic(field="scope", message="give one SCOPE (see `broker blocks`) or --all")]
         )
+    _local_only(settings, "unblock")
     broker = Broker(settings)
     removed = broker.unblock(None if args.all else args.scope)
     if args.scope and not removed:

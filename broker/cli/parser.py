@@ -20,7 +20,10 @@ EPILOG = (
     "3 no shape can serve the request, 4 nodes may be left running (run broker reconcile), "
     "5 someone else moved the cluster, 6 the state store cannot be used, 130/143 interrupted. "
     "Settings come from BROKER_STATE_DIR, BROKER_STATE_URL, BROKER_CONFIG, BROKER_CATALOG_DIR, "
-    "BROKER_DEPLOYMENT, BROKER_SIM_SCENARIO, BROKER_BURST_MAX_GPUS and BROKER_LEASE_SECONDS."
+    "BROKER_DEPLOYMENT, BROKER_SIM_SCENARIO, BROKER_BURST_MAX_GPUS and BROKER_LEASE_SECONDS. "
+    "With BROKER_URL (and BROKER_TOKEN) set, provision, restart, list, describe, env, stop, "
+    "release, delete and util call that broker service instead of the local store "
+    "(6 also means the service cannot be reached)."
 )
 
 
