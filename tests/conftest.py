@@ -32,6 +32,14 @@ SHAPE_JSON_FIELDS = frozenset(
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_broker_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests use their own stores: a BROKER_URL/BROKER_TOKEN exported in the shell that runs
+    them must not send the CLI (or its subprocesses) to a service."""
+    monkeypatch.delenv("BROKER_URL", raising=False)
+    monkeypatch.delenv("BROKER_TOKEN", raising=False)
+
+
 # A loopback port nothing listens on (the discard port): connections are refused at once.
 CLOSED_LOOPBACK = "127.0.0.1:9"
 
