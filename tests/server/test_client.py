@@ -72,7 +72,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerServer]:
 @pytest.fixture(scope="module")
 def scenario_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerServer]:
     """A server whose simulated cloud has no capacity but on SLOW, whose launches take a
-    minute (so a provisioning can be caught in flight)."""
+    minute (so a provisioning can be caught in flight). A stopped cluster's worker stays in
+    its launch until the cloud answers, so there is a worker for each slow cluster here."""
     home = tmp_path_factory.mktemp("client-scenario")
     scenario = home / "scenario.toml"
     scenario.write_text(
@@ -83,7 +84,7 @@ def scenario_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSer
         home / "state",
         server_env(home),
         "--workers",
-        "2",
+        "6",
         "--reconcile-every",
         "1",
         "--sim-scenario",
