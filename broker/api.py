@@ -106,6 +106,17 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         ) from None
 
 
+def _same_request(cluster: ClusterRecord, request: QuoteRequest, key: str) -> ClusterRecord:
+    """The cluster a repeated Idempotency-Key made, if it was made for the same request;
+    the same key for another request is a client bug: refused, never silently merged."""
+    if cluster.request != json.loads(json.dumps(request.to_json_dict())):
+        raise ConflictError(
+            f"Idempotency-Key {key!r} was used for another request (cluster {cluster.id}); "
+            "use a new key for a new request"
+        )
+    return cluster
+
+
 def _check_backend(backend: str | None) -> None:
     if backend is not None and backend != SIMULATED:
         from broker.diagnostics import Diagnostic
@@ -324,7 +335,7 @@ class Broker:
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(self.org, idempotency_key)
             if existing is not None:
-                return existing
+                return _same_request(existing, request, idempotency_key)
         ranked = quote(request, self.catalog)  # availability aside
         if not ranked.plans:
             ranked = quote(request, self.catalog, explain=True)  # only to say how many
@@ -332,7 +343,7 @@ class Broker:
                 f"no shape can serve this request ({len(ranked.ranking.excluded)} excluded; "
                 "`broker quote --explain` says why)"
             )
-        return self.store.create_cluster(
+        made = self.store.create_cluster(
             f"bb-{os.urandom(6).hex()}",
             request=request.to_json_dict(),
             experiment=experiment,
@@ -341,6 +352,9 @@ class Broker:
             org=self.org,
             idempotency_key=idempotency_key,
         )
+        if idempotency_key is not None:  # another submission may have won the key meanwhile
+            return _same_request(made, request, idempotency_key)
+        return made
 
     def run(self, cluster_id: str) -> ClusterRecord:
         """Provision a PENDING cluster: the fallback loop, holding its lease. Raises

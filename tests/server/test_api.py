@@ -382,3 +382,14 @@ def test_readyz_is_503_when_the_store_cannot_be_read(api: Api, tmp_path: Path) -
     reply = api.client.get("/readyz")
     assert reply.status_code == 503 and "not a readable broker store" in reply.text
     assert api.client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_an_idempotency_key_reused_for_another_request_is_refused(api: Api) -> None:
+    headers = {**api.auth(api.token("acme")), "Idempotency-Key": "job-7"}
+    first = api.client.post("/v1/clusters", json={"gpus": 16}, headers=headers)
+    assert first.status_code == 202
+    other = api.client.post("/v1/clusters", json={"gpus": 8}, headers=headers)
+    assert other.status_code == 409
+    assert "used for another request" in str(errors_of(other)[0]["message"])
+    same = api.client.post("/v1/clusters", json={"gpus": 16}, headers=headers)
+    assert same.json()["cluster_id"] == first.json()["cluster_id"]
