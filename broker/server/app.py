@@ -94,6 +94,17 @@ def _too_large(limit: int) -> JSONResponse:
     return _errors(413, f"the request body is over {limit} bytes", kind="PayloadTooLarge")
 
 
+def _wants_page(request: Request) -> bool:
+    """A browser asking for a console page (not the API, not a machine)."""
+    path = request.url.path
+    if path.startswith(("/v1/", "/openapi", "/docs", "/redoc")) or path in API_PATHS:
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+API_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1"})
+
+
 def create_app(service: Service, *, console: bool = True) -> FastAPI:
     """The application over ``service``. The caller starts and stops the service (``broker
     serve`` does it in the lifespan; tests may drive workers themselves)."""
@@ -127,8 +138,15 @@ def create_app(service: Service, *, console: bool = True) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _errors(exc.status_code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        if console and _wants_page(request):
+            from broker.server.console import error_page
+
+            title = "Not found" if exc.status_code == 404 else str(exc.detail)
+            message = "There is no such page." if exc.status_code == 404 else "That did not work."
+            return error_page(request, exc.status_code, title, message)
+        return _errors(exc.status_code, str(exc.detail), kind=kind)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -508,3 +508,19 @@ def test_burst_quote_priority_warnings(console: Console) -> None:
     assert "Priority #2: ignored: no shape &#39;nosuch:shape:x:spot&#39;" in page.text
     plans = page.text.split('id="plans"')[1]
     assert re.findall(r'data-copy="([^"]+)"', plans)[0] == shape
+
+
+def test_unknown_pages_are_pages_for_browsers_and_json_for_the_api(tmp_path: Path) -> None:
+    from broker.api import Broker
+    from broker.server.app import create_app
+    from broker.server.service import Service, ServiceOptions
+
+    broker = Broker(state_dir=tmp_path / "s", backend="sim")
+    client = TestClient(create_app(Service(broker, ServiceOptions(workers=0, reconcile_every=0))))
+    page = client.get("/experiments/a/b", headers={"Accept": "text/html"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "Not found" in page.text
+    api = client.get("/v1/nothing", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json()["error"] == "NotFound"
+    machine = client.get("/nothing")
+    assert machine.status_code == 404 and machine.json()["errors"]
