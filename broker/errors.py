@@ -20,6 +20,7 @@ module is the one table both read. No traceback reaches a user for an error in t
     +-- Unauthorized                               2   401  no valid API token (missing, revoked)
     +-- Forbidden                                  2   403  the token's role may not do this
     +-- ServerExtraMissing                         2   500  `broker serve` without its extra
+    +-- CannotListen                               2   500  `broker serve` cannot bind its address
     +-- ServiceUnavailable                         6   503  the broker service cannot be reached
     +-- ServiceError                               1   502  the service answered what no class names
     +-- WaitTimeout                                3   504  a remote provisioning outlasted the wait
@@ -179,6 +180,13 @@ class Forbidden(BrokerError):
     http_status = 403
 
 
+class CannotListen(BrokerError):
+    """``broker serve`` cannot bind its address (in use, not this host's, no permission)."""
+
+    exit_code = Exit.INVALID
+    http_status = 500
+
+
 class ServerExtraMissing(BrokerError):
     """``broker serve`` (or a remote client) without the server extra installed."""
 
@@ -222,6 +230,7 @@ class WaitTimeout(BrokerError):
 __all__ = [
     "BrokerError",
     "Cancelled",
+    "CannotListen",
     "CatalogError",
     "CleanupFailed",
     "ConfigError",

@@ -5,8 +5,10 @@ get ``grace`` seconds; whatever is left is handed on through its lease)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator
@@ -15,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from broker.api import Broker
+from broker.errors import CannotListen
 from broker.server.service import Service, ServiceOptions
 from broker.settings import Settings
 
@@ -76,6 +79,28 @@ def _server_class(on_signal: Callable[[], None]) -> Any:
     return Server
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        raise CannotListen(
+            f"cannot serve on {host}:{port}: {why}"
+            + (
+                " (another process listens there; pick another --port)"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -> int:
     import uvicorn
 
@@ -84,6 +109,7 @@ def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    sock = _listen(options.host, options.port)  # refused here, before anything starts
     service = build_service(settings, options)
     app = create_app(service)
     config = uvicorn.Config(
@@ -106,7 +132,7 @@ def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -
         )
         sys.stderr.flush()
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         left = service.stop()
         sys.stderr.write(

@@ -82,3 +82,20 @@ def test_sigterm_mid_provisioning_lets_it_finish_within_the_grace(tmp_path: Path
     assert srv.stop(signal.SIGTERM) == 0
     assert srv.broker().get(cluster_id).status.value == "RUNNING"
     assert "Traceback" not in srv.output()
+
+
+def test_a_port_in_use_is_a_clear_error_before_anything_starts(server: BrokerServer) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--sim", "--port", str(server.port)],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert f"cannot serve on 127.0.0.1:{server.port}" in proc.stderr
+    assert "serving on" not in proc.stderr and "Traceback" not in proc.stderr
