@@ -37,10 +37,12 @@ from shapes.model import Shape
 if TYPE_CHECKING:
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
+    from broker.runs import Ending, RunPolicy
     from broker.state import (
         AttemptRecord,
         ClusterRecord,
         Everyone,
+        LogLine,
         Store,
         TokenRecord,
         TransitionRecord,
@@ -79,6 +81,13 @@ class ClusterReport:
     transitions: list[TransitionRecord]
     attempts: list[AttemptRecord]
     usage: Usage
+
+
+class LogPage(NamedTuple):
+    cluster: ClusterRecord
+    rank: int
+    lines: list[LogLine]
+    dropped: int
 
 
 class ClusterPage(NamedTuple):
@@ -150,6 +159,7 @@ class Broker:
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
         org: str | None = None,
+        run_policy: RunPolicy | None = None,
     ) -> None:
         """``settings`` (default: built-in defaults, no environment) says where things
         are; ``state_dir``/``store_url`` override it. Everything is validated here, before
@@ -169,6 +179,7 @@ class Broker:
         # None: a local store, every cluster visible; a name: only that organisation's
         # clusters exist for this Broker (others are "not found"), and it owns new ones.
         self.org = org
+        self._run_policy = run_policy
         self._providers: dict[str, Provider] = {}
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
@@ -226,6 +237,12 @@ class Broker:
         from broker.state import Store
 
         return Store.open(self.state_dir, self.store_url)
+
+    @cached_property
+    def run_policy(self) -> RunPolicy:
+        from broker.runs import RunPolicy
+
+        return self._run_policy or RunPolicy()
 
     @cached_property
     def owner(self) -> str:
@@ -379,7 +396,7 @@ class Broker:
             progress=self.progress,
             owner=self.owner,
         )
-        return provisioner.run(cluster.id, list(ranked.plans))
+        return provisioner.run(cluster.id, ranked.plans)  # plans built as they are tried
 
     def provision(
         self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None
@@ -473,7 +490,14 @@ class Broker:
         finished cluster is returned as it is."""
         return self._end(cluster_id, Status.STOPPED)
 
-    def _end(self, cluster_id: str, final: Status) -> ClusterRecord:
+    def _end(
+        self,
+        cluster_id: str,
+        final: Status,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> ClusterRecord:
         from broker.teardown import WindDown, wind_down
 
         cluster = self._find(cluster_id)
@@ -488,9 +512,51 @@ class Broker:
             )
         if cluster.status is Status.TERMINATING and cluster.lease_live(self.clock()):
             return cluster  # someone else is winding it down right now
-        how = WindDown(final, self.owner, self.policy.lease_seconds)
+        how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
         provider = self._cluster_provider(cluster)
-        return wind_down(self.store, cluster, how, provider, clock=self.clock, sleep=self.sleep)[0]
+        ended = wind_down(
+            self.store,
+            cluster,
+            how,
+            provider,
+            clock=self.clock,
+            sleep=self.sleep,
+            before_terminate=self._drain_agents,
+        )[0]
+        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())
+        return ended
+
+    def finish(self, ending: Ending) -> ClusterRecord:
+        """End a cluster as its agents' reports decided (COMPLETED, FAILED Error, ...)."""
+        return self._end(
+            ending.cluster_id, ending.final, reason=ending.reason, detail=ending.detail
+        )
+
+    def _drain_agents(self, cluster: ClusterRecord) -> None:
+        """Before its nodes go: give a running command ``stop_grace`` to stop (agents hear
+        "stop" on their next call, signal the command and report its exit)."""
+        from broker.runs import command_of
+
+        if command_of(cluster) is None:
+            return
+        deadline = self.clock() + self.run_policy.stop_grace + self.run_policy.heartbeat_every
+        while self.clock() < deadline:
+            agents = self.store.agents(cluster.id, cluster.cycle)
+            if all(a.exited_at is not None or a.started_at is None for a in agents):
+                return
+            self.sleep(0.2)
+
+    def logs(
+        self, cluster_id: str, rank: int = 0, *, tail: int | None = 100, after: int | None = None
+    ) -> LogPage:
+        """A rank's output as its agent sent it (the last ``tail`` lines, or the lines after
+        the line id ``after``) and how many were lost (the per-rank cap, or the agent's
+        own spool)."""
+        cluster = self._find(cluster_id)
+        lines = self.store.log_tail(cluster.id, rank, tail=tail, after=after)
+        agents = [a for a in self.store.agents(cluster.id, cluster.cycle) if a.rank == rank]
+        dropped = agents[0].log_dropped if agents else 0
+        return LogPage(cluster, rank, lines, dropped)
 
     def delete(self, cluster_id: str) -> None:
         """Forget a finished cluster (COMPLETED, STOPPED or FAILED only)."""
@@ -550,4 +616,4 @@ class Broker:
         return Reconciler(self).run()
 
 
-__all__ = ["SIMULATED", "Broker", "ClusterPage", "ClusterReport", "Usage", "accrue"]
+__all__ = ["SIMULATED", "Broker", "ClusterPage", "ClusterReport", "LogPage", "Usage", "accrue"]

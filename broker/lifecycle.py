@@ -47,7 +47,8 @@ class FailReason(StrEnum):
     INVALID_REQUEST = "InvalidRequest"
     CLEANUP_FAILED = "CleanupFailed"  # resources of a failed attempt could not be removed
     ORPHANED = "Orphaned"  # its provisioner died; settled by reconcile
-    ERROR = "Error"
+    ERROR = "Error"  # the command exited non-zero on a rank
+    FAILED_IMAGE_PULL = "FailedImagePull"  # a node could not pull the experiment's image
 
 
 def can_move(current: Status, target: Status) -> bool:

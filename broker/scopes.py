@@ -106,9 +106,16 @@ def blocked_shapes(
     by_key: Mapping[str, Block] = {b.scope.key: b for b in blocks}
     if not by_key:
         return {}
+    # Every scope names its backend and provider, and a zone or region scope its region:
+    # a shape outside all of them cannot be blocked, and costs no scope built.
+    named = {(b.scope.backend, b.scope.provider, b.scope.region) for b in by_key.values()}
     out: dict[str, str] = {}
     for shape in shapes:
         backend = backend_of(shape)
+        if (backend, shape.provider, None) not in named and (
+            (backend, shape.provider, shape.region) not in named
+        ):
+            continue
         wide = (
             BlockScope.provider_of(backend, shape),
             BlockScope.region_of(backend, shape, bucket_of(shape)),

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -161,6 +161,39 @@ tokens = Table(
     Column("digest", String(64), nullable=False, unique=True),  # sha256 of the secret
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("cluster_id", String(64)),  # a node token: the one cluster whose agents it serves
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("cluster_id", String(64), ForeignKey("clusters.id"), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("address", String(64), nullable=False),
+    Column("instance_id", String(255)),
+    Column("registered_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("pid", Integer),
+    Column("heartbeat_at", Float),
+    Column("exited_at", Float),
+    Column("exit_code", Integer),
+    Column("exit_signal", Integer),
+    Column("exit_reason", String(32)),
+    Column("log_next_seq", Integer, nullable=False),  # the next line number expected
+    Column("log_dropped", Integer, nullable=False),  # lines lost: by the agent or the cap
+)
+
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster_id", String(64), ForeignKey("clusters.id"), nullable=False),
+    Column("cycle", Integer, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("line", Text, nullable=False),
+    Index("log_lines_cluster_rank", "cluster_id", "rank", "id"),
 )
 
 leases = Table(
@@ -323,6 +356,38 @@ class ClusterRecord:
 
 
 @dataclass(frozen=True)
+class AgentRecord:
+    """What the agent of one node reported in one cycle."""
+
+    cluster_id: str
+    cycle: int
+    rank: int
+    address: str
+    instance_id: str | None
+    registered_at: float
+    started_at: float | None
+    pid: int | None
+    heartbeat_at: float | None
+    exited_at: float | None
+    exit_code: int | None
+    exit_signal: int | None
+    exit_reason: str | None
+    log_next_seq: int
+    log_dropped: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentRecord:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+class LogLine(NamedTuple):
+    id: int  # increasing in the store: ``after=`` follows from here
+    cycle: int
+    seq: int  # the line's number in its rank's output (per cycle)
+    line: str
+
+
+@dataclass(frozen=True)
 class StoreStats:
     clusters_by_status: dict[str, int]
     attempts: dict[tuple[str, str], int]  # (outcome, error code or "") -> count
@@ -340,6 +405,7 @@ class TokenRecord:
     role: str  # "member" or "admin"
     created_at: float
     revoked_at: float | None = None
+    cluster_id: str | None = None  # a node token's cluster
 
     @classmethod
     def from_row(cls, row: Any) -> TokenRecord:
@@ -350,6 +416,7 @@ class TokenRecord:
             role=row["role"],
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
+            cluster_id=row["cluster_id"],
         )
 
 
@@ -488,7 +555,11 @@ def _sqlite_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A write transaction takes the write lock at once (its reads then see what it
+        # updates); a read-only one is a deferred BEGIN: in WAL mode it never waits for,
+        # nor blocks, a writer.
+        read_only = conn.get_execution_options().get("broker_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -588,10 +659,11 @@ class Store:
         expire within the hour anyway)."""
         inspector = inspect(self.engine)
         have_of = {
-            t.name: {c["name"] for c in inspector.get_columns(t.name)} for t in (clusters, blocks)
+            t.name: {c["name"] for c in inspector.get_columns(t.name)}
+            for t in (clusters, blocks, tokens)
         }
         with self.engine.begin() as conn:
-            for table in (clusters, blocks):
+            for table in (clusters, blocks, tokens):
                 have = have_of[table.name]
                 for column in table.columns:
                     if column.name not in have and column.nullable:
@@ -611,6 +683,7 @@ class Store:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._guard(), self.engine.connect() as conn:
+            conn.execution_options(broker_read_only=True)
             yield conn
 
     # -- clusters ---------------------------------------------------------------------------
@@ -924,8 +997,9 @@ class Store:
                     f"cluster {cluster_id} is {current.status.value}; only "
                     f"{'/'.join(s.value for s in allowed)} clusters can be deleted"
                 )
-            for table in (transitions, attempts):
+            for table in (transitions, attempts, agents, log_lines):
                 conn.execute(delete(table).where(table.c.cluster_id == cluster_id))
+            conn.execute(delete(tokens).where(tokens.c.cluster_id == cluster_id))
             conn.execute(delete(clusters).where(clusters.c.id == cluster_id))
 
     # -- attempts ---------------------------------------------------------------------------
@@ -1086,6 +1160,7 @@ class Store:
                     digest=digest,
                     created_at=token.created_at,
                     revoked_at=None,
+                    cluster_id=token.cluster_id,
                 )
             )
 
@@ -1096,8 +1171,24 @@ class Store:
             row = conn.execute(select(tokens).where(tokens.c.digest == digest)).mappings().first()
         return (TokenRecord.from_row(row), str(row["digest"])) if row is not None else None
 
+    def revoke_cluster_tokens(self, cluster_id: str, *, now: float) -> int:
+        """Revoke every live node token of a cluster (its run ended, or a new cycle
+        gets a new token)."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(tokens)
+                .where(tokens.c.cluster_id == cluster_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return int(done.rowcount)
+
     def list_tokens(self, org: str | None = None) -> list[TokenRecord]:
-        query = select(tokens).order_by(tokens.c.org, tokens.c.created_at, tokens.c.id)
+        """API tokens (node tokens are not listed: they live and die with their cluster)."""
+        query = (
+            select(tokens)
+            .where(tokens.c.cluster_id.is_(None))
+            .order_by(tokens.c.org, tokens.c.created_at, tokens.c.id)
+        )
         if org is not None:
             query = query.where(tokens.c.org == org)
         with self._read() as conn:
@@ -1106,11 +1197,174 @@ class Store:
     def revoke_token(self, token_id: str, *, now: float, org: str | None = None) -> bool:
         """Revoke it (with ``org``: only if it is that organisation's); False if no such
         live token."""
-        query = update(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
+        query = update(tokens).where(
+            tokens.c.id == token_id, tokens.c.revoked_at.is_(None), tokens.c.cluster_id.is_(None)
+        )
         if org is not None:
             query = query.where(tokens.c.org == org)
         with self._tx() as conn:
             return int(conn.execute(query.values(revoked_at=now)).rowcount) == 1
+
+    # -- node agents and their logs ----------------------------------------------------------
+
+    def register_agent(
+        self,
+        cluster_id: str,
+        cycle: int,
+        rank: int,
+        *,
+        address: str,
+        instance_id: str | None,
+        now: float,
+    ) -> AgentRecord:
+        """Record (or refresh) the agent of node ``rank`` in this cycle; a re-registering
+        agent keeps what it reported before (started, exit, log position)."""
+        key = (
+            (agents.c.cluster_id == cluster_id)
+            & (agents.c.cycle == cycle)
+            & (agents.c.rank == rank)
+        )
+        with self._tx() as conn:
+            row = conn.execute(select(agents).where(key)).mappings().first()
+            if row is None:
+                conn.execute(
+                    insert(agents).values(
+                        cluster_id=cluster_id,
+                        cycle=cycle,
+                        rank=rank,
+                        address=address,
+                        instance_id=instance_id,
+                        registered_at=now,
+                        heartbeat_at=now,
+                        log_next_seq=0,
+                        log_dropped=0,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(agents)
+                    .where(key)
+                    .values(address=address, instance_id=instance_id, heartbeat_at=now)
+                )
+            return AgentRecord.from_row(conn.execute(select(agents).where(key)).mappings().one())
+
+    def agents(self, cluster_id: str, cycle: int) -> list[AgentRecord]:
+        query = (
+            select(agents)
+            .where(agents.c.cluster_id == cluster_id, agents.c.cycle == cycle)
+            .order_by(agents.c.rank)
+        )
+        with self._read() as conn:
+            return [AgentRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def update_agent(
+        self, cluster_id: str, cycle: int, rank: int, **changes: float | int | str | None
+    ) -> bool:
+        """Set fields of one agent's row (started_at, pid, heartbeat_at, exit_*); False if
+        that agent never registered."""
+        allowed = {
+            "started_at", "pid", "heartbeat_at", "exited_at", "exit_code", "exit_signal",
+            "exit_reason",
+        }  # fmt: skip
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"not agent fields: {sorted(unknown)}")
+        with self._tx() as conn:
+            done = conn.execute(
+                update(agents)
+                .where(
+                    agents.c.cluster_id == cluster_id,
+                    agents.c.cycle == cycle,
+                    agents.c.rank == rank,
+                )
+                .values(**changes)
+            )
+            return int(done.rowcount) == 1
+
+    def append_logs(
+        self,
+        cluster_id: str,
+        cycle: int,
+        rank: int,
+        *,
+        seq: int,
+        lines: Sequence[str],
+        dropped: int,
+        cap: int,
+    ) -> int:
+        """Store a batch of a rank's output lines numbered from ``seq``; lines already
+        stored (a retried batch) are skipped. At most ``cap`` lines are kept per rank: the
+        oldest go first, and are counted as dropped. Returns how many lines were new."""
+        key = (
+            (agents.c.cluster_id == cluster_id)
+            & (agents.c.cycle == cycle)
+            & (agents.c.rank == rank)
+        )
+        with self._tx() as conn:
+            row = conn.execute(select(agents).where(key)).mappings().first()
+            if row is None:
+                return 0
+            expected = int(row["log_next_seq"])
+            skip = max(0, expected - seq)
+            fresh = list(lines[skip:])
+            lost = max(0, seq - expected) + max(0, dropped)  # a gap: lines the agent lost
+            if fresh:
+                conn.execute(
+                    insert(log_lines),
+                    [
+                        {
+                            "cluster_id": cluster_id,
+                            "cycle": cycle,
+                            "rank": rank,
+                            "seq": seq + skip + i,
+                            "line": line,
+                        }
+                        for i, line in enumerate(fresh)
+                    ],
+                )
+            rank_lines = (log_lines.c.cluster_id == cluster_id) & (log_lines.c.rank == rank)
+            from sqlalchemy import func
+
+            kept = int(conn.execute(select(func.count()).where(rank_lines)).scalar_one())
+            if kept > cap:
+                cut = conn.execute(
+                    select(log_lines.c.id)
+                    .where(rank_lines)
+                    .order_by(log_lines.c.id)
+                    .offset(kept - cap - 1)
+                    .limit(1)
+                ).scalar_one()
+                done = conn.execute(delete(log_lines).where(rank_lines & (log_lines.c.id <= cut)))
+                lost += int(done.rowcount)
+            conn.execute(
+                update(agents)
+                .where(key)
+                .values(
+                    log_next_seq=max(expected, seq + len(lines)),
+                    log_dropped=agents.c.log_dropped + lost,
+                )
+            )
+            return len(fresh)
+
+    def log_tail(
+        self, cluster_id: str, rank: int, *, tail: int | None = None, after: int | None = None
+    ) -> list[LogLine]:
+        """A rank's stored lines, oldest first: the last ``tail`` of them, or those after
+        the line id ``after`` (for following)."""
+        query = select(log_lines.c.id, log_lines.c.cycle, log_lines.c.seq, log_lines.c.line).where(
+            log_lines.c.cluster_id == cluster_id, log_lines.c.rank == rank
+        )
+        if after is not None:
+            query = query.where(log_lines.c.id > after).order_by(log_lines.c.id)
+            if tail is not None:
+                query = query.limit(tail)
+            with self._read() as conn:
+                return [LogLine(*r) for r in conn.execute(query)]
+        query = query.order_by(log_lines.c.id.desc())
+        if tail is not None:
+            query = query.limit(tail)
+        with self._read() as conn:
+            return [LogLine(*r) for r in conn.execute(query)][::-1]
 
     # -- named leases (broker-wide chores) ---------------------------------------------------
 

@@ -74,6 +74,7 @@ def wind_down(
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    before_terminate: Callable[[ClusterRecord], None] | None = None,
 ) -> tuple[ClusterRecord, list[Node]]:
     """Take a live (or TERMINATING) cluster to ``how.final``: through TERMINATING when it
     may have nodes, which are terminated and confirmed gone first. Returns the ended
@@ -105,6 +106,8 @@ def wind_down(
     removed: list[Node] = []
     if provider is not None:
         with LeaseKeeper(store, cluster.id, how.owner, how.lease_seconds, clock):
+            if before_terminate is not None:
+                before_terminate(cluster)  # e.g. let the nodes' commands stop first
             removed = terminate_cluster_nodes(cluster.id, provider, sleep=sleep)
     ended = store.transition(
         cluster.id,

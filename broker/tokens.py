@@ -20,14 +20,17 @@ from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.state import Store, TokenRecord
 
 PREFIX = "bbt_"
+NODE_PREFIX = "bbn_"  # a node token: one cluster's agents, until the cluster ends
 _ORG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TOKEN = re.compile(r"bbt_[A-Za-z0-9_-]{43}")
+_TOKEN = re.compile(r"bb[tn]_[A-Za-z0-9_-]{43}")
+LOCAL_ORG = "-"  # the organisation column of a local cluster's node token
 MAX_NAME = 200
 
 
 class Role(StrEnum):
     MEMBER = "member"  # sees, submits and stops every cluster of its organisation
     ADMIN = "admin"  # also creates, lists and revokes its organisation's tokens
+    NODE = "node"  # the agents of one cluster: only the /v1/agent calls of that cluster
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,15 @@ class Principal:
     role: Role
     token_id: str
     token_name: str
+    cluster_id: str | None = None  # a node token's cluster
 
     @property
     def admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    @property
+    def node(self) -> bool:
+        return self.role is Role.NODE
 
 
 def digest(secret: str) -> str:
@@ -64,7 +72,10 @@ def check_org(org: object) -> str:
 
 def check_role(role: object) -> Role:
     try:
-        return Role(str(role))
+        found = Role(str(role))
+        if found is Role.NODE:
+            raise ValueError(role)
+        return found
     except ValueError:
         raise InvalidRequest(
             [Diagnostic(field="role", message=f"must be member or admin, got {role!r}")]
@@ -87,6 +98,25 @@ def create_token(
     return secret, record
 
 
+def create_node_token(
+    store: Store, cluster_id: str, org: str | None, *, now: float
+) -> tuple[str, TokenRecord]:
+    """A new node token for a cluster's agents (the cluster's earlier ones are revoked:
+    each cycle's nodes get their own)."""
+    store.revoke_cluster_tokens(cluster_id, now=now)
+    secret = NODE_PREFIX + secrets.token_urlsafe(32)
+    record = TokenRecord(
+        id=secrets.token_hex(6),
+        org=org or LOCAL_ORG,
+        name=f"nodes of {cluster_id}",
+        role=Role.NODE.value,
+        created_at=now,
+        cluster_id=cluster_id,
+    )
+    store.add_token(record, digest(secret))
+    return secret, record
+
+
 def authenticate(store: Store, presented: str) -> Principal | None:
     """The principal of a live token, or None (unknown, malformed or revoked: the caller
     cannot tell which, and neither can a timing)."""
@@ -100,7 +130,11 @@ def authenticate(store: Store, presented: str) -> Principal | None:
     if not hmac.compare_digest(stored, wanted) or record.revoked_at is not None:
         return None
     return Principal(
-        org=record.org, role=Role(record.role), token_id=record.id, token_name=record.name
+        org=record.org,
+        role=Role(record.role),
+        token_id=record.id,
+        token_name=record.name,
+        cluster_id=record.cluster_id,
     )
 
 
@@ -111,6 +145,7 @@ __all__ = [
     "authenticate",
     "check_org",
     "check_role",
+    "create_node_token",
     "create_token",
     "digest",
 ]

@@ -190,9 +190,11 @@ def create_app(service: Service, *, console: bool = True) -> FastAPI:
 
         return PlainTextResponse(render(service), media_type="text/plain; version=0.0.4")
 
+    from broker.server.agent_api import router as agent_router
     from broker.server.api import router
 
     app.include_router(router)
+    app.include_router(agent_router)
     if console:
         from broker.server.console import mount
 

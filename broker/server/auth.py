@@ -34,9 +34,18 @@ def principal(request: Request) -> Principal:
     so a cross-site request cannot use a signed-in browser's session)."""
     token = bearer(request)
     found = service_of(request).broker.authenticate(token) if token else None
-    if found is None:
+    if found is None or found.node:  # a node token serves only /v1/agent
         raise Unauthorized("a valid API token is required (Authorization: Bearer <token>)")
     request.state.principal = found
+    return found
+
+
+def node(request: Request) -> Principal:
+    """The caller of an agent route: a node token only (user tokens get 401 here)."""
+    token = bearer(request)
+    found = service_of(request).broker.authenticate(token) if token else None
+    if found is None or not found.node:
+        raise Unauthorized("a valid node token is required")
     return found
 
 
@@ -51,4 +60,13 @@ def org_broker(request: Request, who: Principal = Depends(principal)) -> Broker:
     return service_of(request).broker.scoped(who.org)
 
 
-__all__ = ["Forbidden", "Unauthorized", "admin", "bearer", "org_broker", "principal", "service_of"]
+__all__ = [
+    "Forbidden",
+    "Unauthorized",
+    "admin",
+    "bearer",
+    "node",
+    "org_broker",
+    "principal",
+    "service_of",
+]

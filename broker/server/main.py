@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -112,6 +113,12 @@ def serve(settings: Settings, options: ServeOptions, *, announce: bool = True) -
     sock = _listen(options.host, options.port)  # refused here, before anything starts
     service = build_service(settings, options)
     app = create_app(service)
+    # Load the catalog now, then take everything built so far (catalog, app, SQLAlchemy
+    # metadata, pydantic models) out of the cyclic collector's reach: a full collection
+    # over that heap took 40-60 ms and landed on whichever request was running (the p99).
+    _ = service.broker.catalog
+    gc.collect()
+    gc.freeze()
     config = uvicorn.Config(
         app,
         host=options.host,

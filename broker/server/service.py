@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from broker.api import Broker
 from broker.errors import BrokerError, ConflictError, Interrupted
 from broker.lifecycle import FailReason, Status
+from broker.runs import Ending
 
 log = logging.getLogger("broker.server")
 
@@ -64,6 +65,7 @@ class Service:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._busy: set[str] = set()
+        self._finishing: set[str] = set()
         self._busy_lock = threading.Lock()
         self.last_reconcile: float | None = None
 
@@ -157,10 +159,53 @@ class Service:
             self.counters.provision("Error")
             log.exception("cluster %s: unexpected error while provisioning", cluster_id)
 
+    # -- runs: ending clusters as their agents decide, noticing silent agents --------------------
+
+    def finish(self, ending: Ending) -> None:
+        """End a cluster in the background (terminating nodes takes a while); one thread
+        per cluster at a time."""
+        with self._busy_lock:
+            if ending.cluster_id in self._finishing:
+                return
+            self._finishing.add(ending.cluster_id)
+
+        def run() -> None:
+            try:
+                self.broker.finish(ending)
+                self.counters.provision(f"run:{ending.reason or ending.final.value}")
+            except BrokerError as exc:
+                log.warning("cluster %s: cannot end it: %s", ending.cluster_id, exc)
+            except Exception:  # a bug: say which cluster, keep the server up
+                log.exception("cluster %s: unexpected error while ending it", ending.cluster_id)
+            finally:
+                with self._busy_lock:
+                    self._finishing.discard(ending.cluster_id)
+
+        threading.Thread(target=run, name=f"broker-finish-{ending.cluster_id}", daemon=True).start()
+
+    def watch_runs(self) -> None:
+        """Fail RUNNING clusters whose agents went silent (NodeLost)."""
+        from broker.runs import command_of, lost_agents
+
+        now = self.broker.clock()
+        policy = self.broker.run_policy
+        try:
+            running = self.broker.store.list_clusters({Status.RUNNING})
+            for cluster in running:
+                if command_of(cluster) is None:
+                    continue
+                agents = self.broker.store.agents(cluster.id, cluster.cycle)
+                ending = lost_agents(cluster, agents, now, policy)
+                if ending is not None:
+                    self.finish(ending)
+        except BrokerError as exc:
+            log.warning("cannot watch runs: %s", exc)
+
     # -- reconcile ------------------------------------------------------------------------------
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(self.options.reconcile_every):
+            self.watch_runs()
             self.reconcile_once()
 
     def reconcile_once(self) -> None:

@@ -1,0 +1,283 @@
+"""Running the experiment: what the node agents are told, what they report, and how the
+cluster's lifecycle follows the command (docs/agent-protocol.md is the contract).
+
+- ``register``: an agent names its node by address; its rank is the provider's node order
+  (the cluster's rank-R node), so a re-registering agent gets the same rank. Until every
+  node of the gang has registered the answer is "wait"; then "run" with the node's
+  environment (exactly ``broker env``), the command and the image.
+- ``exit``: when every rank exited 0 the cluster ends COMPLETED; when one exits non-zero
+  (or was killed by a signal) it ends FAILED ``Error`` naming the rank, its code and its
+  last lines; a failed image pull ends it FAILED ``FailedImagePull``. The other ranks are
+  told to stop (on their next call) and the nodes are then terminated, as a gang.
+- an agent whose heartbeats stop for ``heartbeat_timeout`` seconds lost its node: FAILED
+  ``NodeLost`` (checked by the service's watch loop, :func:`lost_agents`).
+
+Nothing here talks to a cloud: ending a cluster is the caller's (the service hands it to a
+background thread, since terminating nodes takes a while).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import ConflictError, InvalidRequest, NotFoundError
+from broker.lifecycle import TERMINAL, Status
+from broker.state import AgentRecord, ClusterRecord
+
+if TYPE_CHECKING:
+    from broker.api import Broker
+    from broker.tokens import Principal
+
+MAX_LINE = 4096
+MAX_BATCH_LINES = 2000
+EXIT_REASONS = frozenset({"exited", "stopped", "image_pull_failed", "spawn_failed"})
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """The timings agents are given, and how long a silent agent may stay silent."""
+
+    retry_after: float = 1.0
+    heartbeat_every: float = 5.0
+    heartbeat_timeout: float = 60.0
+    stop_grace: float = 20.0
+    log_batch_lines: int = 500
+    log_batch_seconds: float = 1.0
+    log_cap: int = 10_000  # lines kept per rank; the oldest go first
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a cluster must end because of what its agents reported."""
+
+    cluster_id: str
+    final: Status
+    reason: str | None
+    detail: str | None
+
+
+def command_of(cluster: ClusterRecord) -> str | None:
+    value = (cluster.experiment or {}).get("command")
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def image_of(cluster: ClusterRecord) -> str | None:
+    value = (cluster.experiment or {}).get("image")
+    return value if isinstance(value, str) and value else None
+
+
+def _cluster_for(broker: Broker, node: Principal, cluster_id: object) -> ClusterRecord:
+    if not isinstance(cluster_id, str) or cluster_id != node.cluster_id:
+        raise NotFoundError(f"no cluster {cluster_id!r} for this node token")
+    return broker.store.get(cluster_id)
+
+
+def _rank_of(cluster: ClusterRecord, body: Mapping[str, Any]) -> int:
+    rank = body.get("rank")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < len(cluster.nodes):
+        raise ConflictError(f"cluster {cluster.id} has no rank {rank!r} in this cycle")
+    return rank
+
+
+def _state(cluster: ClusterRecord) -> str:
+    return "run" if cluster.status is Status.RUNNING else "stop"
+
+
+def register(
+    broker: Broker, node: Principal, body: Mapping[str, Any], policy: RunPolicy
+) -> dict[str, Any]:
+    from broker.env import node_env
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    wait = {"state": "wait", "retry_after": policy.retry_after}
+    if cluster.status in TERMINAL or cluster.status is Status.TERMINATING:
+        return {"state": "stop"}
+    if cluster.status is not Status.RUNNING:
+        return wait  # the gang is still being launched
+    address = body.get("address")
+    rank = next((n.rank for n in cluster.nodes if n.private_ip == address), None)
+    if rank is None:
+        raise ConflictError(f"{address!r} is not the address of a node of {cluster.id}")
+    instance = body.get("instance_id")
+    broker.store.register_agent(
+        cluster.id,
+        cluster.cycle,
+        rank,
+        address=str(address),
+        instance_id=str(instance) if instance else None,
+        now=broker.clock(),
+    )
+    registered = {a.rank for a in broker.store.agents(cluster.id, cluster.cycle)}
+    if len(registered) < len(cluster.nodes):
+        return {**wait, "rank": rank}
+    return {
+        "state": "run",
+        "retry_after": policy.retry_after,
+        "rank": rank,
+        "env": node_env(cluster, rank),
+        "command": command_of(cluster) or "",
+        "image": image_of(cluster),
+        "heartbeat_every": policy.heartbeat_every,
+        "stop_grace": policy.stop_grace,
+        "log_batch_lines": policy.log_batch_lines,
+        "log_batch_seconds": policy.log_batch_seconds,
+    }
+
+
+def started(broker: Broker, node: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    pid = body.get("pid")
+    now = broker.clock()
+    broker.store.update_agent(
+        cluster.id,
+        cluster.cycle,
+        rank,
+        started_at=now,
+        heartbeat_at=now,
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+    )
+    return {"state": _state(cluster)}
+
+
+def heartbeat(broker: Broker, node: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    broker.store.update_agent(cluster.id, cluster.cycle, rank, heartbeat_at=broker.clock())
+    return {"state": _state(cluster)}
+
+
+def logs(
+    broker: Broker, node: Principal, body: Mapping[str, Any], policy: RunPolicy
+) -> dict[str, Any]:
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    seq, lines, dropped = body.get("seq"), body.get("lines"), body.get("dropped", 0)
+    if (
+        isinstance(seq, bool)
+        or not isinstance(seq, int)
+        or seq < 0
+        or not isinstance(lines, list)
+        or len(lines) > MAX_BATCH_LINES
+        or not all(isinstance(line, str) for line in lines)
+        or isinstance(dropped, bool)
+        or not isinstance(dropped, int)
+        or dropped < 0
+    ):
+        from broker.diagnostics import Diagnostic
+
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="lines",
+                    message=f"a batch is seq >= 0, up to {MAX_BATCH_LINES} string lines and "
+                    "dropped >= 0",
+                )
+            ]
+        )
+    broker.store.append_logs(
+        cluster.id,
+        cluster.cycle,
+        rank,
+        seq=seq,
+        lines=[line[:MAX_LINE] for line in lines],
+        dropped=dropped,
+        cap=policy.log_cap,
+    )
+    return {"state": _state(cluster)}
+
+
+def exited(
+    broker: Broker, node: Principal, body: Mapping[str, Any]
+) -> tuple[dict[str, Any], Ending | None]:
+    """Record a rank's exit; the cluster's ending when this exit decides it."""
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    reason = body.get("reason")
+    if reason not in EXIT_REASONS:
+        raise ConflictError(f"unknown exit reason {reason!r}")
+    code, sig = body.get("exit_code"), body.get("signal")
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    sig = sig if isinstance(sig, int) and not isinstance(sig, bool) else None
+    broker.store.update_agent(
+        cluster.id,
+        cluster.cycle,
+        rank,
+        exited_at=broker.clock(),
+        exit_code=code,
+        exit_signal=sig,
+        exit_reason=str(reason),
+    )
+    if cluster.status is not Status.RUNNING:
+        return {"state": "done"}, None  # already ending (stopped, released, failed)
+    last = body.get("last_lines")
+    tail = [str(x)[:300] for x in last[-5:]] if isinstance(last, list) else []
+    return {"state": "done"}, outcome(cluster, broker.store.agents(cluster.id, cluster.cycle), tail)
+
+
+def outcome(
+    cluster: ClusterRecord, agents: Sequence[AgentRecord], tail: Sequence[str] = ()
+) -> Ending | None:
+    """The cluster's ending that its agents' exits decide, if they decide one yet."""
+    from broker.lifecycle import FailReason
+
+    last = (": " + " | ".join(tail)) if tail else ""
+    for a in agents:
+        if a.exit_reason == "image_pull_failed":
+            return Ending(
+                cluster.id,
+                Status.FAILED,
+                FailReason.FAILED_IMAGE_PULL.value,
+                f"rank {a.rank}: image pull failed{last}",
+            )
+        if a.exit_reason in ("exited", "spawn_failed") and (a.exit_code or a.exit_signal):
+            how = f"signal {a.exit_signal}" if a.exit_signal else f"exit code {a.exit_code}"
+            return Ending(
+                cluster.id,
+                Status.FAILED,
+                FailReason.ERROR.value,
+                f"rank {a.rank} ended with {how}{last}",
+            )
+    done = [a for a in agents if a.exit_reason == "exited" and a.exit_code == 0]
+    if len(done) == len(cluster.nodes):
+        return Ending(cluster.id, Status.COMPLETED, None, "every rank's command exited 0")
+    return None
+
+
+def lost_agents(
+    cluster: ClusterRecord, agents: Sequence[AgentRecord], now: float, policy: RunPolicy
+) -> Ending | None:
+    """FAILED NodeLost when a started agent's heartbeats stopped for too long."""
+    from broker.lifecycle import FailReason
+
+    silent = [
+        a
+        for a in agents
+        if a.exited_at is None
+        and a.heartbeat_at is not None
+        and now - a.heartbeat_at > policy.heartbeat_timeout
+    ]
+    if not silent:
+        return None
+    detail = ", ".join(
+        f"rank {a.rank} ({a.address}) silent for {now - (a.heartbeat_at or now):.0f} s"
+        for a in silent
+    )
+    return Ending(cluster.id, Status.FAILED, FailReason.NODE_LOST.value, detail)
+
+
+__all__ = [
+    "Ending",
+    "RunPolicy",
+    "command_of",
+    "exited",
+    "heartbeat",
+    "image_of",
+    "logs",
+    "lost_agents",
+    "outcome",
+    "register",
+    "started",
+]

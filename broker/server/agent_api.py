@@ -1,0 +1,55 @@
+"""``/v1/agent/...``: the calls of the node agents (docs/agent-protocol.md).
+
+Only a node token gets in, and only for its own cluster (anything else is 401/404); a user
+token gets 401 here, as a node token does everywhere else. An exit that decides the
+cluster's end (every rank done, or one failed) hands the wind-down to the service, which
+ends the cluster in the background: the agent's call returns at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+
+from broker.runs import exited, heartbeat, logs, register, started
+from broker.server.auth import node, service_of
+from broker.tokens import Principal
+
+router = APIRouter(prefix="/v1/agent", tags=["agent"])
+Node = Annotated[Principal, Depends(node)]
+Doc = Annotated[dict[str, Any], Body()]
+
+
+@router.post("/register", summary="An agent names its node; its rank, env and command")
+def agent_register(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    return register(service.broker, who, body, service.broker.run_policy)
+
+
+@router.post("/started", summary="The command started on this rank")
+def agent_started(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    return started(service_of(request).broker, who, body)
+
+
+@router.post("/heartbeat", summary="The command still runs on this rank")
+def agent_heartbeat(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    return heartbeat(service_of(request).broker, who, body)
+
+
+@router.post("/logs", summary="A batch of this rank's output lines")
+def agent_logs(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    return logs(service.broker, who, body, service.broker.run_policy)
+
+
+@router.post("/exit", summary="The command ended on this rank")
+def agent_exit(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    answer, ending = exited(service.broker, who, body)
+    if ending is not None:
+        service.finish(ending)
+    return answer
+
+
+__all__ = ["router"]

@@ -1,0 +1,209 @@
+"""The agents' side of the API in-process: node tokens, register/started/logs/heartbeat/exit,
+and the cluster's end that the exits decide (docs/agent-protocol.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.api import Broker
+from broker.lifecycle import Status
+from broker.runs import RunPolicy
+from broker.server.app import create_app
+from broker.server.service import Service, ServiceOptions
+from broker.tokens import create_node_token
+from shapes.catalog import load_bundled_catalog
+
+CATALOG = load_bundled_catalog()
+
+
+def launch_file(command: str = "echo hello", gpus: int = 16) -> str:
+    return (
+        f'isc_project_id = "p"\nexperiment_name = "e"\ngpus = {gpus}\n'
+        f'compute_mode = "burst"\ncommand = {json.dumps(command)}\n'
+    )
+
+
+class Run:
+    def __init__(self, tmp_path: Path, gpus: int = 16) -> None:
+        self.broker = Broker(
+            state_dir=tmp_path / "state",
+            backend="sim",
+            catalog=CATALOG,
+            run_policy=RunPolicy(stop_grace=0.3, heartbeat_every=0.1),
+        )
+        self.service = Service(self.broker, ServiceOptions(workers=0, reconcile_every=0))
+        self.client = TestClient(create_app(self.service, console=False))
+        self.user = self.broker.create_token("acme", name="u")[0]
+        reply = self.client.post(
+            "/v1/clusters",
+            json={"launch_file": launch_file(gpus=gpus), "provisioning": "on-demand"},
+            headers={"Authorization": f"Bearer {self.user}"},
+        )
+        assert reply.status_code == 202, reply.text
+        self.cluster_id = reply.json()["cluster_id"]
+        self.service.run_one(self.cluster_id)
+        self.cluster = self.broker.get(self.cluster_id)
+        assert self.cluster.status is Status.RUNNING
+        self.token = create_node_token(self.broker.store, self.cluster_id, "acme", now=time.time())[
+            0
+        ]
+
+    def call(
+        self, name: str, token: str | None = None, **body: object
+    ) -> tuple[int, dict[str, object]]:
+        reply = self.client.post(
+            f"/v1/agent/{name}",
+            json={"cluster_id": self.cluster_id, **body},
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
+        return reply.status_code, reply.json()
+
+    def register_all(self) -> list[dict[str, object]]:
+        answers = [self.call("register", address=n.private_ip)[1] for n in self.cluster.nodes]
+        return (
+            [self.call("register", address=n.private_ip)[1] for n in self.cluster.nodes]
+            if (answers[0]["state"] == "wait")
+            else answers
+        )
+
+    def wait_status(self, wanted: Status, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.broker.get(self.cluster_id).status is not wanted:
+            assert time.monotonic() < deadline, self.broker.get(self.cluster_id)
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    made = Run(tmp_path)
+    with made.client:
+        yield made
+
+
+def test_agents_wait_for_the_gang_then_get_their_rank_env_and_command(run: Run) -> None:
+    nodes = run.cluster.nodes
+    assert len(nodes) >= 2
+    first = run.call("register", address=nodes[1].private_ip)[1]
+    assert first["state"] == "wait" and first["rank"] == 1
+    answers = run.register_all()
+    assert [a["state"] for a in answers] == ["run"] * len(nodes)
+    assert [a["rank"] for a in answers] == list(range(len(nodes)))
+    env = answers[1]["env"]
+    assert isinstance(env, dict) and env == run.broker.env(run.cluster_id, 1)
+    assert env["MASTER_ADDR"] == nodes[0].private_ip and env["NODE_RANK"] == "1"
+    assert answers[0]["command"] == "echo hello" and answers[0]["image"] is None
+    again = run.call("register", address=nodes[1].private_ip)[1]
+    assert again["rank"] == 1  # the same rank for a re-registering agent
+    code, doc = run.call("register", address="10.255.0.1")
+    assert code == 409 and "not the address" in json.dumps(doc)
+
+
+def test_every_rank_exiting_0_completes_the_cluster(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        assert run.call("started", rank=n.rank, pid=100 + n.rank)[1]["state"] == "run"
+        run.call("logs", rank=n.rank, seq=0, lines=[f"hello from {n.rank}"], dropped=0)
+        assert run.call("heartbeat", rank=n.rank)[1]["state"] == "run"
+        run.call("exit", rank=n.rank, exit_code=0, signal=None, reason="exited", last_lines=[])
+    run.wait_status(Status.COMPLETED)
+    assert [line.line for line in run.broker.logs(run.cluster_id, 1).lines] == ["hello from 1"]
+    # The cluster ended: its node token is refused from now on.
+    assert run.call("heartbeat", rank=0)[0] == 401
+
+
+def test_a_rank_exiting_non_zero_fails_the_cluster_with_its_rank_code_and_lines(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    run.call(
+        "exit", rank=1, exit_code=3, signal=None, reason="exited", last_lines=["boom", "Traceback"]
+    )
+    run.wait_status(Status.FAILED)
+    cluster = run.broker.get(run.cluster_id)
+    assert cluster.reason == "Error"
+    assert "rank 1 ended with exit code 3" in (cluster.detail or "") and "boom" in (
+        cluster.detail or ""
+    )
+
+
+def test_an_image_pull_failure_is_its_own_reason(run: Run) -> None:
+    run.register_all()
+    run.call(
+        "exit",
+        rank=0,
+        exit_code=None,
+        signal=None,
+        reason="image_pull_failed",
+        last_lines=["denied"],
+    )
+    run.wait_status(Status.FAILED)
+    assert run.broker.get(run.cluster_id).reason == "FailedImagePull"
+
+
+def test_tokens_stay_in_their_lane(run: Run, tmp_path: Path) -> None:
+    # A user token cannot call the agent endpoints, a node token nothing else.
+    assert run.call("register", token=run.user, address="x")[0] == 401
+    reply = run.client.get("/v1/clusters", headers={"Authorization": f"Bearer {run.token}"})
+    assert reply.status_code == 401
+    # A node token of another cluster does not reach this one.
+    other = create_node_token(run.broker.store, "bb-000000000000", "acme", now=time.time())[0]
+    code, _ = run.call("register", token=other, address=run.cluster.nodes[0].private_ip)
+    assert code == 404
+    # Node tokens are not listed with the organisation's API tokens.
+    assert all(t.role != "node" for t in run.broker.list_tokens())
+
+
+def test_retried_log_batches_are_stored_once_and_the_cap_drops_the_oldest(run: Run) -> None:
+    run.register_all()
+    batch = [f"line {i}" for i in range(10)]
+    run.call("logs", rank=0, seq=0, lines=batch, dropped=0)
+    run.call("logs", rank=0, seq=0, lines=batch, dropped=0)  # a retry: nothing new
+    run.call("logs", rank=0, seq=5, lines=[*batch[5:], "line 10"], dropped=0)  # overlaps
+    page = run.broker.logs(run.cluster_id, 0, tail=None)
+    assert [x.line for x in page.lines] == [f"line {i}" for i in range(11)] and page.dropped == 0
+    assert [x.seq for x in page.lines] == list(range(11))
+    run.broker.store.append_logs(
+        run.cluster_id, run.cluster.cycle, 0, seq=11, lines=["a", "b", "c"], dropped=2, cap=5
+    )
+    page = run.broker.logs(run.cluster_id, 0, tail=None)
+    assert [x.line for x in page.lines] == ["line 9", "line 10", "a", "b", "c"]
+    assert page.dropped == 2 + 9  # the agent's two, and the nine the cap dropped
+    code, _ = run.call("logs", rank=0, seq=-1, lines=["x"], dropped=0)
+    assert code == 422
+
+
+def test_silent_agents_fail_the_cluster_node_lost(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    stale = time.time() - run.broker.run_policy.heartbeat_timeout - 5
+    run.broker.store.update_agent(run.cluster_id, run.cluster.cycle, 1, heartbeat_at=stale)
+    run.service.watch_runs()
+    run.wait_status(Status.FAILED)
+    cluster = run.broker.get(run.cluster_id)
+    assert cluster.reason == "NodeLost" and "rank 1" in (cluster.detail or "")
+
+
+def test_a_stop_tells_the_agents_and_waits_for_their_commands(run: Run) -> None:
+    import threading
+
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    stopper = threading.Thread(target=run.broker.scoped("acme").stop, args=(run.cluster_id,))
+    stopper.start()
+    deadline = time.monotonic() + 5
+    while run.call("heartbeat", rank=0)[1]["state"] != "stop":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for n in run.cluster.nodes:  # each agent stops its command and says so
+        run.call("exit", rank=n.rank, exit_code=None, signal=15, reason="stopped", last_lines=[])
+    stopper.join(timeout=10)
+    cluster = run.broker.get(run.cluster_id)
+    assert cluster.status is Status.STOPPED and cluster.reason is None
