@@ -55,7 +55,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from broker import __version__
-from broker.api import ClusterPage, ClusterReport, Usage
+from broker.api import ClusterPage, ClusterReport, LogPage, Usage
 from broker.diagnostics import Diagnostic
 from broker.errors import (
     BrokerError,
@@ -84,6 +84,7 @@ from broker.state import (
     AttemptOutcome,
     AttemptRecord,
     ClusterRecord,
+    LogLine,
     NodeRecord,
     TokenRecord,
     TransitionRecord,
@@ -867,6 +868,35 @@ class Client:
         if not isinstance(doc, dict):
             raise ServiceError("the service's env document is not an object")
         return {str(k): str(v) for k, v in doc.items()}
+
+    def logs(
+        self,
+        cluster_id: str,
+        rank: int = 0,
+        *,
+        tail: int | None = 100,
+        after: int | None = None,
+        wait: float = 0.0,
+    ) -> LogPage:
+        """``GET /v1/clusters/{id}/logs``: as ``Broker.logs``; with ``after`` and ``wait``
+        the service holds the call up to ``wait`` seconds for a new line (following)."""
+        query: dict[str, Any] = {"rank": rank, "tail": tail or 10_000}
+        if after is not None:
+            query["after"] = after
+        if wait:
+            query["wait"] = wait
+        doc = self._get(self._cluster_path(cluster_id, "logs"), **query)
+
+        def build(d: Any) -> LogPage:
+            lines = [
+                LogLine(int(x["id"]), int(x["cycle"]), int(x["seq"]), str(x["line"]))
+                for x in d["lines"]
+            ]
+            cluster = self.get(str(d["cluster_id"]))
+            return LogPage(cluster, int(d["rank"]), lines, int(d["dropped"]))
+
+        page: LogPage = self._read(build, doc, "logs")
+        return page
 
     def util(self) -> dict[str, dict[str, float]]:
         """``GET /v1/util``: GPUs starting and running, spend per hour, per provider."""

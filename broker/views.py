@@ -16,7 +16,7 @@ from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from broker.api import ClusterReport
+    from broker.api import ClusterReport, LogPage
     from broker.diagnostics import Diagnostic
     from broker.quote import Quote
     from broker.ranking import Plan
@@ -283,6 +283,19 @@ def report_document(r: ClusterReport) -> Document:
     doc["gpu_hours"] = r.usage.gpu_hours
     doc["cost"] = r.usage.cost
     return doc
+
+
+def logs_document(page: LogPage) -> Document:
+    """``broker logs --json`` and ``GET /v1/clusters/{id}/logs``: a rank's lines, oldest
+    first; ``next_after`` continues from the last one (``after=``)."""
+    return {
+        "cluster_id": page.cluster.id,
+        "status": page.cluster.status.value,
+        "rank": page.rank,
+        "lines": [{"id": x.id, "cycle": x.cycle, "seq": x.seq, "line": x.line} for x in page.lines],
+        "dropped": page.dropped,
+        "next_after": page.lines[-1].id if page.lines else None,
+    }
 
 
 def token_document(t: TokenRecord, secret: str | None = None) -> Document:

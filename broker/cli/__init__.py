@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("clusters", "cmd_list"),
     "describe": ("clusters", "cmd_describe"),
     "env": ("clusters", "cmd_env"),
+    "logs": ("clusters", "cmd_logs"),
     "release": ("clusters", "cmd_release"),
     "stop": ("clusters", "cmd_stop"),
     "delete": ("clusters", "cmd_delete"),

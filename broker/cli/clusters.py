@@ -264,6 +264,40 @@ def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a rank's lines; with --follow, poll for new ones (a service holds each call
+    up to 10 s) until the experiment has ended and every line is out."""
+    import time
+
+    from broker.views import logs_document
+
+    if not 1 <= args.tail <= 10_000:
+        say("broker logs: --tail must be 1-10000")
+        return Exit.INVALID
+    opened = _open(settings)
+    page = opened.logs(args.cluster_id, args.rank, tail=args.tail)
+    if args.json and not args.follow:
+        emit_json(logs_document(page))
+        return Exit.OK
+    if page.dropped:
+        say(f"({page.dropped} earlier line(s) dropped: the per-rank cap, or the node's spool)")
+    after = 0
+    while True:
+        for line in page.lines:
+            if args.json:
+                emit_json({"rank": page.rank, "seq": line.seq, "line": line.line})
+            else:
+                print(line.line, flush=True)
+            after = line.id
+        if not args.follow or (page.cluster.status in TERMINAL and not page.lines):
+            return Exit.OK
+        if isinstance(opened, Broker):
+            time.sleep(0.5)
+            page = opened.logs(page.cluster.id, args.rank, tail=1000, after=after)
+        else:
+            page = opened.logs(page.cluster.id, args.rank, tail=1000, after=after, wait=10)
+
+
 def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
     broker = _open(settings, lambda: _broker(args, settings))
     before = broker.get(args.cluster_id)

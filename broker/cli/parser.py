@@ -295,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rank", type=count, required=True, help="node rank, 0..NNODES-1")
     _json(e)
 
+    lg = sub.add_parser(
+        "logs",
+        help="a node's output (rank 0, the master node, by default)",
+        description="The output of the experiment's command on one node, as its agent sent "
+        "it (stdout and stderr in order). --follow prints new lines until the experiment ends.",
+    )
+    lg.add_argument("cluster_id", metavar="ID")
+    lg.add_argument("--rank", type=count, default=0, help="node rank (0)")
+    lg.add_argument("--tail", type=count, default=100, help="last N lines (100)")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    _json(lg)
+
     pr = sub.add_parser(
         "providers",
         help="which clouds are configured and usable, and why not",

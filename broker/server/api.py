@@ -167,6 +167,37 @@ def env(cluster_id: str, broker: OrgBroker, rank: Annotated[int, Query(ge=0)] = 
     return env_document(broker.env(cluster_id, rank))
 
 
+@router.get(
+    "/clusters/{cluster_id}/logs",
+    summary="A rank's output (rank 0, the master node, by default); follow with after= and wait=",
+)
+def cluster_logs(
+    cluster_id: str,
+    broker: OrgBroker,
+    rank: Annotated[int, Query(ge=0)] = 0,
+    tail: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+) -> Document:
+    """The last ``tail`` lines, or (with ``after``, the previous answer's ``next_after``)
+    up to ``tail`` lines after it, waiting up to ``wait`` seconds for one to arrive while
+    the cluster is live: a client follows a log by calling again with the new ``after``."""
+    import time
+
+    from broker.lifecycle import TERMINAL
+    from broker.views import logs_document
+
+    deadline = time.monotonic() + wait
+    while True:
+        page = broker.logs(cluster_id, rank, tail=tail, after=after)
+        if page.lines or after is None or page.cluster.status in TERMINAL:
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    return logs_document(page)
+
+
 @router.post("/clusters/{cluster_id}/stop", summary="Stop (or cancel) a cluster: STOPPED")
 def stop(cluster_id: str, broker: OrgBroker) -> Document:
     return cluster_document(broker.stop(cluster_id))

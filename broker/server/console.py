@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -603,15 +603,33 @@ def experiment(request: Request, cluster_id: str) -> Response:
     report = session.broker.describe(cluster_id)  # another organisation's: NotFoundError
     doc = report_document(report)
     command = (report.cluster.experiment or {}).get("command")
+    log = session.broker.logs(report.cluster.id, 0, tail=LOG_LINES)
     return render(
         request,
         "experiment.html",
         nav="experiments",
         c=doc,
+        log_lines=[x.line for x in log.lines],
+        log_dropped=log.dropped,
         live=report.cluster.status not in TERMINAL,
         age=age(session.broker.clock() - report.cluster.created_at),
         command=command if isinstance(command, str) else None,
         updated=when(report.cluster.updated_at),
+    )
+
+
+@router.get("/experiments/{cluster_id}/log")
+def experiment_log(request: Request, cluster_id: str) -> JSONResponse:
+    """The rank-0 log panel's refresh (the page polls it while the experiment is live)."""
+    session = signed_in(request)
+    log = session.broker.logs(cluster_id, 0, tail=LOG_LINES)
+    return JSONResponse(
+        {
+            "lines": [x.line for x in log.lines],
+            "dropped": log.dropped,
+            "live": log.cluster.status not in TERMINAL,
+        },
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -627,6 +645,9 @@ def cancel(request: Request, cluster_id: str, csrf: Annotated[str, Form()] = "")
     return RedirectResponse(
         f"/experiments/{quote(before.id)}?" + urlencode({"notice": notice}), status_code=303
     )
+
+
+LOG_LINES = 100  # the seed's "most recently printed 100 lines of the master node log"
 
 
 def mount(app: FastAPI) -> None:

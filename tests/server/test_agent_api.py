@@ -207,3 +207,39 @@ def test_a_stop_tells_the_agents_and_waits_for_their_commands(run: Run) -> None:
     stopper.join(timeout=10)
     cluster = run.broker.get(run.cluster_id)
     assert cluster.status is Status.STOPPED and cluster.reason is None
+
+
+def test_logs_through_the_api_tail_after_and_other_organisations(run: Run) -> None:
+    run.register_all()
+    run.call("logs", rank=0, seq=0, lines=[f"l{i}" for i in range(5)], dropped=0)
+    user = {"Authorization": f"Bearer {run.user}"}
+    path = f"/v1/clusters/{run.cluster_id}/logs"
+    doc = run.client.get(path + "?tail=2", headers=user).json()
+    assert [x["line"] for x in doc["lines"]] == ["l3", "l4"] and doc["rank"] == 0
+    after = doc["lines"][0]["id"]
+    doc = run.client.get(f"{path}?after={after}", headers=user).json()
+    assert [x["line"] for x in doc["lines"]] == ["l4"] and doc["next_after"] == doc["lines"][0][
+        "id"
+    ]
+    started = time.monotonic()
+    empty = run.client.get(f"{path}?after={doc['next_after']}&wait=0.5", headers=user).json()
+    assert empty["lines"] == [] and time.monotonic() - started >= 0.4  # held for new lines
+    assert run.client.get(f"{path}?rank=1", headers=user).json()["lines"] == []
+    stranger = {"Authorization": f"Bearer {run.broker.create_token('globex')[0]}"}
+    assert run.client.get(path, headers=stranger).status_code == 404
+    assert run.client.get(f"{path}?tail=0", headers=user).status_code == 422
+
+
+def test_broker_logs_prints_the_lines_locally(
+    run: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.cli import main
+
+    run.register_all()
+    run.call("logs", rank=1, seq=0, lines=["first", "second"], dropped=0)
+    monkeypatch.setenv("BROKER_STATE_DIR", str(run.broker.state_dir))
+    assert main(["logs", run.cluster_id, "--rank", "1"]) == 0
+    assert capsys.readouterr().out == "first\nsecond\n"
+    assert main(["logs", run.cluster_id, "--rank", "1", "--tail", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [x["line"] for x in doc["lines"]] == ["second"] and doc["status"] == "RUNNING"

@@ -378,9 +378,28 @@ def test_the_detail_page(console: Console, tmp_path: Path) -> None:
     assert "InsufficientCapacity" in text  # the failed attempt's error code
     for node in report.cluster.nodes:
         assert node.provider_id in text and node.private_ip in text
-    assert "logs arrive when nodes run the command: next release" in text
+    assert "no command: this cluster only provides machines" in text
     assert 'id="cancel"' in text and "data-confirm=" in text
     browser.close()
+
+
+def test_the_detail_page_shows_the_last_100_lines_of_rank_0(console: Console) -> None:
+    cluster_id = console.running("acme", "chatty")
+    cluster = console.broker.get(cluster_id)
+    store = console.broker.store
+    store.register_agent(cluster_id, cluster.cycle, 0, address="a", instance_id=None, now=1.0)
+    lines = [f"step {i} <b>loss</b>" for i in range(150)]
+    store.append_logs(cluster_id, cluster.cycle, 0, seq=0, lines=lines, dropped=0, cap=10_000)
+    browser = console.signed_in("acme")
+    text = browser.get(f"/experiments/{cluster_id}").text
+    assert "step 49 " not in text and "step 50 &lt;b&gt;loss&lt;/b&gt;" in text
+    assert "step 149" in text and "<b>loss</b>" not in text
+    refreshed = browser.get(f"/experiments/{cluster_id}/log").json()
+    assert refreshed["lines"] == lines[-100:] and refreshed["live"] is True
+    other = console.signed_in("globex")
+    assert other.get(f"/experiments/{cluster_id}/log").status_code == 404
+    browser.close()
+    other.close()
 
 
 def test_cancel_needs_the_csrf_token_then_stops_the_cluster(console: Console) -> None:

@@ -46,6 +46,26 @@
     if (question && !window.confirm(question)) { event.preventDefault(); }
   });
 
+  // The rank-0 log of a live experiment refreshes itself (text only: never parsed as HTML).
+  var log = document.querySelector("pre.log[data-src]");
+  if (log) {
+    var refresh = function () {
+      fetch(log.getAttribute("data-src"), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (doc) {
+          if (!doc) { return; }
+          if (doc.lines.length) {
+            var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+            log.textContent = doc.lines.join("\n");
+            if (atEnd) { log.scrollTop = log.scrollHeight; }
+          }
+          if (doc.live) { window.setTimeout(refresh, 2000); }
+        })
+        .catch(function () { window.setTimeout(refresh, 5000); });
+    };
+    window.setTimeout(refresh, 2000);
+  }
+
   // Select boxes marked data-autosubmit apply their form at once.
   document.addEventListener("change", function (event) {
     var field = event.target;
