@@ -7,19 +7,36 @@ that ``list_tagged`` can find whatever a crashed or confused broker left behind.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.errors import InvalidLaunchError, RegionNotConfiguredError
+from providers.errors import BootstrapTooLargeError, InvalidLaunchError, RegionNotConfiguredError
 from shapes.catalog import Catalog
 from shapes.model import Shape
 
 TAG_BROKER = "broker"  # value: the deployment name (``BROKER_DEPLOYMENT``, default "default")
 TAG_CLUSTER = "broker-cluster"
 TAG_ATTEMPT = "broker-attempt"
+
+# The most each cloud's boot hook takes (LaunchRequest.bootstrap), as each cloud counts it:
+AWS_USER_DATA_LIMIT = 16 * 1024  # UserData: bytes of the script, before base64
+GCP_METADATA_VALUE_LIMIT = 256 * 1024  # one metadata value (``startup-script``): bytes
+AZURE_CUSTOM_DATA_LIMIT = 65_535  # customData: counted on its base64 text (stricter than
+# the documented 65,535 bytes decoded, so that either reading of the limit holds)
+BOOTSTRAP_LIMITS: Mapping[str, int] = {
+    "aws": AWS_USER_DATA_LIMIT,
+    "gcp": GCP_METADATA_VALUE_LIMIT,
+    "azure": AZURE_CUSTOM_DATA_LIMIT,
+}
+_BOOTSTRAP_HOOKS = {
+    "aws": "UserData (before base64)",
+    "gcp": "the startup-script metadata value",
+    "azure": "customData (base64)",
+}
 
 
 class NodeState(StrEnum):
@@ -64,6 +81,10 @@ class LaunchRequest(BaseModel):
     # want another form (GCP: a UUID) derive it deterministically, e.g. uuid5 of the token.
     token: str = Field(min_length=1, max_length=64)
     tags: Mapping[str, str]
+    # The script every node runs at first boot (broker.agent.bootstrap: it starts the node
+    # agent), or None: nodes boot as the image does. It holds the cluster's node token, so
+    # it is never part of the repr.
+    bootstrap: str | None = Field(default=None, min_length=1, repr=False)
 
 
 def configured_shapes(catalog: Catalog, provider: str, regions: Sequence[str]) -> list[Shape]:
@@ -83,6 +104,29 @@ def check_launch_region(shape: Shape, provider: str, regions: Sequence[str]) -> 
         raise RegionNotConfiguredError(
             f"region {shape.region} is not in [{provider}] regions ({', '.join(regions)})",
             code="NotConfigured",
+            provider=provider,
+        )
+
+
+def bootstrap_size(script: str, provider: str) -> int:
+    """The size of a boot script as ``provider`` counts it against its limit."""
+    raw = script.encode("utf-8")
+    return len(base64.b64encode(raw)) if provider == "azure" else len(raw)
+
+
+def check_bootstrap(script: str | None, provider: str) -> None:
+    """Refuse, before any cloud call, a boot script over the provider's limit
+    (BootstrapTooLargeError). No script, or a provider without a limit (sim): nothing to do."""
+    limit = BOOTSTRAP_LIMITS.get(provider)
+    if script is None or limit is None:
+        return
+    size = bootstrap_size(script, provider)
+    if size > limit:
+        raise BootstrapTooLargeError(
+            f"the node bootstrap script is {size:,} bytes as {provider} counts it; "
+            f"{_BOOTSTRAP_HOOKS[provider]} takes at most {limit:,}: the node agent it "
+            "carries is too large for this cloud",
+            code="BootstrapTooLarge",
             provider=provider,
         )
 

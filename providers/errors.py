@@ -18,6 +18,7 @@ own configuration (not the cloud's state), so it is never remembered as a blocke
     |   +-- GlobalQuotaError            PROVIDER   QuotaExceeded
     |   +-- NotConfiguredError          PROVIDER   NotConfigured   (local)
     +-- InvalidLaunchError              REQUEST    InvalidRequest  fail the request
+        +-- BootstrapTooLargeError      PROVIDER   InvalidRequest  skip the provider (local)
 """
 
 from __future__ import annotations
@@ -156,3 +157,12 @@ class InvalidLaunchError(ProviderError):
 
     reach = Reach.REQUEST
     reason = "InvalidRequest"
+
+
+class BootstrapTooLargeError(InvalidLaunchError):
+    """The node bootstrap script is over this cloud's boot-hook limit (AWS UserData, GCP
+    metadata value, Azure customData). Another cloud with a larger limit can still take the
+    same request, so it skips this provider only; a fact about our script, never stored."""
+
+    reach = Reach.PROVIDER
+    local = True
