@@ -69,6 +69,7 @@ from providers.base import (
     LaunchRequest,
     Node,
     NodeState,
+    check_bootstrap,
     check_launch_region,
     configured_shapes,
 )
@@ -214,6 +215,7 @@ class AwsProvider:
         deadline = self._clock() + max(timeout, 0.0)
         shape = request.shape
         check_launch_region(shape, PROVIDER, self.config.regions)
+        check_bootstrap(request.bootstrap, PROVIDER)
         region = shape.region
         ec2 = self.client(region)
         zone_name = self._zone_name(region, request.zone)
@@ -412,6 +414,8 @@ class AwsProvider:
             params["SecurityGroupIds"] = list(self.config.security_group_ids)
         if self.config.key_name:
             params["KeyName"] = self.config.key_name
+        if request.bootstrap is not None:
+            params["UserData"] = request.bootstrap  # botocore base64-encodes it
         try:
             reservation = call(ec2, "run_instances", **params)
         except ProviderError:

@@ -64,6 +64,7 @@ tests) and are never logged or shown; every SDK exception goes through
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -85,6 +86,7 @@ from providers.base import (
     LaunchRequest,
     Node,
     NodeState,
+    check_bootstrap,
     check_launch_region,
     configured_shapes,
 )
@@ -288,6 +290,7 @@ class AzureProvider:
         deadline = self._clock() + max(timeout, 0.0)
         shape = request.shape
         check_launch_region(shape, PROVIDER, self.config.regions)
+        check_bootstrap(request.bootstrap, PROVIDER)
         self._vm_model(request, "check", None)  # configuration errors before any call
         base = vm_base_name(request)
         names = [f"{base}-{i}" for i in range(request.count)]
@@ -441,6 +444,13 @@ class AzureProvider:
             ),
         )
         user = self.config.admin_username
+        # The boot script: cloud-init runs it at first boot; ARM never shows it again (a GET
+        # omits customData). None leaves the field out of the request.
+        custom_data = (
+            base64.b64encode(request.bootstrap.encode("utf-8")).decode("ascii")
+            if request.bootstrap is not None
+            else None
+        )
         props = m.VirtualMachineProperties(
             hardware_profile=m.HardwareProfile(vm_size=shape.instance_type),
             storage_profile=m.StorageProfile(
@@ -456,6 +466,7 @@ class AzureProvider:
             os_profile=m.OSProfile(
                 computer_name=name,
                 admin_username=user,
+                custom_data=custom_data,
                 linux_configuration=m.LinuxConfiguration(
                     disable_password_authentication=True,
                     ssh=m.SshConfiguration(

@@ -78,6 +78,7 @@ from providers.base import (
     LaunchRequest,
     Node,
     NodeState,
+    check_bootstrap,
     check_launch_region,
     configured_shapes,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "ACCELERATORS",
     "COMPACT_FAMILIES",
     "SCOPES",
+    "STARTUP_SCRIPT",
     "TAG_REQUEST",
     "GcpProvider",
     "check_label",
@@ -117,6 +119,7 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 TAG_REQUEST = "broker-request"  # label: digest of the launch token + gang size
+STARTUP_SCRIPT = "startup-script"  # the metadata key of LaunchRequest.bootstrap (every boot)
 _NAMESPACE = uuid.UUID("5b2f8a52-3f0e-4c59-9a55-6f7c4a1f0b6e")  # uuid5 namespace of tokens
 
 # N1 catalog suffix -> GCE accelerator type (``n1-standard-8+t4x1``).
@@ -429,6 +432,7 @@ class GcpProvider:
     def _check_request(self, request: LaunchRequest) -> None:
         shape, zone = request.shape, request.zone
         check_launch_region(shape, PROVIDER, self.config.regions)
+        check_bootstrap(request.bootstrap, PROVIDER)
         if _region_of(zone) != shape.region:
             raise InvalidLaunchError(
                 f"zone {zone} is not in region {shape.region}",
@@ -547,6 +551,10 @@ class GcpProvider:
             ]
         if policy:
             properties.resource_policies = [policy]  # a name, not a URL
+        if request.bootstrap is not None:
+            properties.metadata = compute_v1.Metadata(
+                items=[compute_v1.Items(key=STARTUP_SCRIPT, value=request.bootstrap)]
+            )
         return properties
 
     def _bulk_insert(

@@ -629,6 +629,7 @@ class FakeArm:
         props = body.setdefault("properties", {})
         props["provisioningState"] = vm.state
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, body["id"]))
+        props.get("osProfile", {}).pop("customData", None)  # kept (vm.body), never shown: as ARM
         nic_conf = props["networkProfile"]["networkInterfaceConfigurations"][0]["properties"]
         props["networkProfile"]["networkInterfaces"] = [
             {

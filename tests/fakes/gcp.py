@@ -535,6 +535,7 @@ class FakeGce:
             ],
             "disks": props.get("disks", []),
             "serviceAccounts": props.get("serviceAccounts", []),
+            "metadata": {"kind": "compute#metadata", **props.get("metadata", {})},
             "resourcePolicies": [
                 self._url(f"regions/{region}/resourcePolicies/{p}")
                 for p in props.get("resourcePolicies", [])
