@@ -123,15 +123,7 @@ class Backoff:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect would carry the token elsewhere: it is an error instead."""
 
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 

@@ -109,9 +109,13 @@ class Stub:
         return self
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def handle(self, path: str, auth: str, raw: bytes) -> Answer:
         name = path.removeprefix("/v1/agent/")
@@ -159,6 +163,7 @@ class Stub:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
 
 
 @pytest.fixture
@@ -365,6 +370,22 @@ def test_the_agent_retries_until_the_service_comes_up(stubs: list[Stub], run_age
     assert code == 0, err
     assert "register: cannot reach" in err and "retrying" in err
     assert stub.lines() == ["up"] and stub.exit()["reason"] == "exited"
+
+
+def test_a_service_restart_mid_run_loses_nothing(stubs: list[Stub], run_agent: Any) -> None:
+    stub = scenario(stubs, "echo before; sleep 1.5; echo after; exit 5")
+    proc = run_agent(stub.url)
+    wait_until(lambda: stub.lines() == ["before"])
+    port = stub.port
+    stub.stop()  # down while the command runs (and prints "after")...
+    time.sleep(2.0)
+    stub.start(port)  # ...and back, with what it stored
+    code, err = finish(proc)
+    assert code == 0, err
+    assert "cannot reach" in err
+    assert stub.lines() == ["before", "after"] and stub.duplicates == 0
+    assert [b["seq"] for b in stub.bodies("logs")] == [0, 1]
+    assert (stub.exit()["exit_code"], stub.exit()["reason"]) == (5, "exited")
 
 
 def test_a_503_on_logs_is_retried_with_the_same_seq_and_stored_once(
