@@ -48,7 +48,7 @@ if TYPE_CHECKING:
         TransitionRecord,
     )
     from broker.tokens import Principal
-    from providers.base import Provider
+    from providers.base import AgentLaunch, Provider
     from providers.config import BrokerConfig
     from providers.sim import SimScenario
 
@@ -160,6 +160,7 @@ class Broker:
         progress: Progress | None = None,
         org: str | None = None,
         run_policy: RunPolicy | None = None,
+        service_url: str | None = None,
     ) -> None:
         """``settings`` (default: built-in defaults, no environment) says where things
         are; ``state_dir``/``store_url`` override it. Everything is validated here, before
@@ -180,6 +181,9 @@ class Broker:
         # clusters exist for this Broker (others are "not found"), and it owns new ones.
         self.org = org
         self._run_policy = run_policy
+        # Where nodes reach the service (None: no service, so clusters only get machines
+        # and no command runs on them, as with `broker provision` on its own).
+        self.service_url = service_url
         self._providers: dict[str, Provider] = {}
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
@@ -385,6 +389,7 @@ class Broker:
         from providers.clouds import quota_bucket
 
         backend_of = self._backend_of(cluster.backend)
+        agent, bootstrap = self._node_boot(cluster)
         provisioner = Provisioner(
             self.store,
             lambda shape: self.provider(backend_of(shape)),
@@ -395,8 +400,32 @@ class Broker:
             sleep=self.sleep,
             progress=self.progress,
             owner=self.owner,
+            agent=agent,
+            bootstrap=bootstrap,
         )
         return provisioner.run(cluster.id, ranked.plans)  # plans built as they are tried
+
+    def _node_boot(self, cluster: ClusterRecord) -> tuple[AgentLaunch | None, str | None]:
+        """How this cluster's nodes start the agent: a fresh node token for this cycle,
+        the agent's parameters (the simulated cloud) and the boot script (the clouds).
+        None when the cluster has no command or no service is there to run it."""
+        from broker.runs import command_of
+
+        if self.service_url is None or command_of(cluster) is None:
+            return None, None
+        from broker.agent.bootstrap import bootstrap_script
+        from broker.tokens import create_node_token
+        from providers.base import AgentLaunch
+
+        token, _ = create_node_token(self.store, cluster.id, cluster.org, now=self.clock())
+        agent_path = Path(__file__).resolve().parent / "agent" / "agent.py"
+        launch = AgentLaunch(self.service_url, cluster.id, token, agent_path=str(agent_path))
+        if cluster.backend == SIMULATED:
+            return launch, None
+        script = bootstrap_script(
+            service_url=self.service_url, cluster_id=cluster.id, node_token=token
+        )
+        return launch, script
 
     def provision(
         self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None

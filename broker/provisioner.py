@@ -62,7 +62,15 @@ from broker.state import (
     Store,
 )
 from broker.teardown import WindDown, terminate_cluster_nodes, wind_down
-from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest, Node, Provider
+from providers.base import (
+    TAG_ATTEMPT,
+    TAG_BROKER,
+    TAG_CLUSTER,
+    AgentLaunch,
+    LaunchRequest,
+    Node,
+    Provider,
+)
 from providers.errors import ProviderError, Reach, TransientError
 from shapes.model import Shape
 
@@ -156,8 +164,12 @@ class Provisioner:
         sleep: Callable[[float], None] = time.sleep,
         progress: Progress | None = None,
         owner: str | None = None,
+        agent: AgentLaunch | None = None,
+        bootstrap: str | None = None,
     ) -> None:
         self.store = store
+        self.agent = agent  # nodes start the node agent (sim: as local processes)
+        self.bootstrap = bootstrap  # the boot script clouds run on each node
         self.provider_for = provider_for
         self.backend_of = backend_of
         self.bucket_of = bucket_of
@@ -412,6 +424,8 @@ class Provisioner:
             count=plan.nodes,
             token=token,
             tags={TAG_BROKER: self.policy.deployment, TAG_CLUSTER: cluster.id, TAG_ATTEMPT: tag},
+            bootstrap=self.bootstrap,
+            agent=self.agent,
         )
         calls = 0
         try:

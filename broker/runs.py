@@ -232,7 +232,9 @@ def outcome(
                 FailReason.FAILED_IMAGE_PULL.value,
                 f"rank {a.rank}: image pull failed{last}",
             )
-        if a.exit_reason in ("exited", "spawn_failed") and (a.exit_code or a.exit_signal):
+        if a.exit_reason == "spawn_failed" or (
+            a.exit_reason == "exited" and (a.exit_code or a.exit_signal)
+        ):
             how = f"signal {a.exit_signal}" if a.exit_signal else f"exit code {a.exit_code}"
             return Ending(
                 cluster.id,

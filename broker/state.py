@@ -1307,7 +1307,8 @@ class Store:
             expected = int(row["log_next_seq"])
             skip = max(0, expected - seq)
             fresh = list(lines[skip:])
-            lost = max(0, seq - expected) + max(0, dropped)  # a gap: lines the agent lost
+            # A gap, and the agent's own count (once: a retried batch repeats it).
+            lost = max(0, seq - expected) + (max(0, dropped) if seq >= expected else 0)
             if fresh:
                 conn.execute(
                     insert(log_lines),

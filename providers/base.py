@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -69,6 +70,17 @@ class Node(BaseModel):
         return self.tags.get(TAG_ATTEMPT)
 
 
+@dataclass(frozen=True)
+class AgentLaunch:
+    """What a node needs to start its agent: where the service is, which cluster, the
+    cluster's node token (never shown), and the agent's file (for the simulated cloud)."""
+
+    service_url: str
+    cluster_id: str
+    node_token: str = field(repr=False)
+    agent_path: str | None = None
+
+
 class LaunchRequest(BaseModel):
     """Launch ``count`` nodes of ``shape`` in ``zone``, all or nothing."""
 
@@ -85,6 +97,9 @@ class LaunchRequest(BaseModel):
     # agent), or None: nodes boot as the image does. It holds the cluster's node token, so
     # it is never part of the repr.
     bootstrap: str | None = Field(default=None, min_length=1, repr=False)
+    # The same, as values, for a provider that starts the agent itself (the simulated
+    # cloud runs each node as a local process). Clouds ignore it.
+    agent: AgentLaunch | None = Field(default=None, repr=False)
 
 
 def configured_shapes(catalog: Catalog, provider: str, regions: Sequence[str]) -> list[Shape]:

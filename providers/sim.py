@@ -451,7 +451,17 @@ class SimProvider:
             )
             self._record(db, request, created, "idempotent" if existing else "ok")
             rows = [self._row(db, i) for i in ids]
-        return [_node(row) for row in rows if row is not None]
+        nodes = [_node(row) for row in rows if row is not None]
+        if request.agent is not None and created:  # each new node boots its agent
+            from providers.sim_nodes import start_agents
+
+            fresh = set(created)
+            start_agents(
+                self.state_dir,
+                [(n.provider_id, n.private_ip or "") for n in nodes if n.provider_id in fresh],
+                request.agent,
+            )
+        return nodes
 
     def describe(self, cluster_id: str) -> list[Node]:
         return self._select(f"cluster = ? AND {_ALIVE_SQL}", (cluster_id,))
@@ -485,6 +495,10 @@ class SimProvider:
             )
         if error is not None:
             raise error
+        if done:  # a terminated machine takes its processes with it
+            from providers.sim_nodes import stop_agents
+
+            stop_agents(self.state_dir, done)
 
     def list_tagged(self) -> list[Node]:
         return self._select(f"cluster IS NOT NULL AND {_ALIVE_SQL}", ())

@@ -349,7 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight provisionings get on shutdown (20)",
     )  # fmt: skip
     sv.add_argument("--sim", action="store_true", help="provision every cluster on sim")
+    sv.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="where the nodes reach this server (http(s)://host:port), needed to run an "
+        "experiment's command on a real cloud; with --sim, nodes use the loopback address",
+    )
     sv.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for sim")
+    sv.add_argument(
+        "--heartbeat-timeout",
+        type=positive,
+        default=60.0,
+        metavar="S",
+        help="a running node whose agent is silent this long is lost: FAILED NodeLost (60)",
+    )
     sv.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
     tk = sub.add_parser(

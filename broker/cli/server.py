@@ -33,6 +33,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         backend="sim" if args.sim else None,
         sim_scenario=args.sim_scenario,
         log_level=args.log_level,
+        public_url=args.public_url,
+        heartbeat_timeout=args.heartbeat_timeout,
     )
     return serve(settings, options)
 

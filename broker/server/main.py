@@ -19,6 +19,7 @@ from typing import Any
 
 from broker.api import Broker
 from broker.errors import CannotListen
+from broker.runs import RunPolicy
 from broker.server.service import Service, ServiceOptions
 from broker.settings import Settings
 
@@ -35,12 +36,33 @@ class ServeOptions:
     backend: str | None = None  # "sim": every cluster on the simulated cloud
     sim_scenario: str | None = None
     log_level: str = "info"
+    public_url: str | None = None  # where nodes reach this server (`[service] public_url`)
+    heartbeat_timeout: float = 60.0  # a running node silent this long is lost
+
+
+def _loopback_url(options: ServeOptions) -> str | None:
+    """Where the simulated cloud's nodes (local processes) reach this server. Nodes on a
+    real cloud need ``--public-url``: without it, no command runs on them."""
+    if options.backend != "sim":
+        return None
+    host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{options.port}"
 
 
 def build_service(settings: Settings, options: ServeOptions) -> Service:
     """The service over the configured store; the store is opened (and checked) now, so a
     bad BROKER_STATE_URL is a StoreError before anything listens."""
-    broker = Broker(settings, backend=options.backend, sim_scenario=options.sim_scenario)
+    broker = Broker(
+        settings,
+        backend=options.backend,
+        sim_scenario=options.sim_scenario,
+        service_url=options.public_url or _loopback_url(options),
+        run_policy=RunPolicy(
+            heartbeat_timeout=options.heartbeat_timeout,
+            heartbeat_every=min(5.0, options.heartbeat_timeout / 4),  # several per timeout
+        ),
+    )
     broker.store.ping()
     return Service(
         broker,

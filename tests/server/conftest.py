@@ -71,9 +71,11 @@ def call(
 class BrokerServer:
     """One `broker serve --sim` process on loopback over ``state_dir``."""
 
-    def __init__(self, state_dir: Path, env: Mapping[str, str], *args: str) -> None:
+    def __init__(
+        self, state_dir: Path, env: Mapping[str, str], *args: str, port: int | None = None
+    ) -> None:
         self.state_dir = state_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(env)
         self.log = state_dir / f"server-{self.port}.log"

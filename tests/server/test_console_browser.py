@@ -138,7 +138,7 @@ def test_experiments_filter_escape_and_cancel(page: webdriver.Chrome, server: Br
     page.find_element(By.LINK_TEXT, MARKUP).click()
     until_url(page, f"/experiments/{doomed}")
     assert text(page, "h1 .name") == MARKUP
-    assert "next release" in text(page, "#log")
+    wait_for(lambda: "step 3 loss 0.6" in text(page, "#log"), timeout=15)  # refreshes itself
     assert len(page.find_elements(By.CSS_SELECTOR, "table tbody tr")) >= 2  # attempts, nodes
 
     cancel = page.find_element(By.CSS_SELECTOR, "#cancel button")

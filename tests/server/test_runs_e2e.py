@@ -1,0 +1,139 @@
+"""Experiments run for real on the simulated cloud: each node is a local process running
+the node agent, connected to a real `broker serve --sim` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.server.conftest import BrokerServer, server_env, wait_for
+
+TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
+
+
+def launch_file(command: str, gpus: int = 16) -> str:
+    # 16 GPUs on 4-GPU nodes: a gang of 4 agent processes.
+    return (
+        f'isc_project_id = "p"\nexperiment_name = "e2e"\ngpus = {gpus}\ncompute_mode = "burst"\n'
+        'burst_shape_priority_list = ["aws:us-east-1:g5.12xlarge:on-demand"]\n'
+        f"command = {json.dumps(command)}\n"
+    )
+
+
+def submit(srv: BrokerServer, token: str, command: str, gpus: int = 16) -> str:
+    reply = srv.call(
+        "/v1/clusters", "POST", token=token, body={"launch_file": launch_file(command, gpus)}
+    )
+    assert reply.status == 202, reply.body
+    return str(reply.json()["cluster_id"])
+
+
+def doc(srv: BrokerServer, token: str, cluster_id: str) -> dict[str, Any]:
+    got: dict[str, Any] = srv.call(f"/v1/clusters/{cluster_id}", token=token).json()
+    return got
+
+
+def ended(srv: BrokerServer, token: str, cluster_id: str, timeout: float = 45) -> dict[str, Any]:
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (d := doc(srv, token, cluster_id))["status"] in TERMINAL and d, timeout=timeout
+    )
+
+
+def log_lines(srv: BrokerServer, token: str, cluster_id: str, rank: int) -> list[str]:
+    got = srv.call(f"/v1/clusters/{cluster_id}/logs?rank={rank}&tail=1000", token=token).json()
+    return [x["line"] for x in got["lines"]]
+
+
+def agent_processes(state: Path) -> list[int]:
+    pids = []
+    for pid_file in (state / "sim-nodes").glob("*/agent.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+            pids.append(pid)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def test_a_gang_runs_the_command_and_completes(server: BrokerServer) -> None:
+    token = server.token("acme")
+    cluster_id = submit(server, token, 'echo "rank $NODE_RANK of $NNODES at $MASTER_ADDR"')
+    final = ended(server, token, cluster_id)
+    assert final["status"] == "COMPLETED", final
+    nodes = final["nodes"]
+    assert len(nodes) == 4
+    for n in nodes:
+        lines = log_lines(server, token, cluster_id, n["rank"])
+        assert lines == [f"rank {n['rank']} of 4 at {nodes[0]['private_ip']}"]
+    assert wait_for(lambda: agent_processes(server.state_dir) == [], timeout=10) is not None or True
+    assert agent_processes(server.state_dir) == []
+
+
+def test_a_rank_exiting_3_fails_the_experiment_and_stops_the_others(server: BrokerServer) -> None:
+    token = server.token("acme")
+    command = 'if [ "$NODE_RANK" = 2 ]; then echo "bad input" >&2; exit 3; fi; sleep 60'
+    cluster_id = submit(server, token, command)
+    final = ended(server, token, cluster_id, timeout=60)
+    assert final["status"] == "FAILED" and final["reason"] == "Error", final
+    assert "rank 2 ended with exit code 3" in final["detail"] and "bad input" in final["detail"]
+    assert log_lines(server, token, cluster_id, 2) == ["bad input"]
+    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
+
+
+def test_stop_during_a_run_signals_the_command_first(server: BrokerServer) -> None:
+    token = server.token("acme")
+    command = "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 0.1; done"
+    cluster_id = submit(server, token, command)
+    wait_for(lambda: log_lines(server, token, cluster_id, 0) == ["started"], timeout=30)
+    stopped = server.call(f"/v1/clusters/{cluster_id}/stop", "POST", token=token, timeout=60)
+    assert stopped.status == 200 and stopped.json()["status"] == "STOPPED"
+    lines = log_lines(server, token, cluster_id, 0)  # bash may also say its sleep was killed
+    assert lines[0] == "started" and lines[-1] == "got TERM", lines
+    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
+
+
+def test_a_killed_node_is_lost(tmp_path: Path) -> None:
+    srv = BrokerServer(
+        tmp_path / "state",
+        server_env(tmp_path),
+        "--reconcile-every",
+        "0.5",
+        "--heartbeat-timeout",
+        "3",
+    )
+    try:
+        token = srv.token("acme")
+        cluster_id = submit(srv, token, "echo up; sleep 120")
+        wait_for(lambda: log_lines(srv, token, cluster_id, 1) == ["up"], timeout=30)
+        rank1 = doc(srv, token, cluster_id)["nodes"][1]["provider_id"]
+        pid = int((srv.state_dir / "sim-nodes" / rank1 / "agent.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)  # the machine dies: agent and command at once
+        final = ended(srv, token, cluster_id, timeout=60)
+        assert final["status"] == "FAILED" and final["reason"] == "NodeLost", final
+        assert "rank 1" in final["detail"]
+        wait_for(lambda: agent_processes(srv.state_dir) == [], timeout=30)
+    finally:
+        srv.stop()
+
+
+def test_a_service_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
+    env = server_env(tmp_path)
+    first = BrokerServer(tmp_path / "state", env, "--reconcile-every", "1")
+    token = first.token("acme")
+    command = 'for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done'
+    cluster_id = submit(first, token, command)
+    wait_for(lambda: "tick 1" in log_lines(first, token, cluster_id, 0), timeout=30)
+    first.stop(signal.SIGKILL)
+    time.sleep(1)
+    second = BrokerServer(tmp_path / "state", {**env}, "--reconcile-every", "1", port=first.port)
+    try:
+        final = ended(second, token, cluster_id, timeout=60)
+        assert final["status"] == "COMPLETED", final
+        assert log_lines(second, token, cluster_id, 0) == [f"tick {i}" for i in range(1, 7)]
+    finally:
+        second.stop()
