@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapes": ("quote", "cmd_shapes"),
     "validate": ("quote", "cmd_validate"),
     "provision": ("clusters", "cmd_provision"),
+    "run": ("run", "cmd_run"),
     "restart": ("clusters", "cmd_restart"),
     "list": ("clusters", "cmd_list"),
     "describe": ("clusters", "cmd_describe"),
@@ -43,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server", "cmd_serve"),
     "token": ("server", "cmd_token"),
 }
-SIGNALLED = {"provision", "restart"}  # a signal there stops the cluster and cleans up first
+SIGNALLED = {"provision", "restart", "run"}  # a signal there stops the cluster and cleans up first
 SIGPIPE_EXIT = 128 + 13
 
 

@@ -237,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json(p, "print the cluster as JSON")
 
+    rn = sub.add_parser(
+        "run",
+        help="run an experiment: submit it, stream rank 0's output, exit with its outcome",
+        description="Submit a burst launch file's experiment, print the output of rank 0 "
+        "(the master node) as it comes, and exit with the outcome: 0 COMPLETED, 7 the "
+        "command failed on a node (FAILED Error, FailedImagePull, NodeLost), 3 no shape "
+        "could be provisioned, 5 stopped by someone, 130/143 interrupted (the experiment is "
+        "stopped first). With BROKER_URL (and BROKER_TOKEN) it runs on that service; with "
+        "--provider sim and no BROKER_URL, a service is started in this process on loopback "
+        "for the duration, so it works on a fresh machine.",
+    )
+    add_request_args(rn)
+    rn.add_argument("--rank", type=count, default=0, help="whose output to stream (0)")
+    rn.add_argument("--hours", type=positive, help="the run length for the cost estimate")
+    rn.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for --provider sim")
+    _json(rn, "print the ended cluster as JSON at the end (the output still streams)")
+
     ls = sub.add_parser(
         "list",
         help="list clusters (the newest 50; --all for every one)",

@@ -1,0 +1,122 @@
+"""``broker run FILE.isc``: submit an experiment, stream rank 0's output, exit with its
+outcome. Through the service BROKER_URL names, or (``--provider sim`` without BROKER_URL)
+through a service started in this process on loopback for the duration."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from broker.cli.output import emit_json, say
+from broker.client import Client
+from broker.diagnostics import Diagnostic
+from broker.errors import BrokerError, Interrupted, InvalidRequest, ServerExtraMissing
+from broker.lifecycle import TERMINAL, FailReason, Status
+from broker.settings import Settings
+from broker.state import ClusterRecord
+from shapes.errors import Exit
+
+PROVISIONING_REASONS = frozenset(
+    {
+        FailReason.NO_CAPACITY.value,
+        FailReason.QUOTA_EXCEEDED.value,
+        FailReason.UNAUTHORIZED.value,
+        FailReason.NOT_CONFIGURED.value,
+        FailReason.TIMEOUT.value,
+        FailReason.INVALID_REQUEST.value,
+        FailReason.CLEANUP_FAILED.value,
+    }
+)
+
+
+@contextmanager
+def _service(args: argparse.Namespace, settings: Settings) -> Iterator[Client]:
+    if settings.service_url:
+        from broker.cli.remote import client
+
+        yield client(settings)
+        return
+    if "sim" not in [p.lower() for p in args.provider]:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="provider",
+                    message="on a real cloud the nodes must reach a broker service: run "
+                    "`broker serve --public-url URL` where they can reach it and set BROKER_URL "
+                    "and BROKER_TOKEN; or try it here with --provider sim",
+                )
+            ]
+        )
+    try:
+        from broker.server.embedded import embedded_service
+    except ImportError as exc:
+        raise ServerExtraMissing(
+            f"running on sim here needs the server extra ({exc.name} is not installed): "
+            "pip install 'burst-broker[server]'"
+        ) from None
+    with embedded_service(settings, sim_scenario=args.sim_scenario) as local:
+        say(f"broker run: a service on {local.url} for this run (simulated cloud)")
+        yield Client(local.url, local.token)
+
+
+def _exit_code(cluster: ClusterRecord) -> int:
+    if cluster.status is Status.COMPLETED:
+        return Exit.OK
+    if cluster.status is Status.STOPPED:
+        return Exit.CONFLICT
+    if cluster.reason in PROVISIONING_REASONS:
+        return Exit.NO_SHAPE
+    return Exit.EXPERIMENT_FAILED
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.cli.remote import body_from_args
+    from broker.views import cluster_document
+
+    with _service(args, settings) as service:
+        body = body_from_args(args)
+        if args.hours is not None:
+            body["hours"] = args.hours
+        cluster = service.submit(body)
+        say(f"submitted {cluster.id}; following rank {args.rank}'s output")
+        try:
+            cluster = _follow(service, cluster.id, args.rank)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            say(f"{signal.Signals(signum).name}: stopping {cluster.id} ...")
+            try:
+                stopped = service.stop(cluster.id)
+                say(f"{cluster.id} is {stopped.status.value}")
+            except BrokerError as err:
+                say(f"!! could not stop {cluster.id}: {err}; run `broker stop {cluster.id}`")
+            return 128 + int(signum)
+        if args.json:
+            emit_json(cluster_document(cluster, service.attempts(cluster.id)))
+        why = f" ({cluster.reason}: {cluster.detail})" if cluster.reason else ""
+        say(f"{cluster.id} {cluster.status.value}{why}")
+        return _exit_code(cluster)
+
+
+def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
+    """Print the rank's lines as they come, until the cluster has ended and every line is
+    out; the ended cluster."""
+    after = 0
+    seen_status: Status | None = None
+    while True:
+        page = service.logs(cluster_id, rank, tail=1000, after=after, wait=5)
+        for line in page.lines:
+            sys.stdout.write(line.line + "\n")
+            after = line.id
+        sys.stdout.flush()
+        status = page.cluster.status
+        if status is not seen_status and status not in TERMINAL:
+            say(f"{cluster_id}: {status.value}")
+            seen_status = status
+        if status in TERMINAL and not page.lines:
+            return page.cluster
+
+
+__all__ = ["cmd_run"]

@@ -1,0 +1,48 @@
+"""`broker run`: one command on a fresh machine runs an experiment on sim end to end (an
+in-process service on loopback, real agent processes) and exits with its outcome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BROKER_STATE_DIR": str(tmp_path / "state")}
+    env.pop("BROKER_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "run", *argv],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_hello_completes_and_prints_rank_0s_environment(tmp_path: Path) -> None:
+    proc = run(tmp_path, "examples/hello.isc", "--provider", "sim")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "hello from rank 0 of 4 (4 processes per node)"
+    assert lines[1] == "MASTER_ADDR=10.0.0.1 MASTER_PORT=29500"
+    assert "COMPLETED" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "state").glob("sim-nodes/*/agent.pid"))  # nodes are gone
+
+
+def test_the_seeds_torchrun_example_fails_honestly(tmp_path: Path) -> None:
+    proc = run(tmp_path, "examples/burst16.isc", "--provider", "sim")
+    assert proc.returncode == 7, proc.stderr
+    assert "FAILED (Error: rank" in proc.stderr and "command not found" in proc.stderr
+
+
+def test_a_real_cloud_without_a_service_is_refused_before_anything(tmp_path: Path) -> None:
+    proc = run(tmp_path, "examples/hello.isc")
+    assert proc.returncode == 2
+    assert "broker serve --public-url" in proc.stderr
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").iterdir())
