@@ -215,6 +215,10 @@ class Everyone:
 EVERYONE = Everyone()
 
 
+def _agent_key(cluster_id: str, cycle: int, rank: int) -> Any:
+    return (agents.c.cluster_id == cluster_id) & (agents.c.cycle == cycle) & (agents.c.rank == rank)
+
+
 def _org_is(org: str | None) -> Any:
     return clusters.c.org.is_(None) if org is None else clusters.c.org == org
 
@@ -1219,11 +1223,7 @@ class Store:
     ) -> AgentRecord:
         """Record (or refresh) the agent of node ``rank`` in this cycle; a re-registering
         agent keeps what it reported before (started, exit, log position)."""
-        key = (
-            (agents.c.cluster_id == cluster_id)
-            & (agents.c.cycle == cycle)
-            & (agents.c.rank == rank)
-        )
+        key = _agent_key(cluster_id, cycle, rank)
         with self._tx() as conn:
             row = conn.execute(select(agents).where(key)).mappings().first()
             if row is None:
@@ -1271,13 +1271,7 @@ class Store:
             raise ValueError(f"not agent fields: {sorted(unknown)}")
         with self._tx() as conn:
             done = conn.execute(
-                update(agents)
-                .where(
-                    agents.c.cluster_id == cluster_id,
-                    agents.c.cycle == cycle,
-                    agents.c.rank == rank,
-                )
-                .values(**changes)
+                update(agents).where(_agent_key(cluster_id, cycle, rank)).values(**changes)
             )
             return int(done.rowcount) == 1
 
@@ -1295,11 +1289,7 @@ class Store:
         """Store a batch of a rank's output lines numbered from ``seq``; lines already
         stored (a retried batch) are skipped. At most ``cap`` lines are kept per rank: the
         oldest go first, and are counted as dropped. Returns how many lines were new."""
-        key = (
-            (agents.c.cluster_id == cluster_id)
-            & (agents.c.cycle == cycle)
-            & (agents.c.rank == rank)
-        )
+        key = _agent_key(cluster_id, cycle, rank)
         with self._tx() as conn:
             row = conn.execute(select(agents).where(key)).mappings().first()
             if row is None:
