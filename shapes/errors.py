@@ -21,6 +21,7 @@ class Exit(IntEnum):
     LEAK = 4  # nodes may be left running: run `broker reconcile`
     CONFLICT = 5  # someone else moved the cluster (stopped or released it meanwhile)
     UNAVAILABLE = 6  # the state store cannot be opened or reached
+    EXPERIMENT_FAILED = 7  # `broker run`: the experiment's command failed (or its node)
     SIGINT = 130  # interrupted by Ctrl-C (128 + SIGINT)
     SIGTERM = 143  # terminated by SIGTERM (128 + SIGTERM)
 
