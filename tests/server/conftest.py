@@ -68,6 +68,26 @@ def call(
         return Reply(exc.code, exc.read(), dict(exc.headers))
 
 
+STATE_DIRS: list[Path] = []  # of every server a test started: its sim nodes die with the test
+
+
+def kill_sim_nodes(state_dir: Path) -> None:
+    """Terminate every simulated node process under ``state_dir`` (agents and commands):
+    nothing a test started outlives it."""
+    from providers.sim_nodes import NODES_DIR, stop_agents
+
+    nodes = state_dir / NODES_DIR
+    if nodes.is_dir():
+        stop_agents(state_dir, [p.name for p in nodes.iterdir()], grace=0.2)
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test() -> Iterator[None]:
+    yield
+    while STATE_DIRS:
+        kill_sim_nodes(STATE_DIRS.pop())
+
+
 class BrokerServer:
     """One `broker serve --sim` process on loopback over ``state_dir``."""
 
@@ -75,6 +95,7 @@ class BrokerServer:
         self, state_dir: Path, env: Mapping[str, str], *args: str, port: int | None = None
     ) -> None:
         self.state_dir = state_dir
+        STATE_DIRS.append(state_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(env)

@@ -21,7 +21,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 
-from tests.server.conftest import BrokerServer, server_env, wait_for
+from tests.server.conftest import BrokerServer, kill_sim_nodes, server_env, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -130,6 +130,7 @@ def main(out: Path = OUT) -> int:
         if driver is not None:
             driver.quit()
         srv.stop(signal.SIGTERM, timeout=10)
+        kill_sim_nodes(home / "state")  # the experiments' nodes (local processes) go too
         shutil.rmtree(home, ignore_errors=True)
     return 0
 

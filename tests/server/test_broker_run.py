@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.server.conftest import STATE_DIRS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    STATE_DIRS.append(tmp_path / "state")  # whatever happens, its nodes end with the test
     env = {**os.environ, "BROKER_STATE_DIR": str(tmp_path / "state")}
     env.pop("BROKER_URL", None)
     return subprocess.run(

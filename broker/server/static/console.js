@@ -57,6 +57,7 @@
           if (doc.lines.length) {
             var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
             log.textContent = doc.lines.join("\n");
+            log.classList.remove("empty");
             if (atEnd) { log.scrollTop = log.scrollHeight; }
           }
           if (doc.live) { window.setTimeout(refresh, 2000); }
