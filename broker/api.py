@@ -14,9 +14,6 @@ database import at all.
 
 from __future__ import annotations
 
-import base64
-import copy
-import json
 import os
 import time
 from collections import defaultdict
@@ -96,11 +93,17 @@ class ClusterPage(NamedTuple):
 
 
 def _encode_cursor(last: ClusterRecord) -> str:
+    import base64
+    import json
+
     raw = json.dumps([last.created_at, last.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
+    import base64
+    import json
+
     from broker.diagnostics import Diagnostic
 
     try:
@@ -118,6 +121,8 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 def _same_request(cluster: ClusterRecord, request: QuoteRequest, key: str) -> ClusterRecord:
     """The cluster a repeated Idempotency-Key made, if it was made for the same request;
     the same key for another request is a client bug: refused, never silently merged."""
+    import json
+
     if cluster.request != json.loads(json.dumps(request.to_json_dict())):
         raise ConflictError(
             f"Idempotency-Key {key!r} was used for another request (cluster {cluster.id}); "
@@ -195,6 +200,8 @@ class Broker:
     def scoped(self, org: str) -> Broker:
         """This broker as one organisation sees it: the same store, catalog and clouds;
         only ``org``'s clusters visible; new clusters belong to ``org``."""
+        import copy
+
         _ = self.store, self.catalog, self.owner  # share them, never open a second engine
         view = copy.copy(self)
         view.org = org

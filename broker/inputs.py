@@ -8,15 +8,15 @@ file is given.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.diagnostics import Diagnostic, InvalidRequest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from broker.quote import QuoteRequest
     from shapes.catalog import Catalog, ShapeFilter
 
@@ -51,6 +51,8 @@ def split_backend(providers: Sequence[str]) -> tuple[str | None, tuple[str, ...]
 
 
 def _close(word: str, choices: Sequence[str]) -> str:
+    import difflib  # only when something was mistyped
+
     close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1)
     if not close:
         return ""
