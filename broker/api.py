@@ -166,6 +166,7 @@ class Broker:
         org: str | None = None,
         run_policy: RunPolicy | None = None,
         service_url: str | None = None,
+        service_public: bool = False,
     ) -> None:
         """``settings`` (default: built-in defaults, no environment) says where things
         are; ``state_dir``/``store_url`` override it. Everything is validated here, before
@@ -189,6 +190,7 @@ class Broker:
         # Where nodes reach the service (None: no service, so clusters only get machines
         # and no command runs on them, as with `broker provision` on its own).
         self.service_url = service_url
+        self.service_public = service_public  # reachable by a real cloud's nodes
         self._providers: dict[str, Provider] = {}
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
@@ -420,6 +422,8 @@ class Broker:
 
         if self.service_url is None or command_of(cluster) is None:
             return None, None
+        if cluster.backend != SIMULATED and not self.service_public:
+            return None, None  # refused at submit by the service; a machines-only cluster
         from broker.agent.bootstrap import bootstrap_script
         from broker.tokens import create_node_token
         from providers.base import AgentLaunch

@@ -126,6 +126,17 @@ def submit(
         catalog=broker.catalog,
     )
     backend = backend or broker.backend  # a server started with --sim simulates everything
+    if (experiment or {}).get("command") and backend is None and not broker.service_public:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="command",
+                    message="this service cannot run a command on a real cloud: its nodes "
+                    "could not reach it. Start `broker serve --public-url URL` with a URL the "
+                    'nodes reach, or submit to the simulated cloud ("provider": "sim")',
+                )
+            ]
+        )
     target = broker if backend == broker.backend else _with_backend(broker, backend)
     cluster = target.submit(quote_request, experiment=experiment, idempotency_key=idempotency_key)
     service_of(request).wake()

@@ -40,11 +40,9 @@ class ServeOptions:
     heartbeat_timeout: float = 60.0  # a running node silent this long is lost
 
 
-def _loopback_url(options: ServeOptions) -> str | None:
+def _loopback_url(options: ServeOptions) -> str:
     """Where the simulated cloud's nodes (local processes) reach this server. Nodes on a
     real cloud need ``--public-url``: without it, no command runs on them."""
-    if options.backend != "sim":
-        return None
     host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{options.port}"
@@ -58,6 +56,7 @@ def build_service(settings: Settings, options: ServeOptions) -> Service:
         backend=options.backend,
         sim_scenario=options.sim_scenario,
         service_url=options.public_url or _loopback_url(options),
+        service_public=options.public_url is not None,
         run_policy=RunPolicy(
             heartbeat_timeout=options.heartbeat_timeout,
             heartbeat_every=min(5.0, options.heartbeat_timeout / 4),  # several per timeout

@@ -393,3 +393,17 @@ def test_an_idempotency_key_reused_for_another_request_is_refused(api: Api) -> N
     assert "used for another request" in str(errors_of(other)[0]["message"])
     same = api.client.post("/v1/clusters", json={"gpus": 16}, headers=headers)
     assert same.json()["cluster_id"] == first.json()["cluster_id"]
+
+
+def test_a_real_cloud_experiment_is_refused_without_a_url_nodes_can_reach(tmp_path: Path) -> None:
+    broker = Broker(state_dir=tmp_path / "state", catalog=CATALOG)  # the real clouds, no URL
+    client = TestClient(create_app(Service(broker, ServiceOptions(workers=0, reconcile_every=0))))
+    auth = {"Authorization": f"Bearer {broker.create_token('acme')[0]}"}
+    reply = client.post("/v1/clusters", json={"launch_file": EXAMPLE.read_text()}, headers=auth)
+    assert reply.status_code == 422 and "--public-url" in reply.text
+    assert errors_of(reply)[0]["field"] == "command"
+    assert client.get("/v1/clusters", headers=auth).json()["clusters"] == []
+    # Machines only (no command), or the simulated cloud, are fine.
+    assert client.post("/v1/clusters", json={"gpus": 8}, headers=auth).status_code == 202
+    sim = {"launch_file": EXAMPLE.read_text(), "provider": "sim"}
+    assert client.post("/v1/clusters", json=sim, headers=auth).status_code == 202
