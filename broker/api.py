@@ -412,7 +412,14 @@ class Broker:
             agent=agent,
             bootstrap=bootstrap,
         )
-        return provisioner.run(cluster.id, ranked.plans)  # plans built as they are tried
+        running = provisioner.run(cluster.id, ranked.plans)  # plans built as they are tried
+        if agent is not None:  # a quick command may have ended before RUNNING was recorded
+            from broker.runs import outcome
+
+            ending = outcome(running, self.store.agents(running.id, running.cycle))
+            if ending is not None:
+                return self.finish(ending)
+        return running
 
     def _node_boot(self, cluster: ClusterRecord) -> tuple[AgentLaunch | None, str | None]:
         """How this cluster's nodes start the agent: a fresh node token for this cycle,

@@ -27,8 +27,10 @@ ARTIFACT_PATHS = {
 def node_env(
     cluster: ClusterRecord, rank: int, *, master_port: int = DEFAULT_MASTER_PORT
 ) -> dict[str, str]:
-    """The variables for node ``rank`` of a RUNNING cluster."""
-    if cluster.status is not Status.RUNNING or not cluster.nodes:
+    """The variables for node ``rank`` of a RUNNING cluster (or of one whose nodes are up
+    and whose agents are starting the command)."""
+    # STARTING with nodes: the gang is up and its agents are starting the command.
+    if cluster.status not in (Status.STARTING, Status.RUNNING) or not cluster.nodes:
         raise EnvError(f"cluster {cluster.id} is {cluster.status.value}, not RUNNING")
     nodes = sorted(cluster.nodes, key=lambda n: n.rank)
     if not 0 <= rank < len(nodes):

@@ -80,6 +80,7 @@ BucketOf = Callable[[Shape], str]  # the quota bucket a shape draws on (provider
 
 _NUMBERS = (
     "timeout",
+    "agent_start_timeout",
     "launch_timeout",
     "retry_initial_wait",
     "retry_max_wait",
@@ -105,6 +106,7 @@ class ProvisionPolicy:
     provider_block: float = 900.0
     transient_block: float = 120.0  # a zone that kept failing transiently
     lease_seconds: float = 120.0  # the owner's lease, renewed every quarter of it
+    agent_start_timeout: float = 600.0  # nodes up -> every rank's command started
     deployment: str = "default"  # the ``broker`` tag: whose nodes reconcile may touch
 
     def __post_init__(self) -> None:
@@ -478,6 +480,11 @@ class Provisioner:
             for rank, n in enumerate(nodes)
         ]
         try:
+            if self.agent is not None:  # RUNNING once every rank's command has started
+                self.store.record_nodes(cluster.id, ranked)
+                failure = self._await_agents(cluster.id, len(ranked))
+                if failure is not None:
+                    return self._agents_failed(cluster, provider, record, calls, nodes, failure)
             running = self.store.transition(
                 cluster.id, Status.RUNNING, now=self.clock(), expect={Status.STARTING}, nodes=ranked
             )
@@ -499,6 +506,69 @@ class Provisioner:
         )
         self.say(f"RUNNING {cluster.id}: {len(nodes)} x {shape.id} in {zone}")
         return running
+
+    def _await_agents(self, cluster_id: str, ranks: int) -> tuple[str, str] | None:
+        """Wait (holding the lease) until every rank's agent has started the command: None;
+        or the reason and detail when one failed first (a non-zero exit, a failed image
+        pull) or they did not all start in time. ConflictError if the cluster was moved
+        meanwhile (stopped)."""
+        from broker.runs import outcome
+
+        deadline = self.clock() + self.policy.agent_start_timeout
+        while True:
+            cluster = self.store.get(cluster_id)
+            if cluster.status is not Status.STARTING:
+                raise ConflictError(f"cluster {cluster_id} is {cluster.status.value} now")
+            agents = self.store.agents(cluster_id, cluster.cycle)
+            ending = outcome(cluster, agents)
+            if ending is not None and ending.final is Status.FAILED:
+                return ending.reason or FailReason.ERROR.value, ending.detail or ""
+            started = {a.rank for a in agents if a.started_at is not None}
+            if len(started) >= ranks:
+                return None
+            if self.clock() >= deadline:
+                missing = sorted(set(range(ranks)) - started)
+                return FailReason.TIMEOUT.value, (
+                    f"the command did not start on rank(s) {', '.join(map(str, missing))} "
+                    f"within {self.policy.agent_start_timeout:g} s of the nodes running "
+                    "(their agents never registered or never started it)"
+                )
+            self.sleep(0.2)
+
+    def _agents_failed(
+        self,
+        cluster: ClusterRecord,
+        provider: Provider,
+        record: AttemptRecord,
+        calls: int,
+        nodes: Sequence[Node],
+        failure: tuple[str, str],
+    ) -> ClusterRecord:
+        """The gang came up but its command could not start: end the cluster FAILED (its
+        nodes terminated and confirmed) and raise ProvisionFailed. Another shape would not
+        help: the command or the image is at fault, or the nodes never reached us."""
+        reason, detail = failure
+        self.say(f"attempt {record.attempt_no}: the command did not start: {reason}: {detail}")
+        how = WindDown(
+            Status.FAILED, self.owner, self.policy.lease_seconds, reason=reason, detail=detail
+        )
+        current = self.store.get(cluster.id)
+        failed, removed = wind_down(
+            self.store, current, how, provider, clock=self.clock, sleep=self.sleep
+        )
+        self._finish(
+            record,
+            AttemptResult(
+                AttemptOutcome.CLEANED,
+                error_code="CommandNotStarted",
+                reason=reason,
+                message=detail,
+                retries=calls - 1,
+                nodes_created=len(nodes),
+                nodes_cleaned=len(removed),
+            ),
+        )
+        raise ProvisionFailed(failed, self.store.attempts(cluster.id))
 
     def _finish(self, record: AttemptRecord, result: AttemptResult) -> None:
         self.store.finish_attempt(record.id, result, now=self.clock())

@@ -82,7 +82,8 @@ def _rank_of(cluster: ClusterRecord, body: Mapping[str, Any]) -> int:
 
 
 def _state(cluster: ClusterRecord) -> str:
-    return "run" if cluster.status is Status.RUNNING else "stop"
+    """ "stop" once the cluster is being ended; "run" while it starts and runs."""
+    return "stop" if cluster.status in TERMINAL or cluster.status is Status.TERMINATING else "run"
 
 
 def register(
@@ -94,7 +95,7 @@ def register(
     wait = {"state": "wait", "retry_after": policy.retry_after}
     if cluster.status in TERMINAL or cluster.status is Status.TERMINATING:
         return {"state": "stop"}
-    if cluster.status is not Status.RUNNING:
+    if cluster.status not in (Status.STARTING, Status.RUNNING) or not cluster.nodes:
         return wait  # the gang is still being launched
     address = body.get("address")
     rank = next((n.rank for n in cluster.nodes if n.private_ip == address), None)
@@ -201,6 +202,8 @@ def exited(
     code, sig = body.get("exit_code"), body.get("signal")
     code = code if isinstance(code, int) and not isinstance(code, bool) else None
     sig = sig if isinstance(sig, int) and not isinstance(sig, bool) else None
+    last = body.get("last_lines")
+    tail = [str(x)[:300] for x in last[-5:]] if isinstance(last, list) else []
     broker.store.update_agent(
         cluster.id,
         cluster.cycle,
@@ -209,22 +212,19 @@ def exited(
         exit_code=code,
         exit_signal=sig,
         exit_reason=str(reason),
+        exit_tail=tail,
     )
     if cluster.status is not Status.RUNNING:
-        return {"state": "done"}, None  # already ending (stopped, released, failed)
-    last = body.get("last_lines")
-    tail = [str(x)[:300] for x in last[-5:]] if isinstance(last, list) else []
-    return {"state": "done"}, outcome(cluster, broker.store.agents(cluster.id, cluster.cycle), tail)
+        return {"state": "done"}, None  # starting (the provisioner decides) or ending
+    return {"state": "done"}, outcome(cluster, broker.store.agents(cluster.id, cluster.cycle))
 
 
-def outcome(
-    cluster: ClusterRecord, agents: Sequence[AgentRecord], tail: Sequence[str] = ()
-) -> Ending | None:
+def outcome(cluster: ClusterRecord, agents: Sequence[AgentRecord]) -> Ending | None:
     """The cluster's ending that its agents' exits decide, if they decide one yet."""
     from broker.lifecycle import FailReason
 
-    last = (": " + " | ".join(tail)) if tail else ""
     for a in agents:
+        last = (": " + " | ".join(a.exit_tail)) if a.exit_tail else ""
         if a.exit_reason == "image_pull_failed":
             return Ending(
                 cluster.id,

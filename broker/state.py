@@ -180,6 +180,7 @@ agents = Table(
     Column("exit_code", Integer),
     Column("exit_signal", Integer),
     Column("exit_reason", String(32)),
+    Column("exit_tail", JSON),  # the last lines the agent saw, for the failure's detail
     Column("log_next_seq", Integer, nullable=False),  # the next line number expected
     Column("log_dropped", Integer, nullable=False),  # lines lost: by the agent or the cap
 )
@@ -378,10 +379,13 @@ class AgentRecord:
     exit_reason: str | None
     log_next_seq: int
     log_dropped: int
+    exit_tail: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> AgentRecord:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+        values = {f: row[f] for f in cls.__dataclass_fields__ if f != "exit_tail"}
+        tail = _json(row["exit_tail"]) or []
+        return cls(**values, exit_tail=tuple(str(x) for x in tail))
 
 
 class LogLine(NamedTuple):
@@ -664,10 +668,10 @@ class Store:
         inspector = inspect(self.engine)
         have_of = {
             t.name: {c["name"] for c in inspector.get_columns(t.name)}
-            for t in (clusters, blocks, tokens)
+            for t in (clusters, blocks, tokens, agents)
         }
         with self.engine.begin() as conn:
-            for table in (clusters, blocks, tokens):
+            for table in (clusters, blocks, tokens, agents):
                 have = have_of[table.name]
                 for column in table.columns:
                     if column.name not in have and column.nullable:
@@ -942,6 +946,22 @@ class Store:
                     gpus_billed=values.get("gpus_billed", current.gpus_billed),
                 )
             )
+            return self._get(conn, cluster_id)
+
+    def record_nodes(self, cluster_id: str, nodes: Sequence[NodeRecord]) -> ClusterRecord:
+        """Store a STARTING cluster's nodes (its gang is up; the agents are starting the
+        command): ConflictError if it is no longer STARTING."""
+        with self._tx() as conn:
+            current = self._get(conn, cluster_id)
+            if current.status is not Status.STARTING:
+                raise ConflictError(f"cluster {cluster_id} is {current.status.value}, not STARTING")
+            done = conn.execute(
+                update(clusters)
+                .where(clusters.c.id == cluster_id, clusters.c.version == current.version)
+                .values(nodes=[n.to_json() for n in nodes], version=current.version + 1)
+            )
+            if done.rowcount != 1:
+                raise ConflictError(f"cluster {cluster_id} changed under us")
             return self._get(conn, cluster_id)
 
     def renew_lease(self, cluster_id: str, owner: str, *, until: float) -> bool:
@@ -1258,13 +1278,17 @@ class Store:
             return [AgentRecord.from_row(r) for r in conn.execute(query).mappings()]
 
     def update_agent(
-        self, cluster_id: str, cycle: int, rank: int, **changes: float | int | str | None
+        self,
+        cluster_id: str,
+        cycle: int,
+        rank: int,
+        **changes: float | int | str | list[str] | None,
     ) -> bool:
         """Set fields of one agent's row (started_at, pid, heartbeat_at, exit_*); False if
         that agent never registered."""
         allowed = {
             "started_at", "pid", "heartbeat_at", "exited_at", "exit_code", "exit_signal",
-            "exit_reason",
+            "exit_reason", "exit_tail",
         }  # fmt: skip
         unknown = set(changes) - allowed
         if unknown:

@@ -68,12 +68,15 @@ def call(
         return Reply(exc.code, exc.read(), dict(exc.headers))
 
 
-STATE_DIRS: list[Path] = []  # of every server a test started: its sim nodes die with the test
+# Every state dir a test used for a server (or a `broker run`), with the server if any: their
+# sim node processes (agents and commands) are killed once the server is gone, and all at the
+# end of the session, so nothing a test started outlives it.
+STATE_DIRS: list[Path] = []
+_SERVERS: dict[Path, BrokerServer] = {}
 
 
 def kill_sim_nodes(state_dir: Path) -> None:
-    """Terminate every simulated node process under ``state_dir`` (agents and commands):
-    nothing a test started outlives it."""
+    """Terminate every simulated node process under ``state_dir``."""
     from providers.sim_nodes import NODES_DIR, stop_agents
 
     nodes = state_dir / NODES_DIR
@@ -81,11 +84,25 @@ def kill_sim_nodes(state_dir: Path) -> None:
         stop_agents(state_dir, [p.name for p in nodes.iterdir()], grace=0.2)
 
 
+def _sweep(everything: bool) -> None:
+    for state_dir in list(STATE_DIRS):
+        server = _SERVERS.get(state_dir)
+        if everything or server is None or server.proc.poll() is not None:
+            kill_sim_nodes(state_dir)
+            STATE_DIRS.remove(state_dir)
+            _SERVERS.pop(state_dir, None)
+
+
 @pytest.fixture(autouse=True)
-def _no_node_outlives_its_test() -> Iterator[None]:
+def _no_node_outlives_its_server() -> Iterator[None]:
     yield
-    while STATE_DIRS:
-        kill_sim_nodes(STATE_DIRS.pop())
+    _sweep(everything=False)  # servers of module-scoped fixtures keep their nodes
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_node_outlives_the_session() -> Iterator[None]:
+    yield
+    _sweep(everything=True)
 
 
 class BrokerServer:
@@ -96,6 +113,7 @@ class BrokerServer:
     ) -> None:
         self.state_dir = state_dir
         STATE_DIRS.append(state_dir)
+        _SERVERS[state_dir] = self
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(env)

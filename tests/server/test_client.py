@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -50,7 +51,13 @@ from tests.conftest import bundled_shape_id
 from tests.server.conftest import BrokerServer, free_port, server_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "burst16.isc"
+# The README's burst16 example with a command that keeps running: provisioning through a
+# service now waits for every rank's command to start (torchrun is not on these nodes).
+EXAMPLE = Path(tempfile.mkdtemp(prefix="bb-client-example-")) / "burst16.isc"
+EXAMPLE.write_text(
+    (ROOT / "examples" / "burst16.isc").read_text().split("command = ")[0]
+    + "command = 'echo ready; sleep 300'\n"
+)
 CATALOG = load_bundled_catalog()
 SLOW = bundled_shape_id("aws", "us-east-1")  # the scenario server's slow shape
 API_NAMES = {"gpu": "gpu", "gpus": "gpus", "launch_file": "launch_file"}
