@@ -92,6 +92,10 @@ _NUMBERS = (
 )
 
 
+class _EndedWhileStarting(ConflictError):
+    """The cluster was moved (stopped) while its nodes' agents were starting the command."""
+
+
 @dataclass(frozen=True)
 class ProvisionPolicy:
     """Bounds of one provisioning run (seconds). Every number must be finite and > 0."""
@@ -489,7 +493,10 @@ class Provisioner:
                 cluster.id, Status.RUNNING, now=self.clock(), expect={Status.STARTING}, nodes=ranked
             )
         except ConflictError as exc:  # stopped while we launched: give the nodes back
-            removed = self._cleanup_quietly(cluster.id, provider, tag)
+            # Stopped while its agents were starting: whoever stopped it winds it down (its
+            # agents are told to stop the command first); killing the nodes here would not.
+            ending = isinstance(exc, _EndedWhileStarting)
+            removed = 0 if ending else self._cleanup_quietly(cluster.id, provider, tag)
             self._finish(
                 record,
                 AttemptResult(
@@ -518,7 +525,7 @@ class Provisioner:
         while True:
             cluster = self.store.get(cluster_id)
             if cluster.status is not Status.STARTING:
-                raise ConflictError(f"cluster {cluster_id} is {cluster.status.value} now")
+                raise _EndedWhileStarting(f"cluster {cluster_id} is {cluster.status.value} now")
             agents = self.store.agents(cluster_id, cluster.cycle)
             ending = outcome(cluster, agents)
             if ending is not None and ending.final is Status.FAILED:
