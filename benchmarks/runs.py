@@ -44,18 +44,13 @@ working tree is never written (bytecode goes to a temporary PYTHONPYCACHEPREFIX)
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +58,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.api import Broker  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from benchmarks.loopback import Client, Server, clean_env, serving  # noqa: E402
 from broker.tokens import create_node_token  # noqa: E402
-from providers.sim_nodes import NODES_DIR, stop_agents  # noqa: E402
 
 SHAPE = "aws:us-east-1:g5.12xlarge:on-demand"  # 4 GPUs a node
 COMMAND = "echo started; sleep 30"
@@ -84,143 +77,11 @@ ORG = "bench"
 # -- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def clean_env(home: Path, cache: Path) -> dict[str, str]:
-    """Nothing of the caller's broker settings; state and XDG dirs under ``home``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "XDG_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(
-        HOME=str(home),
-        BROKER_STATE_DIR=str(home / "state"),
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_DATA_HOME=str(home / "data"),
-        XDG_CACHE_HOME=str(home / "cache"),
-        PYTHONPYCACHEPREFIX=str(cache),
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-def kill_sim_nodes(state_dir: Path) -> None:
-    """Every simulated node process under ``state_dir`` (agents and commands) killed."""
-    nodes = state_dir / NODES_DIR
-    if nodes.is_dir():
-        stop_agents(state_dir, [p.name for p in nodes.iterdir()], grace=0.2)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process so far (utime and stime of /proc/<pid>/stat)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    """One ``broker serve --sim`` process on a free loopback port."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.state_dir = Path(self.env["BROKER_STATE_DIR"])
-        self.port = free_port()
-        self.log = Path(self.env["HOME"]) / f"server-{self.port}.log"
-        self._out = self.log.open("w")
-        cmd = [sys.executable, "-m", "broker.cli", "serve", "--sim", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*cmd, "--log-level", "warning"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited {self.proc.returncode}: {self.output()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/readyz")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                if ok:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"the server was not ready in {DEADLINE:.0f} s: {self.output()}")
-
-    def output(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def broker(self) -> Broker:
-        return Broker(Settings.from_env(self.env))
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self._out.close()
-        finally:
-            kill_sim_nodes(self.state_dir)
-
-
-@contextmanager
-def serving(env: Mapping[str, str]) -> Iterator[Server]:
-    server = Server(env)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection with one token."""
-
-    def __init__(self, port: int, token: str, *, fresh: bool = False) -> None:
-        # Every call here may be repeated (reads, stop, agent calls), so a call on a
-        # connection the server closed while idle is made again on a new one.
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
-        self.fresh = fresh  # a new connection for each call, as the agent (urllib) makes
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if self.fresh:
-            self.conn.close()  # http.client connects again on the next request
-        try:
-            self.conn.request(method, path, body=data, headers=headers)
-            resp = self.conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            self.conn.close()  # the server closed an idle keep-alive connection: once more
-            self.conn.request(method, path, body=data, headers=headers)
-            resp = self.conn.getresponse()
-        raw = resp.read()
-        return resp.status, json.loads(raw) if raw else None
-
-    def ok(self, method: str, path: str, body: object = None) -> Any:
-        status, doc = self.request(method, path, body)
-        if status >= 300:
-            raise RuntimeError(f"{method} {path}: {status} {doc}")
-        return doc
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def launch_file(gpus: int, command: str) -> str:
@@ -309,7 +170,7 @@ def timed_calls(
 def cpu_runs(env: Mapping[str, str], heartbeats: int) -> tuple[CpuRun, CpuRun]:
     with serving(env) as server:
         secret, _ = server.broker().create_token(ORG, name="bench", role="member")
-        user = Client(server.port, secret)
+        user = Client(server.port, secret, retry_idle=True)
         agent: Client | None = None
         try:
             cid = user.ok("POST", "/v1/clusters", {"gpus": 16})["cluster_id"]  # no command
@@ -380,7 +241,7 @@ def main() -> int:
         starts: dict[int, list[StartRun]] = {}
         with serving(home("start")) as server:
             secret, _ = server.broker().create_token(ORG, name="bench", role="member")
-            client = Client(server.port, secret)
+            client = Client(server.port, secret, retry_idle=True)
             try:
                 start_run(client, 16)  # warm-up: bytecode cache, first imports
                 for gpus in GANGS:

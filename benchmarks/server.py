@@ -29,19 +29,15 @@ to a cloud, and nothing imports from ``tests/``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.loopback import Client, Server, clean_env, serving  # noqa: E402
 from broker.api import Broker  # noqa: E402
 from broker.lifecycle import Status  # noqa: E402
 from broker.quote import QuoteRequest  # noqa: E402
@@ -70,115 +67,6 @@ UNSETTLED = "PENDING,QUEUED,STARTING"
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def clean_env(home: Path, cache: Path) -> dict[str, str]:
-    """The environment of every process started here: nothing of the caller's broker
-    settings, a state dir and XDG dirs under ``home``, a shared bytecode cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "XDG_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(
-        HOME=str(home),
-        BROKER_STATE_DIR=str(home / "state"),
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_DATA_HOME=str(home / "data"),
-        XDG_CACHE_HOME=str(home / "cache"),
-        PYTHONPYCACHEPREFIX=str(cache),
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-class Server:
-    """One ``broker serve --sim`` process on a free loopback port."""
-
-    def __init__(self, env: Mapping[str, str], *args: str) -> None:
-        self.env = dict(env)
-        self.port = free_port()
-        self.log = Path(self.env["HOME"]) / f"server-{self.port}.log"
-        self._out = self.log.open("w")
-        cmd = [sys.executable, "-m", "broker.cli", "serve", "--sim", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*cmd, "--log-level", "warning", *args],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited {self.proc.returncode}: {self.output()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-                conn.close()
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"the server was not ready in 60 s: {self.output()}")
-
-    def output(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def token(self, org: str, name: str) -> str:
-        broker = Broker(Settings.from_env(self.env))
-        secret, _ = broker.create_token(org, name=name, role="member")
-        return secret
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-
-
-@contextmanager
-def serving(env: Mapping[str, str], *args: str) -> Iterator[Server]:
-    server = Server(env, *args)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection with one token."""
-
-    def __init__(self, port: int, token: str) -> None:
-        self.port = port
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        self.conn.request(method, path, body=data, headers=headers)
-        resp = self.conn.getresponse()
-        raw = resp.read()
-        return resp.status, json.loads(raw) if raw else None
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 # -- 1. submissions through the API -----------------------------------------------------------

@@ -1,0 +1,175 @@
+"""What the service benchmarks share: a ``broker serve --sim`` process on a free loopback
+port (its simulated nodes killed when it stops), a clean environment for every process, and
+a small JSON client over ``http.client``. Nothing here imports from ``tests/``."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker.api import Broker  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+from providers.sim_nodes import NODES_DIR, stop_agents  # noqa: E402
+
+READY_TIMEOUT = 60.0  # seconds a server may take to answer /readyz
+CALL_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(home: Path, cache: Path) -> dict[str, str]:
+    """The environment of every process started here: nothing of the caller's broker
+    settings, a state dir and XDG dirs under ``home``, a shared bytecode cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "XDG_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        HOME=str(home),
+        BROKER_STATE_DIR=str(home / "state"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        PYTHONPYCACHEPREFIX=str(cache),
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def kill_sim_nodes(state_dir: Path) -> None:
+    """Every simulated node process under ``state_dir`` (agents and commands) killed."""
+    nodes = state_dir / NODES_DIR
+    if nodes.is_dir():
+        stop_agents(state_dir, [p.name for p in nodes.iterdir()], grace=0.2)
+
+
+class Server:
+    """One ``broker serve --sim`` process on a free loopback port."""
+
+    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+        self.env = dict(env)
+        self.state_dir = Path(self.env["BROKER_STATE_DIR"])
+        self.port = free_port()
+        self.log = Path(self.env["HOME"]) / f"server-{self.port}.log"
+        self._out = self.log.open("w")
+        cmd = [sys.executable, "-m", "broker.cli", "serve", "--sim", "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited {self.proc.returncode}: {self.output()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                ok = conn.getresponse().status == 200
+                conn.close()
+                if ok:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the server was not ready in {READY_TIMEOUT:.0f} s: {self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def broker(self) -> Broker:
+        """A Broker over the server's store (tokens, direct inserts)."""
+        return Broker(Settings.from_env(self.env))
+
+    def token(self, org: str, name: str) -> str:
+        secret, _ = self.broker().create_token(org, name=name, role="member")
+        return secret
+
+    def stop(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self._out.close()
+        finally:
+            kill_sim_nodes(self.state_dir)  # its nodes are local processes: none outlives it
+
+
+@contextmanager
+def serving(env: Mapping[str, str], *args: str) -> Iterator[Server]:
+    server = Server(env, *args)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Client:
+    """One HTTP/1.1 connection with one token: kept alive, or (``fresh``) a new one for
+    each call, as the agent (urllib) makes. With ``retry_idle``, a call on a connection the
+    server closed while idle is made again on a new one (only for calls that may repeat)."""
+
+    def __init__(
+        self, port: int, token: str, *, fresh: bool = False, retry_idle: bool = False
+    ) -> None:
+        self.port = port
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+        self.fresh = fresh
+        self.retry_idle = retry_idle or fresh
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.fresh:
+            self.conn.close()  # http.client connects again on the next request
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not self.retry_idle:
+                raise
+            self.conn.close()  # the server closed an idle keep-alive connection: once more
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+
+    def ok(self, method: str, path: str, body: object = None) -> Any:
+        status, doc = self.request(method, path, body)
+        if status >= 300:
+            raise RuntimeError(f"{method} {path}: {status} {doc}")
+        return doc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+__all__ = ["ROOT", "Client", "Server", "clean_env", "free_port", "kill_sim_nodes", "serving"]
