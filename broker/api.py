@@ -594,13 +594,26 @@ class Broker:
             self.sleep(0.2)
 
     def logs(
-        self, cluster_id: str, rank: int = 0, *, tail: int | None = 100, after: int | None = None
+        self,
+        cluster_id: str,
+        rank: int = 0,
+        *,
+        tail: int | None = 100,
+        after: int | None = None,
+        wait: float = 0.0,
     ) -> LogPage:
         """A rank's output as its agent sent it (the last ``tail`` lines, or the lines after
         the line id ``after``) and how many were lost (the per-rank cap, or the agent's
-        own spool)."""
+        own spool). With ``after`` and ``wait``, waits up to ``wait`` seconds for a new line
+        while the cluster is live (following a log is calling again with the last id)."""
         cluster = self._find(cluster_id)
-        lines = self.store.log_tail(cluster.id, rank, tail=tail, after=after)
+        deadline = self.clock() + wait
+        while True:
+            lines = self.store.log_tail(cluster.id, rank, tail=tail, after=after)
+            if lines or after is None or cluster.status in TERMINAL or self.clock() >= deadline:
+                break
+            self.sleep(0.25)
+            cluster = self._find(cluster.id)
         agents = [a for a in self.store.agents(cluster.id, cluster.cycle) if a.rank == rank]
         dropped = agents[0].log_dropped if agents else 0
         return LogPage(cluster, rank, lines, dropped)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker.api import Broker
-from broker.cli.output import emit_json, print_warnings, say
+from broker.cli.output import emit_json, follow, print_warnings, say
 from broker.cli.quote import print_blocks
 from broker.cli.render import money, table
 from broker.errors import Cancelled, Interrupted, ProvisionFailed
@@ -32,8 +32,9 @@ from broker.views import (
 from shapes.errors import Exit
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
+    from broker.api import LogPage
     from broker.client import Client
     from broker.diagnostics import Diagnostic
     from broker.state import ClusterRecord
@@ -265,9 +266,9 @@ def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a rank's lines; with --follow, poll for new ones (a service holds each call
-    up to 10 s) until the experiment has ended and every line is out."""
-    import time
+    """Print a rank's lines; with --follow, new ones as they come (each call held up to
+    10 s) until the experiment has ended and every line is out."""
+    import itertools
 
     from broker.views import logs_document
 
@@ -281,21 +282,17 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
         return Exit.OK
     if page.dropped:
         say(f"({page.dropped} earlier line(s) dropped: the per-rank cap, or the node's spool)")
-    after = 0
-    while True:
-        for line in page.lines:
+    pages: Iterable[LogPage] = [page]
+    if args.follow and not (page.cluster.status in TERMINAL and not page.lines):
+        after = page.lines[-1].id if page.lines else 0
+        pages = itertools.chain(pages, follow(opened, page.cluster.id, args.rank, after=after))
+    for shown in pages:
+        for line in shown.lines:
             if args.json:
-                emit_json({"rank": page.rank, "seq": line.seq, "line": line.line})
+                emit_json({"rank": shown.rank, "seq": line.seq, "line": line.line})
             else:
                 print(line.line, flush=True)
-            after = line.id
-        if not args.follow or (page.cluster.status in TERMINAL and not page.lines):
-            return Exit.OK
-        if isinstance(opened, Broker):
-            time.sleep(0.5)
-            page = opened.logs(page.cluster.id, args.rank, tail=1000, after=after)
-        else:
-            page = opened.logs(page.cluster.id, args.rank, tail=1000, after=after, wait=10)
+    return Exit.OK
 
 
 def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:

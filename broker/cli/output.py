@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from broker.api import Broker, LogPage
+    from broker.client import Client
     from broker.diagnostics import Diagnostic
     from shapes.errors import BrokerError
+
+    LogSource = Broker | Client
+
+
+def follow(
+    source: LogSource, cluster_id: str, rank: int, *, after: int = 0, wait: float = 10.0
+) -> Iterator[LogPage]:
+    """Pages of a rank's new lines (each call held up to ``wait`` s for one), until the
+    cluster has ended and every line is out. ``source`` is a Broker or a Client."""
+    from broker.lifecycle import TERMINAL
+
+    while True:
+        page = source.logs(cluster_id, rank, tail=1000, after=after, wait=wait)
+        yield page
+        if page.lines:
+            after = page.lines[-1].id
+        elif page.cluster.status in TERMINAL:
+            return
 
 
 def emit_json(doc: object) -> None:

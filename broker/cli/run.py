@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from broker.cli.output import emit_json, say
+from broker.cli.output import emit_json, follow, say
 from broker.client import Client
 from broker.diagnostics import Diagnostic
 from broker.errors import BrokerError, Interrupted, InvalidRequest, ServerExtraMissing
@@ -103,20 +103,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
     """Print the rank's lines as they come, until the cluster has ended and every line is
     out; the ended cluster."""
-    after = 0
     seen_status: Status | None = None
-    while True:
-        page = service.logs(cluster_id, rank, tail=1000, after=after, wait=5)
+    cluster: ClusterRecord | None = None
+    for page in follow(service, cluster_id, rank, wait=5):
         for line in page.lines:
             sys.stdout.write(line.line + "\n")
-            after = line.id
         sys.stdout.flush()
-        status = page.cluster.status
-        if status is not seen_status and status not in TERMINAL:
-            say(f"{cluster_id}: {status.value}")
-            seen_status = status
-        if status in TERMINAL and not page.lines:
-            return page.cluster
+        cluster = page.cluster
+        if cluster.status is not seen_status and cluster.status not in TERMINAL:
+            say(f"{cluster_id}: {cluster.status.value}")
+            seen_status = cluster.status
+    assert cluster is not None  # follow yields at least one page
+    return cluster
 
 
 __all__ = ["cmd_run"]

@@ -193,20 +193,9 @@ def cluster_logs(
     """The last ``tail`` lines, or (with ``after``, the previous answer's ``next_after``)
     up to ``tail`` lines after it, waiting up to ``wait`` seconds for one to arrive while
     the cluster is live: a client follows a log by calling again with the new ``after``."""
-    import time
-
-    from broker.lifecycle import TERMINAL
     from broker.views import logs_document
 
-    deadline = time.monotonic() + wait
-    while True:
-        page = broker.logs(cluster_id, rank, tail=tail, after=after)
-        if page.lines or after is None or page.cluster.status in TERMINAL:
-            break
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.25)
-    return logs_document(page)
+    return logs_document(broker.logs(cluster_id, rank, tail=tail, after=after, wait=wait))
 
 
 @router.post("/clusters/{cluster_id}/stop", summary="Stop (or cancel) a cluster: STOPPED")
