@@ -373,6 +373,10 @@ class Broker:
                 f"no shape can serve this request ({len(ranked.ranking.excluded)} excluded; "
                 "`broker quote --explain` says why)"
             )
+        if experiment is not None and experiment.get("image") is None:
+            default = self.config.node.image  # the configuration's [node] image
+            if default is not None:
+                experiment = {**experiment, "image": default}
         made = self.store.create_cluster(
             f"bb-{os.urandom(6).hex()}",
             request=request.to_json_dict(),

@@ -350,7 +350,11 @@ def request_body(
         "hours": request.hours,
     }
     if experiment is not None:
-        body["launch_file"] = launch_text(experiment, request)
+        values = dict(experiment)
+        image = values.pop("image", None)  # a request field, not a launch-file key
+        body["launch_file"] = launch_text(values, request)
+        if image is not None:
+            body["image"] = image
         del body["gpus"], body["priority"]
     return {k: v for k, v in body.items() if v not in (None, [], False)}
 

@@ -40,6 +40,7 @@ class RequestInputs:
     provisioning: str | None = None  # "spot" | "on-demand" | None (both)
     max_price_per_hour: float | None = None
     hours: float = 1.0
+    image: str | None = None  # the command's container image ("": on the host); None: default
     names: dict[str, str] = field(default_factory=dict)  # field -> how the edge spells it
 
 
@@ -130,6 +131,12 @@ def build_request(
     from broker.ranking import RankRequest
 
     name = inputs.names.get
+    if inputs.image:
+        from providers.images import image_problem
+
+        problem = image_problem(inputs.image)
+        if problem is not None:
+            raise InvalidRequest([Diagnostic(field="image", message=problem)])
     flt = shape_filter(inputs, catalog)
     overrides: dict[str, object] = {
         "filter": flt,
@@ -162,7 +169,20 @@ def build_request(
                 inputs.launch_text or "", source=inputs.launch_source, burst_max_gpus=burst_max_gpus
             )
         request = request_from_launch_file(result, rank_overrides=overrides, hours=inputs.hours)
-        return request, result.experiment_or_raise().model_dump(mode="json")
+        experiment = result.experiment_or_raise().model_dump(mode="json")
+        if inputs.image is not None:
+            experiment["image"] = inputs.image
+        return request, experiment
+    if inputs.image is not None:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="image",
+                    message=f"{name('image', 'image')} is the container a launch file's command "
+                    f"runs in: give {name('launch_file', 'a launch file')} too",
+                )
+            ]
+        )
     if inputs.gpus is None:
         raise InvalidRequest(
             [
@@ -177,4 +197,10 @@ def build_request(
     return QuoteRequest(rank=RankRequest(**fields), hours=inputs.hours), None  # type: ignore[arg-type]
 
 
-__all__ = ["SIMULATED", "RequestInputs", "build_request", "shape_filter", "split_backend"]
+__all__ = [
+    "SIMULATED",
+    "RequestInputs",
+    "build_request",
+    "shape_filter",
+    "split_backend",
+]

@@ -210,6 +210,15 @@ class _Checker:
         for key in ("dataset_id_list", "burst_shape_priority_list", "input_artifact_id_list"):
             if key in d:
                 fields[key] = self.string_list(key)
+        for key in ("dataset_id_list", "input_artifact_id_list"):
+            ids = fields.get(key)
+            for item in ids if isinstance(ids, tuple) else ():
+                if not _ID.fullmatch(item):  # each becomes a path: /data/<dataset-id>
+                    self.error(
+                        key,
+                        f"{item[:80]!r} is not an ID: letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit, at most 128 characters",
+                    )
         artifacts = fields.get("input_artifact_id_list")
         if isinstance(artifacts, tuple) and len(artifacts) > MAX_INPUT_ARTIFACTS:
             message = f"must list at most {MAX_INPUT_ARTIFACTS} artifact IDs, got {len(artifacts)}"
@@ -223,6 +232,7 @@ class _Checker:
         return None if self.errors else Experiment.model_validate(fields)
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
 

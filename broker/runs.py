@@ -68,6 +68,13 @@ def image_of(cluster: ClusterRecord) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def datasets_of(cluster: ClusterRecord) -> list[str]:
+    """The launch file's ``dataset_id_list``: each is mounted at ``/data/<id>`` in the
+    command's container."""
+    value = (cluster.experiment or {}).get("dataset_id_list") or []
+    return [str(d) for d in value] if isinstance(value, list) else []
+
+
 def _cluster_for(broker: Broker, node: Principal, cluster_id: object) -> ClusterRecord:
     if not isinstance(cluster_id, str) or cluster_id != node.cluster_id:
         raise NotFoundError(f"no cluster {cluster_id!r} for this node token")
@@ -120,6 +127,7 @@ def register(
         "env": node_env(cluster, rank),
         "command": command_of(cluster) or "",
         "image": image_of(cluster),
+        "datasets": datasets_of(cluster),
         "heartbeat_every": policy.heartbeat_every,
         "stop_grace": policy.stop_grace,
         "log_batch_lines": policy.log_batch_lines,
@@ -274,6 +282,7 @@ __all__ = [
     "Ending",
     "RunPolicy",
     "command_of",
+    "datasets_of",
     "exited",
     "heartbeat",
     "image_of",

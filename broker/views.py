@@ -282,6 +282,13 @@ def report_document(r: ClusterReport) -> Document:
     ]
     doc["gpu_hours"] = r.usage.gpu_hours
     doc["cost"] = r.usage.cost
+    experiment = r.cluster.experiment or {}
+    if experiment.get("command"):
+        doc["run"] = {  # what the nodes run ("image": null is on the host)
+            "command": experiment["command"],
+            "image": experiment.get("image") or None,
+            "datasets": list(experiment.get("dataset_id_list") or ()),
+        }
     return doc
 
 

@@ -21,6 +21,12 @@ instance role).
     [aws.tags]                          # added to every resource
     team = "ml"
 
+    [node]                              # how experiments run on the nodes (optional)
+    image = "nvcr.io/nvidia/pytorch:24.05-py3"  # default container for the command
+
+    [service]                           # `broker serve` (optional)
+    public_url = "https://broker.example.com"   # where cloud nodes reach the service
+
     [gcp]                               # credentials: Application Default Credentials only
     project = "my-project"
     regions = ["us-central1"]
@@ -48,7 +54,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from providers.clouds import CLOUDS, KNOWN_PROVIDERS
 from providers.errors import ConfigError
@@ -86,6 +92,62 @@ class BrokerSection(BaseModel):
     providers: StrTuple = ()
 
 
+class NodeSection(BaseModel):
+    """``[node]``: how an experiment's command runs on its nodes. ``image``: the container
+    a command runs in when its request names none (unset: on the host)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    image: str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        from providers.images import image_problem
+
+        problem = None if value is None else image_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class ServiceSection(BaseModel):
+    """``[service]``: ``public_url`` is where nodes on a real cloud reach ``broker serve``
+    (its agents call out to it); without it no command runs on a real cloud."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        problem = None if value is None else url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return None if value is None else value.rstrip("/")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a base URL nodes can call (http or https, a host, no query), or
+    None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises
+    except ValueError as exc:
+        return f"{url!r} is not a URL: {exc}"
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return f"{url!r} must be an http:// or https:// URL with a host"
+    if any(c.isspace() for c in url) or not all(c.isalnum() or c in ".-:[]" for c in host):
+        return f"{url!r} has a character no URL host or path may hold"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return f"{url!r} must not carry a query, a fragment or credentials"
+    return None
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     """The whole file: ``[broker]`` and the section of each cloud it holds (by name).
@@ -97,6 +159,8 @@ class BrokerConfig:
     broker: BrokerSection = field(default_factory=BrokerSection)
     sections: Mapping[str, CloudSection] = field(default_factory=dict)
     path: str | None = None
+    node: NodeSection = field(default_factory=NodeSection)
+    service: ServiceSection = field(default_factory=ServiceSection)
 
     def __post_init__(self) -> None:
         for name, section in self.sections.items():
@@ -154,7 +218,7 @@ def load_config(path: Path, *, required: bool) -> BrokerConfig:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    known = ("broker", *KNOWN_PROVIDERS)
+    known = ("broker", "node", "service", *KNOWN_PROVIDERS)
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -166,8 +230,12 @@ def load_config(path: Path, *, required: bool) -> BrokerConfig:
         for name, spec in CLOUDS.items()
         if name in data
     }
+    node = _validate(path, "node", NodeSection, data.get("node", {}))
+    service = _validate(path, "service", ServiceSection, data.get("service", {}))
     try:
-        return BrokerConfig(broker=broker, sections=sections, path=str(path))
+        return BrokerConfig(
+            broker=broker, sections=sections, path=str(path), node=node, service=service
+        )
     except ConfigError as exc:
         where = "broker.providers: " if "unknown provider" in str(exc) else ""
         raise ConfigError(f"{path}: {where}{exc}") from None
@@ -187,6 +255,8 @@ def _validate(path: Path, name: str, model: type[M], value: Any) -> M:
 
 def _explain(error: Mapping[str, Any]) -> str:
     kind = error["type"]
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
     if kind not in _EXPECTED or kind in ("extra_forbidden", "missing"):
         return _EXPECTED.get(kind) or str(error["msg"])
     got = _TOML_TYPES.get(type(error["input"]), type(error["input"]).__name__)
@@ -197,5 +267,8 @@ __all__ = [
     "BrokerConfig",
     "BrokerSection",
     "ConfigError",
+    "NodeSection",
+    "ServiceSection",
     "load_config",
+    "url_problem",
 ]

@@ -162,6 +162,16 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
     add_filters(p, per_plan_price=True)
 
 
+def _image(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="run the launch file's command in this container image on every node "
+        "(docker run --gpus all --network host --ipc host); '' runs it on the host. "
+        "Default: the configuration's [node] image, else the host",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="broker",
@@ -230,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_request_args(p)
+    _image(p)
     p.add_argument("--timeout", type=positive, metavar="S", help="overall deadline (1800 s)")
     p.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for --provider sim")
     p.add_argument(
@@ -249,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for the duration, so it works on a fresh machine.",
     )
     add_request_args(rn)
+    _image(rn)
     rn.add_argument("--rank", type=count, default=0, help="whose output to stream (0)")
     rn.add_argument("--hours", type=positive, help="the run length for the cost estimate")
     rn.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for --provider sim")
@@ -370,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url",
         metavar="URL",
         help="where the nodes reach this server (http(s)://host:port), needed to run an "
-        "experiment's command on a real cloud; with --sim, nodes use the loopback address",
+        "experiment's command on a real cloud (default: the configuration's [service] "
+        "public_url); simulated nodes use the loopback address",
     )
     sv.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for sim")
     sv.add_argument(

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from shapes.catalog import Catalog, ShapeFilter
 
 
-CLI_NAMES = {"gpu": "--gpu", "gpus": "--gpus", "launch_file": "FILE.isc"}
+CLI_NAMES = {"gpu": "--gpu", "gpus": "--gpus", "launch_file": "FILE.isc", "image": "--image"}
 
 
 def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
@@ -43,6 +43,7 @@ def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
         provisioning=provisioning,
         max_price_per_hour=args.max_price_per_hour,
         hours=getattr(args, "hours", 1.0),
+        image=getattr(args, "image", None),
         names=CLI_NAMES,
     )
 

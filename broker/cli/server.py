@@ -7,6 +7,7 @@ import argparse
 from broker.api import Broker
 from broker.cli.output import emit_json, say
 from broker.cli.render import table
+from broker.diagnostics import Diagnostic, InvalidRequest
 from broker.errors import ServerExtraMissing
 from broker.settings import Settings
 from broker.views import token_document
@@ -23,7 +24,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "pip install 'burst-broker[server]'"
         ) from None
     from broker.server.main import ServeOptions, serve
+    from providers.config import load_config, url_problem
 
+    public_url = args.public_url
+    if public_url is not None:
+        problem = url_problem(public_url)
+        if problem is not None:
+            raise InvalidRequest([Diagnostic(field="--public-url", message=problem)])
+        public_url = public_url.rstrip("/")
+    else:  # a bad configuration file is a ConfigError naming the key
+        config = load_config(settings.config_path, required=settings.config_explicit)
+        public_url = config.service.public_url
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -33,7 +44,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         backend="sim" if args.sim else None,
         sim_scenario=args.sim_scenario,
         log_level=args.log_level,
-        public_url=args.public_url,
+        public_url=public_url,
         heartbeat_timeout=args.heartbeat_timeout,
     )
     return serve(settings, options)

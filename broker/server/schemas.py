@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from broker.inputs import RequestInputs
 
 MAX_LAUNCH_FILE = 64 * 1024  # characters: a launch file is a few hundred bytes
-API_NAMES = {"gpu": "gpu", "gpus": "gpus", "launch_file": "launch_file"}
+API_NAMES = {"gpu": "gpu", "gpus": "gpus", "launch_file": "launch_file", "image": "image"}
 
 
 def _listify(value: object) -> object:
@@ -37,6 +37,13 @@ class RequestBody(BaseModel):
     provisioning: Literal["spot", "on-demand"] | None = None
     max_price_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     hours: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="The container image the launch file's command runs in on every node "
+        '(`docker run --gpus all --network host --ipc host`); "" runs it on the host. '
+        "Default: the service's `[node] image`, else the host.",
+    )
 
     _lists = field_validator("priority", "gpu", "provider", "region", mode="before")(_listify)
 
@@ -52,6 +59,7 @@ class RequestBody(BaseModel):
             provisioning=self.provisioning,
             max_price_per_hour=self.max_price_per_hour,
             hours=self.hours,
+            image=self.image,
             names=API_NAMES,
         )
 

@@ -663,6 +663,29 @@ def test_the_agent_is_python_3_8_grammar() -> None:
     assert source.count("from __future__ import annotations") == 1
 
 
+def vermin(path: Path) -> subprocess.CompletedProcess[str]:
+    """vermin (a test dependency) reads a module's grammar and every standard-library name it
+    uses, and fails when one needs a newer Python than 3.8."""
+    run = "import sys, vermin; sys.exit(vermin.main())"
+    return subprocess.run(
+        [sys.executable, "-c", run, "--no-tips", "-t=3.8-", "--violations", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_agent_uses_nothing_python_3_8_lacks(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.py"  # the check can fail: a 3.9 stdlib name and a 3.9 method
+    newer.write_text("import math\nprint(math.lcm(2, 3))\n")
+    caught = vermin(newer)
+    assert caught.returncode != 0 and "'math.lcm' member requires !2, 3.9" in caught.stdout
+    done = vermin(Path(AGENT))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Minimum required versions: 3." in done.stdout
+
+
 def python38() -> str | None:
     for candidate in (
         "python3.8",
