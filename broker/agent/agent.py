@@ -547,7 +547,10 @@ class Agent:
         root = self.args.root
         try:
             host_env = reroot(plan.env, root)
+            datasets = [os.path.join(root, "data", d) for d in plan.datasets]
             for name in (root, *(host_env[n] for n in ARTIFACT_VARIABLES if n in host_env)):
+                os.makedirs(name, exist_ok=True)
+            for name in datasets:  # made here, not by docker (which would make them root's)
                 os.makedirs(name, exist_ok=True)
         except OSError as error:
             return self.report("spawn_failed", None, [f"cannot create {error.filename}: {error}"])

@@ -125,6 +125,7 @@ def test_the_command_runs_in_the_requested_image_with_gpus_network_and_mounts(
             "/mnt/lossy",
         ]
         assert all(v.startswith(str(srv.state_dir / "sim-nodes")) for v in volumes)
+        assert all(Path(v.rsplit(":", 1)[0]).is_dir() for v in volumes)  # made by the agent
         env = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-e")
         assert env["NNODES"] == "2" and env["N_PROC"] == "4"
     assert final["run"] == {"command": command, "image": image, "datasets": ["imagenet-1k"]}
