@@ -59,6 +59,8 @@ def body_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "region": list(args.region),
         "provisioning": "spot" if args.spot else "on-demand" if args.on_demand else None,
         "max_price_per_hour": args.max_price_per_hour,
+        "hours": getattr(args, "hours", None),
+        "image": getattr(args, "image", None),  # "" (the host) is kept
     }
     if args.launch_file is not None:
         body["launch_file"] = Path(args.launch_file).read_text(encoding="utf-8")

@@ -207,3 +207,15 @@ def test_parser_has_image_on_provision_and_run_only() -> None:
         assert isinstance(args, argparse.Namespace) and args.image == "python:3.11"
     with pytest.raises(UsageError, match="unrecognized arguments: --image"):
         parser.parse_args(["quote", "--gpus", "8", "--image", "python:3.11"])
+
+
+def test_the_remote_cli_sends_image_and_hours_as_fields() -> None:
+    from broker.cli.parser import build_parser
+    from broker.cli.remote import body_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "examples/hello.isc", "--image", "", "--hours", "2"])
+    body = body_from_args(args)
+    assert body["image"] == "" and body["hours"] == 2.0 and "launch_file" in body
+    args = parser.parse_args(["provision", "--gpus", "8"])
+    assert "image" not in body_from_args(args) and "hours" not in body_from_args(args)
