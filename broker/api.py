@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from broker.errors import ConflictError, InvalidRequest, NoShape, NotFoundError, StoreError
 from broker.lifecycle import TERMINAL, Status
 from broker.quote import Quote, QuoteRequest, quote
-from broker.scopes import Block, blocked_shapes, read_blocks_sqlite
+from broker.scopes import Block, blocked_shapes, blocked_zones, read_blocks_sqlite
 from broker.settings import STATE_DB_FILENAME, Settings
 from shapes.catalog import Catalog, load_catalog
 from shapes.model import Shape
@@ -318,11 +318,14 @@ class Broker:
         """Forget the block on this scope key (every block when None); how many went."""
         return self.store.unblock(scope)
 
-    def _unavailable(self, backend: str | None) -> dict[str, str]:
+    def _unavailable(
+        self, backend: str | None, active: Sequence[Block] | None = None
+    ) -> dict[str, str]:
         """Shapes that cannot be tried on ``backend`` (None: the real clouds): recent
-        failures block them, or their region is not among a configured cloud's regions."""
+        failures block them (``active``: the blocks, read now when None), or their region
+        is not among a configured cloud's regions."""
         out: dict[str, str] = {}
-        active = self.blocks()
+        active = self.blocks() if active is None else active
         if active:
             from providers.clouds import quota_bucket
 
@@ -347,7 +350,25 @@ class Broker:
         """Rank and price what ``provision`` would try: shapes known to be unavailable now
         (blocked, or outside a configured cloud's regions) are excluded, with the reason."""
         chosen = backend if backend is not None else self.backend
-        return quote(request, self.catalog, unavailable=self._unavailable(chosen), explain=explain)
+        active = self.blocks()
+        return quote(
+            request,
+            self.catalog,
+            unavailable=self._unavailable(chosen, active),
+            blocked_zones=self._blocked_zones(chosen, active),
+            explain=explain,
+        )
+
+    def _blocked_zones(
+        self, backend: str | None, active: Sequence[Block]
+    ) -> dict[str, frozenset[str]]:
+        """Shapes priced by zone with some zones blocked now: ranked at the cheapest zone
+        left, as the provisioner will try them."""
+        zoned = self.catalog.zoned
+        if not active or not zoned:
+            return {}
+        shapes = self.catalog.shapes
+        return blocked_zones((shapes[i] for i in zoned), active, self._backend_of(backend))
 
     # -- provisioning -------------------------------------------------------------------------
 

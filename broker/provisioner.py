@@ -48,7 +48,7 @@ from broker.errors import (
 )
 from broker.lease import LeaseKeeper, new_owner_id
 from broker.lifecycle import FailReason, Status
-from broker.ranking import Plan
+from broker.ranking import Plan, order_zones
 from broker.scopes import BlockScope
 from broker.state import (
     AttemptIntent,
@@ -137,14 +137,6 @@ class ProvisionPolicy:
 def _cloud(backend: str, shape: Shape) -> str:
     """How messages name the cloud a plan is on: ``aws``, or ``sim:aws`` when simulated."""
     return shape.provider if backend == shape.provider else f"{backend}:{shape.provider}"
-
-
-def order_zones(shape: Shape) -> list[str]:
-    """Cheapest zone first where prices differ by zone, else the catalog's order."""
-    if not shape.zone_prices:
-        return list(shape.zones)
-    priced = shape.zone_prices
-    return sorted(shape.zones, key=lambda z: (z not in priced, priced.get(z, 0.0), z))
 
 
 @dataclass
@@ -414,7 +406,7 @@ class Provisioner:
                     nodes_count=plan.nodes,
                     procs_per_node=plan.procs_per_node,
                     gpus_billed=plan.gpus_billed,
-                    price_per_hour=plan.price_per_hour,
+                    price_per_hour=plan.price_in_zone(zone),  # where the price varies by zone
                 ),
             )
         except ConflictError as exc:
@@ -422,7 +414,7 @@ class Provisioner:
             raise self._cancelled(cluster.id, exc) from None
         self.say(
             f"attempt {attempt_no}: {plan.nodes} x {shape.id} in {zone} "
-            f"(${plan.price_per_hour:,.2f}/h)"
+            f"(${plan.price_in_zone(zone):,.2f}/h)"
         )
         request = LaunchRequest(
             shape=shape,

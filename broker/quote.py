@@ -111,10 +111,17 @@ def quote(
     catalog: Catalog,
     *,
     unavailable: Mapping[str, str] | None = None,
+    blocked_zones: Mapping[str, frozenset[str]] | None = None,
     explain: bool = False,
 ) -> Quote:
     """Rank and price; raises InvalidRequest for a request no catalog could serve."""
-    ranking = rank(request.rank, catalog, unavailable=unavailable, explain=explain)
+    ranking = rank(
+        request.rank,
+        catalog,
+        unavailable=unavailable,
+        blocked_zones=blocked_zones,
+        explain=explain,
+    )
     return Quote(request, ranking, catalog)
 
 

@@ -61,6 +61,16 @@ class Plan(NamedTuple):
     def gpus_billed(self) -> int:
         return self.nodes * self.shape.gpus_per_node
 
+    @property
+    def price_per_hour_max(self) -> float:
+        """The top of the plan's price range: the dearest zone it may land in, where prices
+        vary by zone (``price_per_hour`` is the zone tried first), else the one price."""
+        return self.nodes * self.shape.price_per_node_hour_max
+
+    def price_in_zone(self, zone: str) -> float:
+        """All nodes together in ``zone``, USD per hour."""
+        return self.nodes * self.shape.price_in_zone(zone)
+
 
 class Exclusion(NamedTuple):
     shape_id: str
@@ -195,6 +205,48 @@ def check_request(request: RankRequest) -> None:
         raise InvalidRequest(errors)
 
 
+BlockedZones = Mapping[str, frozenset[str]]  # shape key -> its zones blocked now
+
+
+def order_zones(shape: Shape) -> list[str]:
+    """The order the provisioner tries a shape's zones in: cheapest first where prices
+    differ by zone (a zone with no price of its own last), else the catalog's order."""
+    if not shape.zone_prices:
+        return list(shape.zones)
+    priced = shape.zone_prices
+    return sorted(shape.zones, key=lambda z: (z not in priced, priced.get(z, 0.0), z))
+
+
+def offer(
+    shape: Shape, nodes: int, cap: float | None, blocked: frozenset[str] = frozenset()
+) -> Shape | None:
+    """``shape`` as the provisioner will try it, where its price varies by zone: only the
+    zones not ``blocked`` and whose plan price (``nodes`` of them) is within ``cap``, priced
+    at the cheapest of those (the zone tried first); None when no zone is left. A zone with
+    no price of its own is kept only without a cap. Shapes with one price come back as they
+    are (blocks and the cap apply to them whole, elsewhere)."""
+    zp = shape.zone_prices
+    if not zp:
+        return shape
+    limit = None if cap is None else round(cap * 1_000_000)
+    keep = {
+        z: p
+        for z, p in zp.items()
+        if z not in blocked and (limit is None or nodes * round(p * 1_000_000) <= limit)
+    }
+    if not keep:
+        return None
+    zones = tuple(z for z in shape.zones if z in keep or (limit is None and z not in zp))
+    zones = tuple(z for z in zones if z not in blocked)
+    if zones == shape.zones and len(keep) == len(zp):
+        return shape
+    import dataclasses
+
+    return dataclasses.replace(
+        shape, zones=zones, zone_prices=keep, price_per_node_hour=min(keep.values())
+    )
+
+
 def _resolve_priority(
     request: RankRequest, catalog: Catalog
 ) -> tuple[list[Shape], list[Diagnostic]]:
@@ -233,13 +285,21 @@ class RankedPlans(Sequence[Plan]):
     Each key is ``((nodes * price_micros) << 7 | nodes) << shift | catalog_index``.
     """
 
-    def __init__(self, catalog: Catalog, keys: list[int], shift: int, gpus: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        keys: list[int],
+        shift: int,
+        gpus: int,
+        offers: Mapping[int, Shape] | None = None,
+    ) -> None:
         self._shapes = catalog.shapes
         self._price = catalog.columns.price
         self._keys = keys
         self._shift = shift
         self._mask = (1 << shift) - 1
         self._gpus = gpus
+        self._offers = offers or {}  # catalog index -> the shape as offered (see offer())
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -254,6 +314,9 @@ class RankedPlans(Sequence[Plan]):
         key = self._keys[i]  # IndexError and negative indexes as for a list
         k = key & self._mask
         nodes = (key >> self._shift) & 127
+        offered = self._offers.get(k)
+        if offered is not None:
+            return Plan(offered, nodes, self._gpus // nodes, nodes * offered.price_per_node_hour)
         return Plan(self._shapes[k], nodes, self._gpus // nodes, nodes * self._price[k])
 
     def __eq__(self, other: object) -> bool:
@@ -286,9 +349,14 @@ def _key_bases(catalog: Catalog) -> tuple[int, list[int]]:
 
 
 def _price_ordered(
-    request: RankRequest, catalog: Catalog, blocked: Mapping[str, str]
+    request: RankRequest,
+    catalog: Catalog,
+    blocked: Mapping[str, str],
+    blocked_zones: BlockedZones,
 ) -> RankedPlans:
-    """Every shape the filters keep, by (price per hour, nodes, id), over the columns."""
+    """Every shape the filters keep, by (price per hour, nodes, id), over the columns. A
+    shape priced by zone is ranked at its cheapest zone; where blocks or the price cap take
+    zones away, at the cheapest zone left (:func:`offer`)."""
     cols = catalog.columns
     idx = request.filter.select(cols)
     if blocked:
@@ -298,17 +366,41 @@ def _price_ordered(
     nodes_for = {g: split_gpus(request.gpus, g)[0] for g in set(gpn)}
     shift, bases = _key_bases(catalog)
     keys = [nodes_for[gpn[i]] * bases[i] + i for i in idx]
-    if request.max_price_per_hour is not None:
-        cap = round(request.max_price_per_hour * 1_000_000)
-        keys = [k for k in keys if k >> (shift + 7) <= cap]
+    cap = request.max_price_per_hour
+    offers: dict[int, Shape] = {}
+    zoned = catalog.zoned if cap is not None or blocked_zones else ()
+    if zoned:
+        chosen = set(idx)
+        dropped: set[int] = set()
+        rekeyed: dict[int, int] = {}
+        one = 1 << shift
+        for i in zoned:
+            if i not in chosen:
+                continue
+            shape = catalog.shapes[i]
+            nodes = nodes_for[gpn[i]]
+            offered = offer(shape, nodes, cap, blocked_zones.get(shape.key, frozenset()))
+            if offered is None:
+                dropped.add(i)
+            elif offered is not shape:
+                offers[i] = offered
+                micros = round(offered.price_per_node_hour * 1_000_000)
+                rekeyed[i] = nodes * ((micros << (7 + shift)) + one) + i
+        if dropped or rekeyed:
+            mask = one - 1
+            keys = [rekeyed.get(k & mask, k) for k in keys if k & mask not in dropped]
+    if cap is not None:
+        limit = round(cap * 1_000_000)
+        keys = [k for k in keys if k >> (shift + 7) <= limit]
     keys.sort()
-    return RankedPlans(catalog, keys, shift, request.gpus)
+    return RankedPlans(catalog, keys, shift, request.gpus, offers)
 
 
 def _explain(
     request: RankRequest,
     shapes: Sequence[Shape],
     blocked: Mapping[str, str],
+    blocked_zones: BlockedZones,
 ) -> tuple[list[Plan], list[Exclusion]]:
     """Plans for ``shapes`` in the given order, and why each other shape was removed."""
     flt = request.filter
@@ -324,6 +416,26 @@ def _explain(
             excluded.append(Exclusion(shape.id, Rule.UNAVAILABLE, blocked[shape.key]))
             continue
         nodes, procs = split_gpus(request.gpus, shape.gpus_per_node)
+        zones_blocked = blocked_zones.get(shape.key, frozenset())
+        offered = offer(shape, nodes, cap, zones_blocked)
+        if offered is None:
+            cheapest = (
+                nodes
+                * min(p for z, p in (shape.zone_prices or {}).items() if z not in zones_blocked)
+                if set(shape.zone_prices or ()) - zones_blocked
+                else None
+            )
+            if cheapest is None:  # every priced zone is blocked
+                reason = "every zone with a price is blocked"
+                excluded.append(Exclusion(shape.id, Rule.UNAVAILABLE, reason))
+                continue
+            reason = (
+                f"${cheapest:,.2f}/h for {nodes} node(s) in its cheapest open zone is over "
+                f"the cap of ${cap or 0:,.2f}/h"
+            )
+            excluded.append(Exclusion(shape.id, Rule.MAX_PRICE, reason, cheapest))
+            continue
+        shape = offered
         price = nodes * shape.price_per_node_hour
         if cap is not None and price > cap:
             reason = f"${price:,.2f}/h for {nodes} node(s) is over the cap of ${cap:,.2f}/h"
@@ -338,19 +450,23 @@ def rank(
     catalog: Catalog,
     *,
     unavailable: Mapping[str, str] | None = None,
+    blocked_zones: BlockedZones | None = None,
     explain: bool = False,
 ) -> Ranking:
     """Rank the catalog's shapes for ``request``.
 
     ``unavailable`` maps shape keys (lower-case ids) to why they cannot be used now (e.g. a
-    remembered stockout). Exclusions are reported for shapes the priority list named, and for
-    every shape when ``explain`` is set.
+    remembered stockout); ``blocked_zones`` maps shape keys to some of their zones that
+    cannot be used now (a shape priced by zone is then priced at its cheapest zone left).
+    Exclusions are reported for shapes the priority list named, and for every shape when
+    ``explain`` is set.
     """
     check_request(request)
     named, warnings = _resolve_priority(request, catalog)
     blocked = unavailable or {}
+    zones = blocked_zones or {}
     if named:
-        plans, excluded = _explain(request, named, blocked)
+        plans, excluded = _explain(request, named, blocked, zones)
         return Ranking(plans, excluded, warnings, priority_used=True)
     if request.priority is not None:
         fallback = Diagnostic(
@@ -369,6 +485,6 @@ def rank(
                 warnings,
             )
         warnings.append(fallback)
-    ranked = _price_ordered(request, catalog, blocked)
-    excluded = _explain(request, catalog.shapes, blocked)[1] if explain else []
+    ranked = _price_ordered(request, catalog, blocked, zones)
+    excluded = _explain(request, catalog.shapes, blocked, zones)[1] if explain else []
     return Ranking(ranked, excluded, warnings, priority_used=False)

@@ -132,6 +132,25 @@ def blocked_shapes(
     return out
 
 
+def blocked_zones(
+    shapes: Iterable[Shape], blocks: Iterable[Block], backend_of: Callable[[Shape], str]
+) -> dict[str, frozenset[str]]:
+    """For shapes priced by zone: the zones of each that are blocked now (shapes with none
+    blocked are left out). The ranking then prices such a shape at its cheapest open zone."""
+    zone_blocks = {b.scope.key for b in blocks if b.scope.zone is not None}
+    if not zone_blocks:
+        return {}
+    out: dict[str, frozenset[str]] = {}
+    for shape in shapes:
+        backend = backend_of(shape)
+        hit = frozenset(
+            z for z in shape.zones if BlockScope.zone_of(backend, shape, z).key in zone_blocks
+        )
+        if hit:
+            out[shape.key] = hit
+    return out
+
+
 _COLUMNS = "kind, backend, provider, region, zone, instance_type, bucket, provisioning"
 
 
@@ -180,5 +199,6 @@ __all__ = [
     "ScopeKind",
     "block_from_row",
     "blocked_shapes",
+    "blocked_zones",
     "read_blocks_sqlite",
 ]

@@ -45,7 +45,10 @@ def shape_document(shape: Shape) -> Document:
 
 
 def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
+    from broker.ranking import order_zones  # loaded with the quote already
+
     s = plan.shape
+    zones = order_zones(s)
     return {
         "rank": rank_no,
         "shape_id": s.id,
@@ -60,8 +63,11 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
         "provisioning": s.provisioning.value,
         "price_per_node_hour": s.price_per_node_hour,
         "price_per_hour": plan.price_per_hour,
+        "price_per_hour_max": plan.price_per_hour_max,
         "estimated_cost": plan.price_per_hour * quote.request.hours,
-        "zones": list(s.zones),
+        "zones": zones,  # in the order the provisioner tries them
+        # the plan's price in each of those zones, where it varies by zone
+        "zone_prices_per_hour": [plan.price_in_zone(z) for z in zones] if s.zone_prices else None,
     }
 
 

@@ -166,13 +166,14 @@ def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterato
             )
         spot = entry.get("spot")
         if isinstance(spot, dict):
-            # Spot prices that vary by zone: keep every zone's price, and quote the highest so
-            # a quote (and a --max-price-per-hour cap) holds in whichever zone the gang lands.
+            # Spot prices that vary by zone: keep every zone's price, and quote the cheapest,
+            # the zone the provisioner tries first (the ranking reprices a shape whose
+            # cheapest zones are blocked or over a price cap: broker.ranking.offer).
             if spot:
                 prices = {z: _price(f"{at}:spot: zone {z}", p) for z, p in spot.items()}
                 unknown = sorted(set(prices) - set(zone_tuple))
                 _need(f"{at}:spot", f"prices zones not in zones: {unknown}" if unknown else None)
-                yield fill(region, zone_tuple, Provisioning.SPOT, max(prices.values()), prices)
+                yield fill(region, zone_tuple, Provisioning.SPOT, min(prices.values()), prices)
         elif spot is not None:
             yield fill(region, zone_tuple, Provisioning.SPOT, _price(f"{at}:spot", spot), None)
 
@@ -335,6 +336,11 @@ class ShapeList(Sequence[Shape]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def zone_prices_column(self) -> list[dict[str, float] | None]:
+        """Each shape's per-zone prices (None where it has one price), without building it."""
+        return self._fields.zone_prices
 
     @overload
     def __getitem__(self, i: int) -> Shape: ...
@@ -503,6 +509,17 @@ class Catalog:
     @cached_property
     def columns(self) -> Columns:
         return Columns.of(self.shapes)
+
+    @cached_property
+    def zoned(self) -> tuple[int, ...]:
+        """Indexes of the shapes whose price varies by zone (read from the columns when
+        the catalog came compiled: reading it builds no shape)."""
+        shapes = self.shapes
+        if isinstance(shapes, ShapeList):
+            prices = shapes.zone_prices_column
+        else:
+            prices = [s.zone_prices for s in shapes]
+        return tuple(i for i, zp in enumerate(prices) if zp)
 
     @cached_property
     def by_key(self) -> Mapping[str, Shape]:

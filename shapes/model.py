@@ -152,6 +152,21 @@ class Shape:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    @property
+    def price_per_node_hour_max(self) -> float:
+        """The top of the price range where prices vary by zone (``price_per_node_hour`` is
+        the cheapest zone's: the one tried first), else the one price."""
+        zp = self.zone_prices
+        return max(zp.values()) if zp else self.price_per_node_hour
+
+    def price_in_zone(self, zone: str) -> float:
+        """A node's price in ``zone``: its own where prices vary by zone, the top of the
+        range for a zone with no price of its own, else the one price."""
+        zp = self.zone_prices
+        if not zp:
+            return self.price_per_node_hour
+        return zp.get(zone, self.price_per_node_hour_max)
+
     def to_json_dict(self) -> dict[str, object]:
         """Plain JSON types: ``id`` and every field (exact prices)."""
         return {

@@ -131,7 +131,7 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     )
     shown = result.plans[: 20 if args.limit is None else (limit or len(result.plans))]
     if shown:
-        rows = [
+        rows: list[tuple[object, ...]] = [
             (
                 i,
                 p.shape.id,
@@ -145,7 +145,14 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
         ]
         headers = ["#", "SHAPE", "GPU", "NODES x PROCS", "$/NODE-H", "$/H"]
         headers.append(f"EST. {request.hours:g} h")
-        print(table(headers, rows, right={0, 4, 5, 6}))
+        if any(p.price_per_hour_max != p.price_per_hour for p in shown):
+            # spot priced by zone: $/H is the zone tried first, this the dearest it may try
+            headers.append("$/H UP TO")
+            rows = [
+                (*row, money(p.price_per_hour_max) if p.shape.zone_prices else "")
+                for row, p in zip(rows, shown, strict=True)
+            ]
+        print(table(headers, rows, right={0, 4, 5, 6, 7}))
         if len(result.plans) > len(shown):
             print(f"... {len(result.plans) - len(shown)} more plans (--limit 0 for all, --json)")
     if result.ranking.excluded and (args.explain or result.ranking.priority_used):

@@ -77,7 +77,8 @@ def test_aws_spot_is_priced_per_zone() -> None:
     ]
     assert spot and all(s.zone_prices for s in spot)
     for s in spot:
-        assert s.price_per_node_hour == max(s.zone_prices.values())  # type: ignore[union-attr]
+        assert s.price_per_node_hour == min(s.zone_prices.values())  # type: ignore[union-attr]
+        assert s.price_per_node_hour_max == max(s.zone_prices.values())  # type: ignore[union-attr]
 
 
 def test_spot_is_cheaper_than_on_demand_for_most_shapes() -> None:

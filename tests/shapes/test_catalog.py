@@ -61,8 +61,8 @@ def test_parse_file_expands_markets_and_keeps_zone_prices(tmp_path: Path) -> Non
     by_market = {s.provisioning: s for s in shapes}
     od, spot = by_market[Provisioning.ON_DEMAND], by_market[Provisioning.SPOT]
     assert od.price_per_node_hour == 0.8048 and od.zone_prices is None
-    # AWS spot varies by zone: the shape is quoted at the highest zone's price
-    assert spot.price_per_node_hour == 0.45
+    # AWS spot varies by zone: quoted at the cheapest zone's price (tried first), up to the top
+    assert spot.price_per_node_hour == 0.31 and spot.price_per_node_hour_max == 0.45
     assert spot.zone_prices == {"use1-az1": 0.31, "use1-az2": 0.45}
     assert spot.zones == ("use1-az1", "use1-az2", "use1-az4")
 
