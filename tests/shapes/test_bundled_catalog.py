@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 
 import pytest
@@ -54,21 +53,10 @@ def test_every_source_is_stamped() -> None:
         assert src.prices_as_of is not None or "unknown" in src.notes.lower()
 
 
-def test_gcp_prices_are_host_plus_gpus() -> None:
-    doc = json.loads((BUNDLED_DIR / "gcp.json").read_text())
-    checked = 0
-    for spec in doc["instance_types"].values():
-        for entry in spec["regions"].values():
-            for market in ("on_demand", "spot"):
-                if market not in entry:
-                    continue
-                parts = entry["price_parts"][market]
-                assert parts["gpus"] == spec["gpus"]
-                total = parts["host"] + parts["gpu_each"] * parts["gpus"]
-                assert entry[market] == pytest.approx(total, abs=1e-5)
-                assert parts["host"] < entry[market]  # the GPUs are not free
-                checked += 1
-    assert checked > 100
+def test_built_files_carry_their_dates() -> None:
+    # azure and gcp are built from dated sources (shapes/build); aws is not yet.
+    dated = {s.provider: s for s in CATALOG.sources if s.prices_as_of is not None}
+    assert {"azure", "gcp"} <= set(dated)
 
 
 def test_aws_spot_is_priced_per_zone() -> None:

@@ -225,7 +225,8 @@ def test_columnar_select_agrees_with_per_shape_reject(flt: ShapeFilter) -> None:
 
 
 def test_a_refreshed_file_shows_its_date_in_the_quote_header(tmp_path: Path) -> None:
-    write(tmp_path, MINI)  # a refreshed aws.json, dated, beside undated bundled gcp/azure
+    write(tmp_path, MINI)  # a refreshed aws.json, dated, beside the bundled gcp/azure
     age = load_catalog(tmp_path).describe_age()
     assert "aws 2026-11-01 (refreshed)" in age
-    assert "price date unknown for azure/gcp" in age
+    assert "azure 2026-08-22" in age and "gcp 2026-07-30" in age
+    assert "unknown" not in age

@@ -1,0 +1,145 @@
+"""shapes.build.build: the bundled files are what the sources build, and the build's rules."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shapes.build import build as build_mod
+from shapes.build.build import BUILT, BuildError, build, build_azure, load_source, main, render
+from shapes.catalog import BUNDLED_DIR
+
+
+@pytest.mark.parametrize("provider", BUILT)
+def test_the_bundled_file_is_what_the_sources_build(provider: str) -> None:
+    assert (BUNDLED_DIR / f"{provider}.json").read_text() == render(build(provider))
+
+
+def test_check_mode_passes_on_the_committed_files_and_fails_on_a_changed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check"]) == 0
+    for provider in BUILT:
+        (tmp_path / f"{provider}.json").write_text((BUNDLED_DIR / f"{provider}.json").read_text())
+    monkeypatch.setattr(build_mod, "DATA", tmp_path)
+    doc = json.loads((tmp_path / "gcp.json").read_text())
+    doc["instance_types"]["a3-highgpu-8g"]["regions"]["us-central1"]["on_demand"] = 43.07
+    (tmp_path / "gcp.json").write_text(json.dumps(doc))
+    assert main(["--check"]) == 1
+    assert "gcp.json" in capsys.readouterr().err
+    assert main([]) == 0  # rebuilding restores it
+    assert main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("provider", BUILT)
+def test_every_built_file_is_dated_with_its_source(provider: str) -> None:
+    doc = json.loads((BUNDLED_DIR / f"{provider}.json").read_text())
+    meta = load_source(provider)["source"]
+    assert doc["prices_as_of"] == meta["prices_as_of"] is not None
+    assert doc["spot_as_of"] == meta["spot_as_of"] is not None
+    assert meta["commit"] in doc["price_source"] and meta["repository"] in doc["price_source"]
+
+
+def test_gcp_a3_includes_its_gpus_and_local_ssd() -> None:
+    """The previous catalog had a3-highgpu-8g at $43.07/h in us-central1: half its price."""
+    gcp = build("gcp")["instance_types"]
+    a3 = gcp["a3-highgpu-8g"]["regions"]
+    assert a3["us-central1"]["on_demand"] == pytest.approx(88.49, abs=0.01)
+    assert a3["us-central1"]["on_demand"] > 2 * 43.07
+    # 8 x the 1-GPU size: the SSD and GPUs scale with the size, nothing is host-only.
+    assert a3["us-central1"]["on_demand"] == pytest.approx(
+        8 * gcp["a3-highgpu-1g"]["regions"]["us-central1"]["on_demand"], rel=0.01
+    )
+    for spec in gcp.values():
+        for entry in spec["regions"].values():
+            assert entry["zones"]
+            assert "spot" not in entry or entry["spot"] < entry["on_demand"]
+
+
+def azure_rows(*rows: tuple[str, str, float]) -> dict[str, Any]:
+    source = copy.deepcopy(load_source("azure"))
+    source["rows"] = [
+        {
+            "key": f"k{i}",
+            "armRegionName": "westeurope",
+            "meterName": meter,
+            "productName": product,
+            "skuName": meter,
+            "retailPrice": price,
+            "unitOfMeasure": "1 Hour",
+        }
+        for i, (meter, product, price) in enumerate(rows)
+    ]
+    return source
+
+
+def test_azure_low_priority_is_not_spot_and_windows_is_not_linux() -> None:
+    doc = build_azure(
+        azure_rows(
+            ("NC24ads_A100_v4", "NCads A100 v4 Series Linux", 4.775),
+            ("NC24ads_A100_v4", "NCads A100 v4 Series Windows", 5.511),
+            ("NC24ads_A100_v4 Low Priority", "NCads A100 v4 Series Linux", 0.955),
+            ("NC24ads_A100_v4 Spot", "NCads A100 v4 Series Linux", 1.097295),
+        )
+    )
+    entry = doc["instance_types"]["Standard_NC24ads_A100_v4"]["regions"]["westeurope"]
+    assert entry == {"zones": ["westeurope"], "on_demand": 4.775, "spot": 1.097295}
+
+
+def test_azure_low_priority_alone_gives_no_spot_price() -> None:
+    doc = build_azure(
+        azure_rows(
+            ("NC24ads_A100_v4", "NCads A100 v4 Series Linux", 4.775),
+            ("NC24ads_A100_v4 Low Priority", "NCads A100 v4 Series Linux", 0.955),
+        )
+    )
+    assert "spot" not in doc["instance_types"]["Standard_NC24ads_A100_v4"]["regions"]["westeurope"]
+
+
+def test_a_spot_meter_at_on_demand_is_left_out_and_noted() -> None:
+    doc = build_azure(
+        azure_rows(
+            ("ND96isrH200v5", "Virtual Machines NDsrH200v5 Series", 101.76),
+            ("ND96isrH200v5 Spot", "Virtual Machines NDsrH200v5 Series", 101.76),
+        )
+    )
+    assert "spot" not in doc["instance_types"]["Standard_ND96isr_H200_v5"]["regions"]["westeurope"]
+    assert "Standard_ND96isr_H200_v5/westeurope" in doc["notes"]
+
+
+def test_two_prices_for_one_meter_are_refused() -> None:
+    with pytest.raises(BuildError, match="two prices"):
+        build_azure(
+            azure_rows(
+                ("NC6s v3", "Virtual Machines NCSv3 Series", 3.8),
+                ("NC6s v3", "Virtual Machines NCSv3 Series", 3.9),
+            )
+        )
+
+
+def test_the_build_refuses_data_that_fails_a_sanity_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = load_source("gcp")
+    bad = copy.deepcopy(source)
+    for row in bad["rows"]:
+        if row["machine_type"] == "a3-highgpu-8g" and row["region"] == "us-central1":
+            row["hour"] = 43.07
+    monkeypatch.setattr(build_mod, "load_source", lambda provider: bad)
+    with pytest.raises(BuildError, match="gcp/a3-highgpu-8g/"):
+        build("gcp")
+    assert main(["--provider", "gcp", "--check"]) == 1
+    assert "cross-region" in capsys.readouterr().err
+
+
+def test_new_generations_are_in_the_catalog() -> None:
+    azure = json.loads((BUNDLED_DIR / "azure.json").read_text())["instance_types"]
+    assert azure["Standard_ND96isr_H200_v5"]["gpu"] == "H200"
+    assert azure["Standard_ND96isr_MI300X_v5"]["gpu"] == "MI300X"
+    assert {"westeurope", "northeurope", "swedencentral"} <= {
+        r for spec in azure.values() for r in spec["regions"]
+    }
