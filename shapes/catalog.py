@@ -26,7 +26,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple, overload
 
-from shapes import checks, compiled
+from shapes import checks, compiled, sanity
 from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
@@ -54,6 +54,9 @@ class CatalogSource:
     price_source: str
     notes: str = ""
     shapes: int = 0
+    spot_as_of: date | None = None  # when the spot prices were sampled
+    undated: int = 0  # region entries marked "undated": price date unknown
+    problems: tuple[str, ...] = ()  # sanity problems (shapes.sanity) of a refreshed file
 
     def __post_init__(self) -> None:
         problems = [
@@ -67,6 +70,9 @@ class CatalogSource:
                 ("shapes", checks.integer(self.shapes, low=0)),
                 ("prices_as_of", _date_problem(self.prices_as_of)),
                 ("retrieved", _date_problem(self.retrieved)),
+                ("spot_as_of", _date_problem(self.spot_as_of)),
+                ("undated", checks.integer(self.undated, low=0)),
+                ("problems", checks.strings(self.problems)),
             )
             if why is not None
         ]
@@ -78,6 +84,15 @@ class CatalogSource:
         if self.prices_as_of is None:
             return None
         return ((today or date.today()) - self.prices_as_of).days
+
+    def is_stale(self, today: date | None = None) -> bool:
+        """Prices older than :data:`STALE_DAYS` (or of unknown date)."""
+        age = self.age_days(today)
+        return age is None or age > STALE_DAYS
+
+
+#: Prices older than this many days are called out in quotes.
+STALE_DAYS = 90
 
 
 def _date_problem(value: object) -> str | None:
@@ -262,15 +277,28 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
         for instance_type, spec in types.items()
         for shape in _instance_shapes(provider, instance_type, spec)
     ]
+    prices_as_of = _date(doc, "prices_as_of")
+    # A refreshed file is checked for sense (a bundled one was, by the build and its test):
+    # its problems are kept and shown (quote header, broker catalog check), never fatal.
+    problems = () if bundled else tuple(str(p) for p in sanity.check_document(doc))
     source = CatalogSource(
         provider=provider,
         path=str(path),
         bundled=bundled,
-        prices_as_of=_date(doc, "prices_as_of"),
+        prices_as_of=prices_as_of,
         retrieved=_date(doc, "retrieved"),
         price_source=doc["price_source"],
         notes=doc.get("notes", ""),
         shapes=len(shapes),
+        spot_as_of=_date(doc, "spot_as_of"),
+        undated=sum(
+            1
+            for spec in types.values()
+            if isinstance(spec, dict) and isinstance(spec.get("regions"), dict)
+            for entry in spec["regions"].values()
+            if isinstance(entry, dict) and entry.get("undated") is True
+        ),
+        problems=problems,
     )
     return source, shapes
 
@@ -544,21 +572,33 @@ class Catalog:
         stamps = [s.retrieved for s in self.sources if s.retrieved is not None]
         return min(stamps) if stamps else None
 
-    def describe_age(self) -> str:
-        """One phrase for humans: how old each source's prices are, refreshed ones named:
-        ``prices as of aws 2026-12-01 (refreshed); date unknown for azure/gcp``."""
-        if self.as_of is not None and all(s.bundled for s in self.sources):
-            return f"prices as of {self.as_of.isoformat()}"
-        dated = [
-            f"{s.provider} {s.prices_as_of.isoformat()}" + ("" if s.bundled else " (refreshed)")
-            for s in self.sources
-            if s.prices_as_of is not None
-        ]
+    def describe_age(self, today: date | None = None) -> str:
+        """One phrase for humans: how old each source's prices are (in days), refreshed
+        ones named, those older than :data:`STALE_DAYS` called out: ``prices as of aws
+        2026-12-01 (3 days, refreshed), gcp 2026-07-30 (129 days); older than 90 days:
+        gcp; price date unknown for azure``."""
+        today = today or date.today()
+        dated = []
+        for s in self.sources:
+            if s.prices_as_of is None:
+                continue
+            notes = [f"{s.age_days(today)} days"]
+            if not s.bundled:
+                notes.append("refreshed")
+            if s.undated:
+                notes.append(f"{s.undated} rows undated")
+            dated.append(f"{s.provider} {s.prices_as_of.isoformat()} ({', '.join(notes)})")
         unknown = sorted({s.provider for s in self.sources if s.prices_as_of is None})
+        stale = sorted({s.provider for s in self.sources if s.prices_as_of and s.is_stale(today)})
         parts = [f"prices as of {', '.join(dated)}"] if dated else []
+        if stale:
+            parts.append(f"older than {STALE_DAYS} days: {', '.join(stale)}")
         if unknown:
             when = f", catalog written {self.retrieved.isoformat()}" if self.retrieved else ""
             parts.append(f"price date unknown for {'/'.join(unknown)}{when}")
+        failing = [f"{s.provider} ({len(s.problems)})" for s in self.sources if s.problems]
+        if failing:
+            parts.append(f"sanity problems in {', '.join(failing)}: see broker catalog check")
         return "; ".join(parts)
 
     def __len__(self) -> int:
@@ -647,6 +687,9 @@ def _compiled_source(path: Path, bundled: bool, cols: compiled.FileColumns) -> C
             price_source=cols.price_source,
             notes=cols.notes,
             shapes=len(cols.keys),
+            spot_as_of=None if cols.spot_as_of is None else date.fromisoformat(cols.spot_as_of),
+            undated=cols.undated,
+            problems=tuple(cols.problems.splitlines()),
         )
     except ValueError:
         return None
@@ -669,6 +712,9 @@ def _file_columns(source: CatalogSource, shapes: Sequence[Shape]) -> compiled.Fi
         retrieved=None if source.retrieved is None else source.retrieved.isoformat(),
         price_source=source.price_source,
         notes=source.notes,
+        spot_as_of=None if source.spot_as_of is None else source.spot_as_of.isoformat(),
+        problems="\n".join(source.problems),
+        undated=source.undated,
         keys=[s.key for s in shapes],
         region=[one(s.region, s.region) for s in shapes],
         region_lower=[one(r := s.region.lower(), r) for s in shapes],

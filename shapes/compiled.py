@@ -32,8 +32,8 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-#: Bump when the payload's layout changes.
-FORMAT_VERSION = 1
+#: Bump when the payload's layout changes (2: spot_as_of, sanity problems, undated rows).
+FORMAT_VERSION = 2
 _MAGIC = b"BBCATv%03d" % FORMAT_VERSION  # the format and its version
 _CRC = 4  # bytes of CRC-32 after the magic
 
@@ -46,6 +46,9 @@ class FileColumns(NamedTuple):
     retrieved: str | None
     price_source: str
     notes: str
+    spot_as_of: str | None  # ISO date
+    problems: str  # shapes.sanity problems of a refreshed file, one a line ("" if none)
+    undated: int  # region entries marked "undated"
     keys: list[str]
     region: list[str]
     region_lower: list[str]
@@ -62,7 +65,7 @@ class FileColumns(NamedTuple):
     zone_prices: list[dict[str, float] | None]
 
 
-_STRINGS = 5  # the leading str / str | None fields of FileColumns; the rest are lists
+_STRINGS = 8  # the leading scalar fields of FileColumns; the rest are lists
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -79,7 +82,7 @@ def _rules_stamp() -> tuple[tuple[int, int], ...]:
     if _RULES is None:
         here = Path(__file__).parent
         stamps = []
-        for name in ("catalog.py", "model.py", "checks.py", "gpus.py", "compiled.py"):
+        for name in ("catalog.py", "model.py", "checks.py", "gpus.py", "compiled.py", "sanity.py"):
             try:
                 st = (here / name).stat()
             except OSError:
@@ -149,7 +152,9 @@ def _checked_payload(payload: object) -> FileColumns | None:
     n_fields = len(FileColumns._fields)
     if type(payload) is not tuple or len(payload) != n_fields:
         return None
-    provider, as_of, retrieved, price_source, notes = payload[:_STRINGS]
+    provider, as_of, retrieved, price_source, notes, spot_as_of, problems, undated = payload[
+        :_STRINGS
+    ]
     columns = payload[_STRINGS:]
     if not (
         type(provider) is str
@@ -157,6 +162,9 @@ def _checked_payload(payload: object) -> FileColumns | None:
         and (retrieved is None or type(retrieved) is str)
         and type(price_source) is str
         and type(notes) is str
+        and (spot_as_of is None or type(spot_as_of) is str)
+        and type(problems) is str
+        and type(undated) is int
     ):
         return None
     if not all(type(c) is list for c in columns):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shapes import catalog as catalog_mod
 from shapes.catalog import (
     BUNDLED_DIR,
     Catalog,
@@ -27,6 +29,7 @@ MINI = {
     "provider": "aws",
     "currency": "USD",
     "prices_as_of": "2026-11-01",
+    "spot_as_of": "2026-11-01",
     "retrieved": "2026-11-02",
     "price_source": "test fixture",
     "notes": "",
@@ -226,7 +229,44 @@ def test_columnar_select_agrees_with_per_shape_reject(flt: ShapeFilter) -> None:
 
 def test_a_refreshed_file_shows_its_date_in_the_quote_header(tmp_path: Path) -> None:
     write(tmp_path, MINI)  # a refreshed aws.json, dated, beside the bundled gcp/azure
-    age = load_catalog(tmp_path).describe_age()
-    assert "aws 2026-11-01 (refreshed)" in age
-    assert "azure 2026-08-22" in age and "gcp 2026-07-30" in age
-    assert "unknown" not in age
+    age = load_catalog(tmp_path).describe_age(today=date(2026, 11, 11))
+    assert age.startswith("prices as of aws 2026-11-01 (10 days, refreshed), azure 2026-08-22")
+    assert "gcp 2026-07-30 (104 days, " in age
+    assert age.endswith("older than 90 days: gcp")  # aws 10 days, azure 81
+    assert "unknown" not in age and "sanity" not in age
+
+
+def test_the_age_phrase_counts_days_and_calls_out_old_prices(tmp_path: Path) -> None:
+    write(tmp_path, MINI)
+    catalog = load_catalog(tmp_path)
+    aws = next(s for s in catalog.sources if s.provider == "aws")
+    assert aws.age_days(date(2026, 11, 11)) == 10 and not aws.is_stale(date(2026, 11, 11))
+    assert aws.age_days(date(2027, 1, 30)) == 90 and not aws.is_stale(date(2027, 1, 30))
+    assert aws.is_stale(date(2027, 1, 31))  # 91 days
+    assert "older than 90 days: aws, azure, gcp" in catalog.describe_age(today=date(2027, 1, 31))
+    assert aws.spot_as_of == date(2026, 11, 1)
+
+
+def test_a_refreshed_file_that_fails_a_sanity_check_loads_and_says_so(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(MINI))
+    doc["instance_types"]["g6.xlarge"]["regions"]["us-east-1"]["spot"]["use1-az2"] = 0.9
+    write(tmp_path, doc)
+    catalog = load_catalog(tmp_path)  # a warning, never a crash
+    aws = next(s for s in catalog.sources if s.provider == "aws")
+    assert aws.problems == (
+        "aws/g6.xlarge/us-east-1/use1-az2: spot in use1-az2 $0.9/h is not below on-demand "
+        "$0.8048/h [spot-below-on-demand]",
+    )
+    assert "sanity problems in aws (1): see broker catalog check" in catalog.describe_age()
+    assert catalog.get("aws:us-east-1:g6.xlarge:spot") is not None  # prices used as they are
+    # The next process reads the compiled sidecar: the problems are in it too.
+    assert (tmp_path / ".aws.json.compiled").exists()
+    catalog_mod._CACHE.clear()
+    again = next(s for s in load_catalog(tmp_path).sources if s.provider == "aws")
+    assert again.problems == aws.problems
+
+
+def test_bundled_files_carry_their_undated_rows_count() -> None:
+    by_provider = {s.provider: s for s in load_bundled_catalog().sources}
+    assert by_provider["gcp"].undated > 0 and by_provider["gcp"].problems == ()
+    assert "rows undated" in load_bundled_catalog().describe_age()
