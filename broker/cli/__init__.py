@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "blocks": ("clusters", "cmd_blocks"),
     "unblock": ("clusters", "cmd_unblock"),
     "providers": ("providers", "cmd_providers"),
-    "catalog": ("providers", "cmd_catalog_refresh"),
+    "catalog": ("providers", "cmd_catalog"),
     "serve": ("server", "cmd_serve"),
     "token": ("server", "cmd_token"),
 }

@@ -358,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider", required=True, help="the cloud to refresh (aws, gcp, azure)")
     r.add_argument("--output", metavar="DIR", help="write here instead of the local catalog dir")
     _json(r)
+    ck = csub.add_parser(
+        "check",
+        help="run the price sanity checks on the catalog in use",
+        description="Check every catalog file in use (bundled, and refreshed ones in "
+        "BROKER_CATALOG_DIR): prices > 0 and finite, dated, spot below on-demand, per-GPU "
+        "price of multi-GPU sizes near the single-GPU size, one type's price across regions "
+        "near its cheapest region's. Prints the rows that fail; exits 2 when any does.",
+    )
+    _json(ck)
 
     sv = sub.add_parser(
         "serve",

@@ -1,5 +1,6 @@
-"""CLI commands about the clouds themselves: ``broker providers`` (configured? usable?) and
-``broker catalog refresh`` (live shapes and prices into the local catalog)."""
+"""CLI commands about the clouds themselves: ``broker providers`` (configured? usable?),
+``broker catalog refresh`` (live shapes and prices into the local catalog) and ``broker
+catalog check`` (the price sanity checks on the catalog in use)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,59 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
         if source.notes:
             print(f"notes: {source.notes}")
     return EXIT_OK
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    """``broker catalog refresh`` or ``broker catalog check``."""
+    if args.catalog_command == "check":
+        return cmd_catalog_check(args, settings)
+    return cmd_catalog_refresh(args, settings)
+
+
+def cmd_catalog_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the price sanity checks (:mod:`shapes.sanity`) on every catalog file in use,
+    bundled and refreshed; exit 2 (INVALID) when any fails, naming the rows."""
+    from shapes.catalog import load_catalog
+    from shapes.errors import CatalogError
+    from shapes.sanity import check_document, format_problems
+
+    catalog = load_catalog(settings.catalog_dir, cache_dir=settings.cache_dir)
+    today = date.today()
+    reports = []
+    for source in catalog.sources:
+        try:
+            doc = json.loads(Path(source.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"cannot read catalog {source.path}: {exc}") from exc
+        problems = sorted(check_document(doc), key=lambda p: (p.where, p.rule))
+        reports.append((source, problems))
+    total = sum(len(problems) for _, problems in reports)
+    if args.json:
+        emit_json(
+            {
+                "problems": total,
+                "sources": [
+                    {
+                        "provider": s.provider,
+                        "path": s.path,
+                        "bundled": s.bundled,
+                        "prices_as_of": s.prices_as_of.isoformat() if s.prices_as_of else None,
+                        "spot_as_of": s.spot_as_of.isoformat() if s.spot_as_of else None,
+                        "age_days": s.age_days(today),
+                        "stale": s.is_stale(today),
+                        "undated_rows": s.undated,
+                        "problems": [p.to_json_dict() for p in problems],
+                    }
+                    for s, problems in reports
+                ],
+            }
+        )
+    else:
+        for s, problems in reports:
+            kind = "bundled" if s.bundled else "refreshed"
+            verdict = f"{len(problems)} problem(s)" if problems else "ok"
+            print(f"{s.provider} ({kind}, {s.path}): {verdict}")
+            if problems:
+                print(format_problems(problems))
+        print(f"{total} problem(s) in {len(reports)} file(s); {catalog.describe_age(today)}")
+    return int(Exit.INVALID) if total else EXIT_OK
