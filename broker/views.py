@@ -181,6 +181,10 @@ def catalog_document(catalog: Catalog, today: date | None = None) -> Document:
                 "prices_as_of": s.prices_as_of.isoformat() if s.prices_as_of else None,
                 "retrieved": s.retrieved.isoformat() if s.retrieved else None,
                 "age_days": s.age_days(today),
+                "stale": s.is_stale(today),  # older than 90 days, or undated
+                "spot_as_of": s.spot_as_of.isoformat() if s.spot_as_of else None,
+                "undated_rows": s.undated,
+                "sanity_problems": len(s.problems),
                 "bundled": s.bundled,
                 "price_source": s.price_source,
                 "shapes": s.shapes,
