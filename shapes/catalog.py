@@ -55,7 +55,7 @@ class CatalogSource:
     notes: str = ""
     shapes: int = 0
     spot_as_of: date | None = None  # when the spot prices were sampled
-    undated: int = 0  # region entries marked "undated": price date unknown
+    undated: int = 0  # region entries with an "undated" market: its price date is unknown
     problems: tuple[str, ...] = ()  # sanity problems (shapes.sanity) of a refreshed file
 
     def __post_init__(self) -> None:
@@ -296,7 +296,7 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
             for spec in types.values()
             if isinstance(spec, dict) and isinstance(spec.get("regions"), dict)
             for entry in spec["regions"].values()
-            if isinstance(entry, dict) and entry.get("undated") is True
+            if isinstance(entry, dict) and entry.get("undated")
         ),
         problems=problems,
     )

@@ -17,7 +17,9 @@ over it and over a bad row it must catch):
 ``dated``
     The file says when its prices were true: ``prices_as_of`` is an ISO date (also a
     region's own ``prices_as_of`` where it has one), and ``spot_as_of`` is one wherever
-    the file has a spot price. Spot is a sampled market price: its date is its own.
+    the file has a dated spot price. Spot is a sampled market price: its date is its own.
+    A region entry may list the markets whose price date is unknown (``"undated":
+    ["spot"]``: prices carried from an undated catalog); nothing else is undated.
 ``spot-below-on-demand``
     A spot price (every zone's) is strictly below the on-demand price of the same shape
     (type and region). Spot at or above on-demand is what a feed gives when it matched the
@@ -167,9 +169,20 @@ def check_document(doc: Mapping[str, Any]) -> list[SanityProblem]:
             on_demand = _price(raw)
             if raw is not None and on_demand is None:
                 add(SanityProblem("price", where, _bad_price("on-demand", raw)))
+            undated = entry.get("undated", [])
+            if not (isinstance(undated, list) and set(undated) <= {"on_demand", "spot"}):
+                add(
+                    SanityProblem(
+                        "dated",
+                        where,
+                        f"undated must list the markets whose price date is unknown "
+                        f"(on_demand, spot), got {undated!r}",
+                    )
+                )
+                undated = []
             spot = entry.get("spot")
-            if spot is not None:
-                has_spot = True
+            if spot is not None and "spot" not in undated:
+                has_spot = True  # a dated spot price: the file must say when it was sampled
             for zone_where, market, value in _spot_prices(where, spot):
                 price = _price(value)
                 if price is None:
@@ -191,7 +204,7 @@ def check_document(doc: Mapping[str, Any]) -> list[SanityProblem]:
             SanityProblem(
                 "dated",
                 provider,
-                f"the file has spot prices, so spot_as_of must be an ISO date, "
+                f"the file has dated spot prices, so spot_as_of must be an ISO date, "
                 f"got {doc.get('spot_as_of')!r}",
             )
         )

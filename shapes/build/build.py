@@ -20,12 +20,14 @@ sorted keys), every file is stamped with its source and dates, and a file that f
 - Both: a spot price at or above on-demand is a meter without a spot discount (Azure H200
   today): it is left out, and the file's notes say so.
 
-Rows of the previous catalog that no dated source covers (Azure's US regions, GCP's n1 shapes
-with attached T4/V100) are carried from ``sources/carried.json``, each region entry marked
-``"undated": true`` (its price date is unknown); the file's notes list them.
+Prices of the previous catalog that no dated source covers (AWS outside us-east-1 and all AWS
+spot, Azure's US regions, GCP's n1 shapes with attached T4/V100) are carried from
+``sources/carried.json``, each region entry listing its undated markets (``"undated":
+["spot"]``); stale ones are dropped (:func:`carry`) and the file's notes list them all.
 
-AWS has no source extract yet (no public, dated, primary-derived dump of the EC2 Price List
-was found), so ``aws.json`` is not built here.
+- AWS: the Price List Query API's on-demand prices (Linux, Shared tenancy, ``OnDemand``
+  market option, so no CapacityBlock or reserved terms) for us-east-1, the only region the
+  extract's generator dumps; spot and the other regions are carried (below).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from shapes.sanity import check_document, format_problems
 HERE = Path(__file__).parent
 SOURCES = HERE / "sources"
 DATA = HERE.parent / "data"
-BUILT = ("azure", "gcp")  # the providers this script writes
+BUILT = ("aws", "azure", "gcp")  # the providers this script writes
 
 
 class BuildError(Exception):
@@ -239,43 +241,204 @@ def build_azure(source: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: A carried on-demand price is dropped everywhere when the dated source moved the same
+#: type's price by more than this in a region both have (it predates that change: AWS's
+#: mid-2025 P4/P5 cut).
+STALE_CHANGE = 0.10
+
+_MARKETS = ("on_demand", "spot")
+
+
 def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
-    """Add the previous catalog's rows for (type, region) pairs the dated source lacks,
-    each marked ``undated``; the notes name them."""
+    """Add the previous catalog's prices that the dated source lacks, each region entry
+    listing its undated markets (``"undated": ["spot"]``); the notes name them.
+
+    A carried price is dropped, not kept, when (1) the dated source changed the type's
+    on-demand price by more than :data:`STALE_CHANGE` where both have one (every carried
+    on-demand price of that type predates the change), or (2) it fails a sanity check
+    (carried rows are provisional; a dated row that fails one stops the build)."""
     types: dict[str, dict[str, Any]] = doc["instance_types"]
-    added: dict[str, list[str]] = {}
+    stale = sorted(
+        name
+        for name, spec in carried["instance_types"].items()
+        for region, entry in spec["regions"].items()
+        if "on_demand" in entry
+        and "on_demand" in types.get(name, {}).get("regions", {}).get(region, {})
+        and abs(types[name]["regions"][region]["on_demand"] / entry["on_demand"] - 1) > STALE_CHANGE
+    )
     for name, spec in sorted(carried["instance_types"].items()):
-        for region, entry in sorted(spec["regions"].items()):
-            if region in types.get(name, {}).get("regions", {}):
-                continue
-            target = types.setdefault(name, {**{k: v for k, v in spec.items() if k != "regions"}})
-            target.setdefault("regions", {})[region] = {**entry, "undated": True}
-            added.setdefault(name, []).append(region)
-    for spec in types.values():
-        spec["regions"] = dict(sorted(spec["regions"].items()))
+        for region, old in sorted(spec["regions"].items()):
+            target = types.setdefault(name, {k: v for k, v in spec.items() if k != "regions"})
+            entry = target.setdefault("regions", {}).setdefault(region, {"zones": old["zones"]})
+            undated = [m for m in _MARKETS if m in old and m not in entry]
+            if name in stale and "on_demand" in undated:
+                undated.remove("on_demand")
+            for market in undated:
+                entry[market] = old[market]
+            if undated:
+                entry["undated"] = undated
+    dropped = _drop_failing_carried(doc)
+    for name in list(types):
+        regions = {
+            r: e for r, e in types[name]["regions"].items() if "on_demand" in e or "spot" in e
+        }
+        if regions:
+            types[name]["regions"] = dict(sorted(regions.items()))
+        else:
+            del types[name]
     doc["instance_types"] = dict(sorted(types.items()))
+    added: dict[str, list[str]] = {}
+    for name, spec in doc["instance_types"].items():
+        for region, entry in spec["regions"].items():
+            if entry.get("undated"):
+                added.setdefault(name, []).append(f"{region}: {'/'.join(entry['undated'])}")
     if added:
         doc["notes"] += (
-            " Carried from the previous catalog, price date unknown (region entries marked "
-            f"undated; origin: {carried['origin']}): "
+            " Carried from the previous catalog, price date unknown (each region entry lists "
+            f"its undated markets; origin: {carried['origin']}): "
             + "; ".join(f"{name} ({', '.join(regions)})" for name, regions in added.items())
             + "."
         )
+    if stale:
+        doc["notes"] += (
+            " Carried on-demand prices dropped as stale (the dated source moved the type's "
+            f"price by more than {STALE_CHANGE:.0%}): {', '.join(stale)}."
+        )
+    if dropped:
+        doc["notes"] += f" Carried prices dropped by the sanity checks: {', '.join(dropped)}."
     return doc
+
+
+def _drop_failing_carried(doc: dict[str, Any]) -> list[str]:
+    """Remove the carried (undated) prices that fail a sanity check; names them."""
+    dropped: list[str] = []
+    provider = doc["provider"]
+    for _ in range(10):
+        removed = False
+        for problem in check_document(doc):
+            parts = problem.where.split("/")
+            if len(parts) < 3:
+                continue
+            name, region = parts[1], parts[2]
+            entry = doc["instance_types"].get(name, {}).get("regions", {}).get(region)
+            if not entry or not entry.get("undated"):
+                continue
+            if problem.rule == "spot-below-on-demand" and "spot" in entry["undated"]:
+                spot = entry["spot"]
+                if isinstance(spot, dict) and len(parts) == 4:
+                    spot.pop(parts[3], None)
+                    if not spot:
+                        del entry["spot"]
+                else:
+                    del entry["spot"]
+            elif (
+                problem.rule in ("cross-region", "per-gpu-ratio")
+                and "on_demand" in entry["undated"]
+            ):
+                del entry["on_demand"]
+            else:
+                continue
+            market = "spot" if problem.rule == "spot-below-on-demand" else "on_demand"
+            if market not in entry:
+                entry["undated"] = [m for m in entry["undated"] if m != market]
+            if not entry["undated"]:
+                del entry["undated"]
+            dropped.append(f"{problem.where.removeprefix(provider + '/')} ({problem.rule})")
+            removed = True
+            break  # re-check: one removal can settle other problems
+        if not removed:
+            return sorted(dropped)
+    raise BuildError(f"{provider}: carried rows keep failing the sanity checks")
+
+
+AWS_SIZES: dict[str, Size] = {
+    "g4dn.xlarge": Size("T4", 1, 4, 16.0),
+    "g4dn.12xlarge": Size("T4", 4, 48, 192.0),
+    "g4dn.metal": Size("T4", 8, 96, 384.0),
+    "g5.xlarge": Size("A10G", 1, 4, 16.0),
+    "g5.12xlarge": Size("A10G", 4, 48, 192.0),
+    "g5.48xlarge": Size("A10G", 8, 192, 768.0),
+    "g6.xlarge": Size("L4", 1, 4, 16.0),
+    "g6.12xlarge": Size("L4", 4, 48, 192.0),
+    "g6.48xlarge": Size("L4", 8, 192, 768.0),
+    "g6e.xlarge": Size("L40S", 1, 4, 32.0),
+    "g6e.12xlarge": Size("L40S", 4, 48, 384.0),
+    "g6e.48xlarge": Size("L40S", 8, 192, 1536.0),
+    "p3.2xlarge": Size("V100-16GB", 1, 8, 61.0),
+    "p3.8xlarge": Size("V100-16GB", 4, 32, 244.0),
+    "p3.16xlarge": Size("V100-16GB", 8, 64, 488.0),
+    "p3dn.24xlarge": Size("V100-32GB", 8, 96, 768.0),
+    "p4d.24xlarge": Size("A100-40GB", 8, 96, 1152.0),
+    "p4de.24xlarge": Size("A100-80GB", 8, 96, 1152.0),
+    "p5.4xlarge": Size("H100", 1, 16, 256.0),
+    "p5.48xlarge": Size("H100", 8, 192, 2048.0),
+    "p5e.48xlarge": Size("H200", 8, 192, 2048.0),
+    "p5en.48xlarge": Size("H200", 8, 192, 2048.0),
+    "p6-b200.48xlarge": Size("B200", 8, 192, 2048.0),
+}
+
+
+def build_aws(source: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
+    """On-demand from the dated extract (us-east-1); zones from the previous catalog (a
+    type it did not have gets every us-east-1 AZ it knew: offerings are not in the source)."""
+    meta = source["source"]
+    known = carried["instance_types"]
+    all_zones: dict[str, set[str]] = {}
+    for spec in known.values():
+        for region, entry in spec["regions"].items():
+            all_zones.setdefault(region, set()).update(entry.get("zones", []))
+    types: dict[str, dict[str, Any]] = {}
+    guessed: list[str] = []
+    for row in sorted(source["rows"], key=lambda r: (r["instance_type"], r["region"])):
+        name, region = row["instance_type"], row["region"]
+        zones = known.get(name, {}).get("regions", {}).get(region, {}).get("zones")
+        if not zones:
+            zones = sorted(all_zones.get(region, ()))
+            guessed.append(f"{name}/{region}")
+        if not zones:
+            raise BuildError(f"aws/{name}/{region}: no zones known")
+        entry = {"zones": list(zones), "on_demand": row["on_demand"]}
+        types.setdefault(name, {**AWS_SIZES[name].spec(), "regions": {}})["regions"][region] = entry
+    return {
+        "provider": "aws",
+        "currency": "USD",
+        "prices_as_of": meta["prices_as_of"],
+        "retrieved": meta["extracted"],
+        "price_source": (
+            f"AWS Price List Query API on-demand prices (Linux, Shared tenancy, OnDemand "
+            f"market: no CapacityBlock or reserved terms) for us-east-1 as generated in "
+            f"{meta['repository']} {meta['path']} at commit {meta['commit']} "
+            f"(generated {meta['generated']}); built by shapes/build/build.py"
+        ),
+        "notes": (
+            "Dated on-demand prices exist for us-east-1 only (the source generates no other "
+            "region); p5e.48xlarge has no on-demand price in the source. No dated spot "
+            "price was found: every spot price is carried from the previous catalog, "
+            "undated."
+            + (
+                f" Zones not in the source, every known us-east-1 AZ listed: {', '.join(guessed)}."
+                if guessed
+                else ""
+            )
+        ),
+        "instance_types": types,
+    }
 
 
 def build(provider: str) -> dict[str, Any]:
     """One provider's file as a JSON document; raises :class:`BuildError` if it fails a
     sanity check."""
     source = load_source(provider)
-    if provider == "gcp":
+    carried = json.loads((SOURCES / "carried.json").read_text())
+    if provider == "aws":
+        doc = build_aws(source, carried["aws"])
+    elif provider == "gcp":
         zones = json.loads((HERE / "zones.json").read_text())["gcp"]
         doc = build_gcp(source, zones)
     elif provider == "azure":
         doc = build_azure(source)
     else:
         raise BuildError(f"no source extract for {provider!r}; built: {', '.join(BUILT)}")
-    carried = json.loads((SOURCES / "carried.json").read_text())
     doc = carry(doc, carried[provider])
     problems = check_document(doc)
     if problems:

@@ -40,7 +40,7 @@ def test_every_built_file_is_dated_with_its_source(provider: str) -> None:
     doc = json.loads((BUNDLED_DIR / f"{provider}.json").read_text())
     meta = load_source(provider)["source"]
     assert doc["prices_as_of"] == meta["prices_as_of"] is not None
-    assert doc["spot_as_of"] == meta["spot_as_of"] is not None
+    assert doc.get("spot_as_of") == meta.get("spot_as_of")  # aws: no dated spot price
     assert meta["commit"] in doc["price_source"] and meta["repository"] in doc["price_source"]
 
 
@@ -134,6 +134,28 @@ def test_the_build_refuses_data_that_fails_a_sanity_check(
         build("gcp")
     assert main(["--provider", "gcp", "--check"]) == 1
     assert "cross-region" in capsys.readouterr().err
+
+
+def test_aws_p4_p5_take_the_2025_price_cut_and_stale_carried_prices_are_dropped() -> None:
+    aws = build("aws")
+    types = aws["instance_types"]
+    assert types["p5.48xlarge"]["regions"]["us-east-1"]["on_demand"] == 55.04
+    assert types["p4d.24xlarge"]["regions"]["us-east-1"]["on_demand"] == 21.957642
+    # The previous catalog's P4/P5 on-demand prices predate the cut: none is carried.
+    for name in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5en.48xlarge"):
+        for region, entry in types[name]["regions"].items():
+            assert region == "us-east-1" or "on_demand" not in entry, (name, region)
+            assert entry["undated"] == ["spot"]  # spot stays, undated
+    assert "p5.48xlarge" in aws["notes"] and "stale" in aws["notes"]
+    # An unchanged price (g5) keeps its carried regions, marked undated.
+    g5 = types["g5.48xlarge"]["regions"]
+    assert g5["us-east-1"]["undated"] == ["spot"]
+    assert g5["us-west-2"]["undated"] == ["on_demand", "spot"]
+    # A carried spot at on-demand is dropped by the sanity checks, and said.
+    assert "euc1-az2" not in g5["eu-central-1"]["spot"]
+    assert "g5.48xlarge/eu-central-1/euc1-az2 (spot-below-on-demand)" in aws["notes"]
+    assert types["p6-b200.48xlarge"]["gpu"] == "B200"
+    assert types["p5.4xlarge"]["regions"]["us-east-1"]["on_demand"] == 6.88
 
 
 def test_new_generations_are_in_the_catalog() -> None:

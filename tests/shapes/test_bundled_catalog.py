@@ -54,9 +54,8 @@ def test_every_source_is_stamped() -> None:
 
 
 def test_built_files_carry_their_dates() -> None:
-    # azure and gcp are built from dated sources (shapes/build); aws is not yet.
-    dated = {s.provider: s for s in CATALOG.sources if s.prices_as_of is not None}
-    assert {"azure", "gcp"} <= set(dated)
+    # every file is built from dated sources (shapes/build)
+    assert all(s.prices_as_of is not None for s in CATALOG.sources)
 
 
 def test_aws_spot_is_priced_per_zone() -> None:
@@ -85,7 +84,8 @@ def test_spot_is_cheaper_than_on_demand_for_most_shapes() -> None:
 
 
 def test_known_list_prices_are_as_transcribed() -> None:
-    # Spot-checks against well-known public list prices of the snapshot.
-    assert CATALOG.get("aws:us-east-1:p4d.24xlarge:on-demand").price_per_node_hour == 32.7726  # type: ignore[union-attr]
+    # Spot-checks against well-known public list prices (AWS after its mid-2025 P4/P5 cut).
+    assert CATALOG.get("aws:us-east-1:p4d.24xlarge:on-demand").price_per_node_hour == 21.957642  # type: ignore[union-attr]
+    assert CATALOG.get("aws:us-east-1:p5.48xlarge:on-demand").price_per_node_hour == 55.04  # type: ignore[union-attr]
     assert CATALOG.get("aws:us-east-1:g4dn.xlarge:on-demand").price_per_node_hour == 0.526  # type: ignore[union-attr]
     assert CATALOG.get("aws:us-east-1:g5.xlarge:on-demand").price_per_node_hour == 1.006  # type: ignore[union-attr]

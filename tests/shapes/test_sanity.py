@@ -60,18 +60,10 @@ def test_the_good_document_passes() -> None:
     assert check_document(good()) == []
 
 
-# aws.json is not built from a dated source yet (shapes/build/sources/README.md): it has no
-# prices_as_of / spot_as_of, and one zone's spot price equals on-demand.
-AWS_NOT_BUILT = {("aws", "dated"), ("aws", "spot-below-on-demand")}
-
-
 @pytest.mark.parametrize("provider", BUNDLED)
 @pytest.mark.parametrize("rule", sanity.RULES)
 def test_each_rule_passes_on_the_bundled_data(provider: str, rule: str) -> None:
     problems = [p for p in check_document(bundled(provider)) if p.rule == rule]
-    if (provider, rule) in AWS_NOT_BUILT:  # known; the day it passes, drop it from the set
-        assert problems, f"{provider} passes {rule} now"
-        return
     assert problems == [], format_problems(problems)
 
 
@@ -82,7 +74,7 @@ def test_the_bundled_data_has_rows_each_rule_reads() -> None:
     types = doc["instance_types"]
     assert any("spot" in e for t in types.values() for e in t["regions"].values())
     assert {types["g5.xlarge"]["gpus"], types["g5.48xlarge"]["gpus"]} == {1, 8}
-    assert len(types["p5.48xlarge"]["regions"]) >= 3
+    assert len(types["g5.48xlarge"]["regions"]) >= 3
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1.0", True, None])
@@ -158,6 +150,19 @@ def test_cross_region_within_the_ratio_passes() -> None:
     doc["instance_types"]["g5.xlarge"]["regions"]["eu-west-1"]["on_demand"] = 1.006 * 1.8
     got = {(r, w) for r, w in rules(check_document(doc)) if r == "cross-region"}
     assert got == {("cross-region", "aws/g5.xlarge/eu-west-1")}
+
+
+def test_undated_markets_need_no_spot_date_but_must_be_markets() -> None:
+    doc = good()
+    del doc["spot_as_of"]
+    assert rules(check_document(doc)) == {("dated", "aws")}
+    for spec in doc["instance_types"].values():
+        for entry in spec["regions"].values():
+            if "spot" in entry:
+                entry["undated"] = ["spot"]
+    assert check_document(doc) == []
+    doc["instance_types"]["g5.xlarge"]["regions"]["us-east-1"]["undated"] = ["weekly"]
+    assert rules(check_document(doc)) == {("dated", "aws/g5.xlarge/us-east-1"), ("dated", "aws")}
 
 
 @pytest.mark.parametrize("value", [None, "", "2026-13-01", "yesterday", 20261001])
