@@ -278,6 +278,8 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
         for shape in _instance_shapes(provider, instance_type, spec)
     ]
     prices_as_of = _date(doc, "prices_as_of")
+    if bundled and prices_as_of is None:  # the build stamps every file it writes
+        raise _Malformed("prices_as_of", "a bundled file must say when its prices were true")
     # A refreshed file is checked for sense (a bundled one was, by the build and its test):
     # its problems are kept and shown (quote header, broker catalog check), never fatal.
     problems = () if bundled else tuple(str(p) for p in sanity.check_document(doc))

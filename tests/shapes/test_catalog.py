@@ -266,6 +266,20 @@ def test_a_refreshed_file_that_fails_a_sanity_check_loads_and_says_so(tmp_path: 
     assert again.problems == aws.problems
 
 
+@pytest.mark.parametrize("as_of", [None, "missing"])
+def test_a_bundled_file_without_a_price_date_is_refused(tmp_path: Path, as_of: object) -> None:
+    doc = json.loads(json.dumps(MINI))
+    if as_of == "missing":
+        del doc["prices_as_of"]
+    else:
+        doc["prices_as_of"] = as_of
+    path = write(tmp_path, doc)
+    with pytest.raises(CatalogError, match="prices_as_of: a bundled file must say when"):
+        parse_catalog_file(path, bundled=True)
+    source, _ = parse_catalog_file(path, bundled=False)  # a refreshed one: date unknown
+    assert source.prices_as_of is None
+
+
 def test_bundled_files_carry_their_undated_rows_count() -> None:
     by_provider = {s.provider: s for s in load_bundled_catalog().sources}
     assert by_provider["gcp"].undated > 0 and by_provider["gcp"].problems == ()
