@@ -255,8 +255,9 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
 
     A carried price is dropped, not kept, when (1) the dated source changed the type's
     on-demand price by more than :data:`STALE_CHANGE` where both have one (every carried
-    on-demand price of that type predates the change), or (2) it fails a sanity check
-    (carried rows are provisional; a dated row that fails one stops the build)."""
+    on-demand price of that type predates the change), (2) ``carried["suspect"]`` names its
+    type (found wrong by an independent check, with the reason), or (3) it fails a sanity
+    check (carried rows are provisional; a dated row that fails one stops the build)."""
     types: dict[str, dict[str, Any]] = doc["instance_types"]
     stale = sorted(
         name
@@ -266,12 +267,13 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
         and "on_demand" in types.get(name, {}).get("regions", {}).get(region, {})
         and abs(types[name]["regions"][region]["on_demand"] / entry["on_demand"] - 1) > STALE_CHANGE
     )
+    suspect = set(carried.get("suspect", {}).get("on_demand", []))
     for name, spec in sorted(carried["instance_types"].items()):
         for region, old in sorted(spec["regions"].items()):
             target = types.setdefault(name, {k: v for k, v in spec.items() if k != "regions"})
             entry = target.setdefault("regions", {}).setdefault(region, {"zones": old["zones"]})
             undated = [m for m in _MARKETS if m in old and m not in entry]
-            if name in stale and "on_demand" in undated:
+            if (name in stale or name in suspect) and "on_demand" in undated:
                 undated.remove("on_demand")
             for market in undated:
                 entry[market] = old[market]
@@ -303,6 +305,11 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
         doc["notes"] += (
             " Carried on-demand prices dropped as stale (the dated source moved the type's "
             f"price by more than {STALE_CHANGE:.0%}): {', '.join(stale)}."
+        )
+    if suspect:
+        doc["notes"] += (
+            f" Carried on-demand prices dropped as suspect ({carried['suspect']['reason']}): "
+            f"{', '.join(sorted(suspect))}."
         )
     if dropped:
         doc["notes"] += f" Carried prices dropped by the sanity checks: {', '.join(dropped)}."

@@ -434,7 +434,7 @@ def test_azure_quota_buckets_follow_vm_families_and_one_spot_bucket() -> None:
     assert azure_family("Standard_NC96ads_A100_v4") == "ncads-a100-v4"
     assert azure_family("Standard_NC6s_v3") == azure_family("Standard_NC24s_v3") == "ncs-v3"
     assert azure_family("Standard_NC24rs_v3") == "ncrs-v3"
-    azure = [s for s in CATALOG.shapes if s.provider == "azure" and s.region == "eastus"]
+    azure = [s for s in CATALOG.shapes if s.provider == "azure" and s.region == "westeurope"]
     spot = {quota_bucket(s) for s in azure if s.provisioning.value == "spot"}
     assert spot == {"low-priority-cores"}  # every Spot size shares lowPriorityCores
     on_demand = {s.instance_type: quota_bucket(s) for s in azure if s.provisioning.value != "spot"}

@@ -158,6 +158,16 @@ def test_aws_p4_p5_take_the_2025_price_cut_and_stale_carried_prices_are_dropped(
     assert types["p5.4xlarge"]["regions"]["us-east-1"]["on_demand"] == 6.88
 
 
+def test_suspect_carried_prices_are_dropped_and_said() -> None:
+    azure = build("azure")
+    nc48 = azure["instance_types"]["Standard_NC48ads_A100_v4"]["regions"]
+    assert "on_demand" not in nc48["eastus"] and nc48["eastus"]["undated"] == ["spot"]
+    assert nc48["westeurope"]["on_demand"] == 9.55  # dated: kept
+    one = azure["instance_types"]["Standard_NC24ads_A100_v4"]["regions"]["eastus"]
+    assert one["on_demand"] == 3.673 and one["undated"] == ["on_demand", "spot"]
+    assert "dropped as suspect" in azure["notes"] and "20-23 % low" in azure["notes"]
+
+
 def test_new_generations_are_in_the_catalog() -> None:
     azure = json.loads((BUNDLED_DIR / "azure.json").read_text())["instance_types"]
     assert azure["Standard_ND96isr_H200_v5"]["gpu"] == "H200"
