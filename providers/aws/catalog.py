@@ -10,12 +10,19 @@ catalog directory, where it replaces the bundled file):
   skipped and listed in ``notes``;
 - zones: ``DescribeInstanceTypeOfferings(LocationType="availability-zone-id")``: AZ *ids*,
   the same in every account;
-- on-demand: the Price List API (``pricing`` in us-east-1, ``GetProducts`` for AmazonEC2,
-  Linux, shared tenancy, no pre-installed software, capacitystatus Used); each ``PriceList``
-  item is a JSON *string*. When it fails (no permission, no endpoint, or an emulator without
-  it, like moto) the bundled catalog's on-demand price is used and ``notes`` says so;
+- on-demand: the Price List API (``pricing`` in us-east-1, ``GetProducts`` for AmazonEC2
+  with ``marketoption`` OnDemand, Linux, shared tenancy, no pre-installed software,
+  ``capacitystatus`` Used); each ``PriceList`` item is a JSON *string*. Every item is checked
+  again here (:func:`on_demand_offer`): only ``BoxUsage`` products of operation
+  ``RunInstances`` and their ``OnDemand`` terms count, never a Capacity Block
+  (``marketoption`` CapacityBlock, ``RunInstances:CB``), a reservation (``Reserved`` terms,
+  ``capacitystatus`` UnusedCapacityReservation / AllocatedCapacityReservation) or a dedicated
+  or Windows product. The price's date is the offer's ``publicationDate`` (else the term's
+  ``effectiveDate``). When the API fails (no permission, no endpoint, or an emulator without
+  it, like moto) the bundled catalog's on-demand price is used, dated as the bundled file,
+  and ``notes`` says so;
 - spot: ``DescribeSpotPriceHistory(ProductDescriptions=["Linux/UNIX"], StartTime=now)``: the
-  price in effect now, per AZ id.
+  price in effect now, per AZ id (the newest sample of each AZ); ``spot_as_of`` is ``now``.
 
 A (type, region) without any price is left out; one without an on-demand price is spot-only.
 """
@@ -23,6 +30,7 @@ A (type, region) without any price is left out; one without an on-demand price i
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -34,12 +42,12 @@ from providers.aws.adapter import client_config
 from providers.aws.config import AwsConfig
 from providers.aws.errors import BOTO_ERRORS, PROVIDER, chunks, classify, pages
 from providers.errors import ProviderError, ThrottledError
-from providers.refresh import catalog_document, listing
+from providers.refresh import catalog_document, feed_date, listing
 from shapes.catalog import Catalog
 from shapes.gpus import GPU_MEMORY_GIB, normalize_gpu
 from shapes.model import Provisioning
 
-__all__ = ["PRICING_REGION", "build_catalog_document", "on_demand_price"]
+__all__ = ["PRICING_REGION", "build_catalog_document", "on_demand_offer", "on_demand_price"]
 
 PRICING_REGION = (
     "us-east-1"  # the Price List API has endpoints in us-east-1, eu-central-1, ap-south-1
@@ -76,29 +84,73 @@ def _client_factory(session_or_factory: Any) -> ClientFactory:
     return make
 
 
-def on_demand_price(price_list: Iterable[str | Mapping[str, Any]]) -> float | None:
-    """The hourly USD on-demand price in a GetProducts ``PriceList`` (JSON strings).
+# The attributes a plain on-demand Linux instance-hour product has; a product with another
+# value (or, for the first five, without the attribute) is not one.
+_ON_DEMAND_ATTRIBUTES = {
+    "operatingSystem": "Linux",
+    "tenancy": "Shared",
+    "preInstalledSw": "NA",
+    "capacitystatus": "Used",
+    "operation": "RunInstances",
+    "marketoption": "OnDemand",  # absent in older offer files: then not checked
+}
+_OPTIONAL_ATTRIBUTES = frozenset({"marketoption"})
+_LINUX_SPOT = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")  # spot history product descriptions
+_NOT_ON_DEMAND = ("capacity block", "reservation", "reserved", "dedicated")
 
-    Prefers ``BoxUsage`` products (plain on-demand instance hours) and, among several, the
-    lowest positive price; None if the list holds no positive hourly price.
-    """
-    box: list[float] = []
-    other: list[float] = []
+
+def on_demand_offer(
+    price_list: Iterable[str | Mapping[str, Any]],
+) -> tuple[float, date | None] | None:
+    """The hourly USD on-demand price in a GetProducts ``PriceList`` (JSON strings or
+    decoded) and its date (the offer's ``publicationDate``, else the term's
+    ``effectiveDate``); None if no product in it is a plain on-demand Linux instance hour.
+
+    A product counts only if its attributes are those of :data:`_ON_DEMAND_ATTRIBUTES`, its
+    ``usagetype`` is a ``BoxUsage`` one, and only its ``OnDemand`` terms are read: Capacity
+    Block, reserved, unused-reservation, dedicated and Windows rows never do. Among several
+    products that count, the lowest positive price."""
+    found: list[tuple[float, date | None]] = []
     for item in price_list:
         doc = json.loads(item) if isinstance(item, str) else item
-        usage = str(doc.get("product", {}).get("attributes", {}).get("usagetype", ""))
+        attributes = doc.get("product", {}).get("attributes", {})
+        if not _is_plain_on_demand(attributes):
+            continue
+        published = feed_date(doc.get("publicationDate"))
         for term in doc.get("terms", {}).get("OnDemand", {}).values():
+            when = published or feed_date(term.get("effectiveDate"))
             for dimension in term.get("priceDimensions", {}).values():
                 if dimension.get("unit") not in ("Hrs", "Hours"):
+                    continue
+                text = str(dimension.get("description", "")).lower()
+                if any(word in text for word in _NOT_ON_DEMAND):
                     continue
                 try:
                     usd = float(dimension.get("pricePerUnit", {}).get("USD", "0"))
                 except (TypeError, ValueError):
                     continue
-                if usd > 0:
-                    (box if "BoxUsage" in usage else other).append(usd)
-    prices = box or other
-    return min(prices) if prices else None
+                if usd > 0 and math.isfinite(usd):
+                    found.append((usd, when))
+    if not found:
+        return None
+    return min(found, key=lambda offer: offer[0])
+
+
+def _is_plain_on_demand(attributes: Mapping[str, Any]) -> bool:
+    for key, wanted in _ON_DEMAND_ATTRIBUTES.items():
+        value = attributes.get(key)
+        if value is None and key in _OPTIONAL_ATTRIBUTES:
+            continue
+        if value != wanted:
+            return False
+    usage = str(attributes.get("usagetype", ""))
+    return "BoxUsage" in usage and not any(w in usage for w in ("Reservation", "Unused"))
+
+
+def on_demand_price(price_list: Iterable[str | Mapping[str, Any]]) -> float | None:
+    """The price of :func:`on_demand_offer` alone."""
+    offer = on_demand_offer(price_list)
+    return None if offer is None else offer[0]
 
 
 class _Pricing:
@@ -111,7 +163,7 @@ class _Pricing:
         self.error: ProviderError | None = None
         self.calls = 0
 
-    def price(self, instance_type: str, region: str) -> float | None:
+    def price(self, instance_type: str, region: str) -> tuple[float, date | None] | None:
         if self.error is not None:
             return None
         filters = [
@@ -119,6 +171,7 @@ class _Pricing:
             for field, value in (
                 ("instanceType", instance_type),
                 ("regionCode", region),
+                ("marketoption", "OnDemand"),
                 ("operatingSystem", "Linux"),
                 ("tenancy", "Shared"),
                 ("preInstalledSw", "NA"),
@@ -139,7 +192,7 @@ class _Pricing:
                     continue
                 self.error = exc
                 return None
-            return on_demand_price(item for page in found for item in page.get("PriceList", []))
+            return on_demand_offer(item for page in found for item in page.get("PriceList", []))
         return None  # pragma: no cover - the loop always returns
 
 
@@ -198,6 +251,9 @@ def build_catalog_document(
     fallback: list[str] = []  # "type/region" priced from the bundled catalog
     unpriced: list[str] = []  # "type/region" with no price at all (left out)
     spot_only: list[str] = []
+    no_discount: list[str] = []  # "type/region (zones)" whose spot is not below on-demand
+    dates: dict[tuple[str, str], date] = {}  # (type, region) -> its on-demand price's date
+    bundled_date = _bundled_date(bundled)
 
     for region in config.regions:
         ec2 = factory("ec2", region)
@@ -236,15 +292,22 @@ def build_catalog_document(
                 continue
             where = f"{name}/{region}"
             entry: dict[str, Any] = {"zones": offered}
-            price = pricing.price(name, region)
+            offer = pricing.price(name, region)
+            price, dated = offer if offer is not None else (None, None)
             if price is None and bundled is not None:
                 old = bundled.get(f"{PROVIDER}:{region}:{name}:{Provisioning.ON_DEMAND.value}")
                 if old is not None:
-                    price = old.price_per_node_hour
+                    price, dated = old.price_per_node_hour, bundled_date
                     fallback.append(where)
             if price is not None:
                 entry["on_demand"] = round(price, 6)
+                if dated is not None:
+                    dates[(name, region)] = dated
             zone_prices = {z: p for z, p in sorted(spot.get(name, {}).items()) if z in offered}
+            capped = sorted(z for z, p in zone_prices.items() if price is not None and p >= price)
+            if capped:  # the market at (or over) the on-demand price: no spot discount there
+                no_discount.append(f"{where} ({', '.join(capped)})")
+                zone_prices = {z: p for z, p in zone_prices.items() if z not in capped}
             if zone_prices:
                 entry["spot"] = zone_prices
             if "on_demand" not in entry and "spot" not in entry:
@@ -265,12 +328,19 @@ def build_catalog_document(
     if fallback:
         price_source += "; bundled catalog on-demand prices where the Price List API failed"
     notes = _notes(config, bundled, pricing, skipped, fallback, unpriced, spot_only)
+    if no_discount:
+        notes += (
+            " Spot left out in the zones where it is not below on-demand (the market at the "
+            f"on-demand cap): {listing(no_discount)}."
+        )
     return catalog_document(
         PROVIDER,
         today=today,
         price_source=price_source,
         notes=notes,
         instance_types=types,
+        dates=dates,
+        spot_as_of=when.date(),
     )
 
 
@@ -289,6 +359,8 @@ def _spot_prices(ec2: Any, names: Sequence[str], when: datetime) -> dict[str, di
             StartTime=when,
         ):
             for row in page.get("SpotPriceHistory", []):
+                if row.get("ProductDescription", "Linux/UNIX") not in _LINUX_SPOT:
+                    continue
                 zone = row.get("AvailabilityZoneId")
                 if not zone:
                     if zone_ids is None:
@@ -328,7 +400,10 @@ def _notes(
     parts = [
         f"Read live from AWS in {', '.join(config.regions)}. Zones are AZ ids. "
         "gpu_memory_gib is the canonical memory of the GPU model (EC2 reports e.g. the A10G "
-        "as 22888 MiB). Spot prices are per AZ id, the Linux/UNIX price in effect when read."
+        "as 22888 MiB). On-demand prices are the Price List API's plain on-demand Linux rows "
+        "(no Capacity Block, reserved or unused-reservation row), dated by the offer's "
+        "publicationDate. Spot prices are per AZ id, the Linux/UNIX price in effect when "
+        "read (spot_as_of)."
     ]
     if pricing.error is not None:
         err = pricing.error
@@ -351,6 +426,15 @@ def _notes(
         listed = "; ".join(f"{why}: {listing(sorted(skipped[why]))}" for why in sorted(skipped))
         parts.append(f"GPU instance types skipped (the broker sells whole, known GPUs): {listed}.")
     return " ".join(parts)
+
+
+def _bundled_date(bundled: Catalog | None) -> date | None:
+    """The date of the bundled AWS prices (a fallback price carries it), or when the file
+    was written if its prices are undated."""
+    for src in bundled.sources if bundled is not None else ():
+        if src.provider == PROVIDER:
+            return src.prices_as_of or src.retrieved
+    return None
 
 
 def _bundled_source(bundled: Catalog) -> str:

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from providers.aws.catalog import build_catalog_document, on_demand_price
+from providers.aws.catalog import build_catalog_document, on_demand_offer, on_demand_price
 from providers.aws.config import AwsConfig
 from providers.config import BrokerConfig
 from providers.errors import AuthError
 from shapes.catalog import BUNDLED_DIR, load_bundled_catalog, parse_catalog_file
 from shapes.gpus import CANONICAL_GPUS
 from shapes.model import Provisioning
+from shapes.sanity import check_document
 from tests.providers.aws.conftest import (
     REGIONS,
     error_response,
@@ -32,61 +33,85 @@ BUNDLED = load_bundled_catalog()
 AZ_ID = re.compile(r"^(use1|usw2)-az\d$")
 
 
+PUBLISHED = "2026-11-01T00:00:00Z"  # the offer's publicationDate
+BLOCK_USD = "0.0000000000"  # what a Capacity Block row costs in the Price List
+
+
 def price_item(
-    instance_type: str, region: str, usd: str, usage: str = "BoxUsage", sku: str = "SKU1"
+    instance_type: str,
+    region: str,
+    usd: str,
+    usage: str = "BoxUsage",
+    sku: str = "SKU1",
+    *,
+    published: str | None = PUBLISHED,
+    effective: str = "2026-10-20T00:00:00Z",
+    **attributes: str,
 ) -> str:
-    """One GetProducts PriceList entry, as AWS sends it: a JSON string."""
+    """One GetProducts PriceList entry, as AWS sends it: a JSON string. ``attributes``
+    override the product's (``marketoption="CapacityBlock"``, ``capacitystatus=...``)."""
     prefix = {"us-east-1": "", "us-west-2": "USW2-"}[region]
     term = f"{sku}.JRTCKXETXF"
-    return json.dumps(
-        {
-            "product": {
-                "productFamily": "Compute Instance",
-                "attributes": {
-                    "instanceType": instance_type,
-                    "regionCode": region,
-                    "operatingSystem": "Linux",
-                    "tenancy": "Shared",
-                    "preInstalledSw": "NA",
-                    "capacitystatus": "Used",
-                    "usagetype": f"{prefix}{usage}:{instance_type}",
-                    "operation": "RunInstances",
-                },
-                "sku": sku,
+    market = attributes.get("marketoption", "OnDemand")
+    kind = "Capacity Block" if market == "CapacityBlock" else "On Demand"
+    item: dict[str, Any] = {
+        "product": {
+            "productFamily": "Compute Instance",
+            "attributes": {
+                "instanceType": instance_type,
+                "regionCode": region,
+                "location": {"us-east-1": "US East (N. Virginia)", "us-west-2": "US West (Oregon)"}[
+                    region
+                ],
+                "operatingSystem": "Linux",
+                "tenancy": "Shared",
+                "preInstalledSw": "NA",
+                "licenseModel": "No License required",
+                "capacitystatus": "Used",
+                "marketoption": "OnDemand",
+                "usagetype": f"{prefix}{usage}:{instance_type}",
+                "operation": "RunInstances",
+                **attributes,
             },
-            "serviceCode": "AmazonEC2",
-            "terms": {
-                "OnDemand": {
-                    term: {
-                        "priceDimensions": {
-                            f"{term}.6YS6EN2CT7": {
-                                "unit": "Hrs",
-                                "endRange": "Inf",
-                                "beginRange": "0",
-                                "description": f"${usd} per On Demand Linux {instance_type} "
-                                "Instance Hour",
-                                "pricePerUnit": {"USD": usd},
-                                "appliesTo": [],
-                            }
-                        },
-                        "sku": sku,
-                        "offerTermCode": "JRTCKXETXF",
-                        "effectiveDate": "2026-11-01T00:00:00Z",
-                        "termAttributes": {},
-                    }
-                },
-                "Reserved": {
-                    f"{sku}.4NA7Y494T4": {
-                        "priceDimensions": {
-                            "x": {"unit": "Hrs", "pricePerUnit": {"USD": "0.0100000000"}}
+            "sku": sku,
+        },
+        "serviceCode": "AmazonEC2",
+        "terms": {
+            "OnDemand": {
+                term: {
+                    "priceDimensions": {
+                        f"{term}.6YS6EN2CT7": {
+                            "unit": "Hrs",
+                            "endRange": "Inf",
+                            "beginRange": "0",
+                            "description": f"${usd} per {kind} Linux {instance_type} Instance Hour",
+                            "pricePerUnit": {"USD": usd},
+                            "appliesTo": [],
                         }
-                    }
-                },
+                    },
+                    "sku": sku,
+                    "offerTermCode": "JRTCKXETXF",
+                    "effectiveDate": effective,
+                    "termAttributes": {},
+                }
             },
-            "version": "20261101000000",
-            "publicationDate": "2026-11-01T00:00:00Z",
-        }
-    )
+            "Reserved": {
+                f"{sku}.4NA7Y494T4": {
+                    "priceDimensions": {
+                        "x": {"unit": "Hrs", "pricePerUnit": {"USD": "0.0100000000"}}
+                    },
+                    "termAttributes": {
+                        "LeaseContractLength": "1yr",
+                        "PurchaseOption": "No Upfront",
+                    },
+                }
+            },
+        },
+        "version": "20261101000000",
+    }
+    if published is not None:
+        item["publicationDate"] = published
+    return json.dumps(item)
 
 
 def fake_price(instance_type: str) -> str:
@@ -108,12 +133,18 @@ class PriceListHook:
             return error_response(params["url"], self.errors.pop(0))
         assert context["api_params"]["ServiceCode"] == "AmazonEC2"
         assert all(f["Type"] == "TERM_MATCH" for f in context["api_params"]["Filters"])
-        name = filters["instanceType"]
+        name, region = filters["instanceType"], filters["regionCode"]
         parsed = {
             "FormatVersion": "aws_v1",
-            "PriceList": [price_item(name, filters["regionCode"], fake_price(name))],
+            "PriceList": [  # the on-demand row, and rows that must never be taken for it
+                price_item(name, region, BLOCK_USD, sku="CB", marketoption="CapacityBlock",
+                           operation="RunInstances:CB"),
+                price_item(name, region, "0.5000000000", sku="UNUSED",
+                           usage="UnusedBox", capacitystatus="UnusedCapacityReservation"),
+                price_item(name, region, fake_price(name)),
+            ],
             "ResponseMetadata": {"HTTPStatusCode": 200},
-        }
+        }  # fmt: skip
         return AWSResponse(params["url"], 200, {}, None), parsed
 
 
@@ -140,10 +171,38 @@ def test_on_demand_price_reads_the_json_strings() -> None:
         price_item("p5.48xlarge", "us-west-2", "0.0000000000", sku="C"),
     ]
     assert on_demand_price(items) == 55.04
-    assert on_demand_price(items[:1]) == 60.0  # no BoxUsage product: what there is
+    assert on_demand_price(items[:1]) is None  # not a BoxUsage product: not an instance hour
     assert on_demand_price(items[2:]) is None
     assert on_demand_price([]) is None
     assert on_demand_price([json.loads(items[1])]) == 55.04  # already decoded
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"marketoption": "CapacityBlock", "operation": "RunInstances:CB"},  # a Capacity Block
+        {"capacitystatus": "UnusedCapacityReservation", "usagetype": "UnusedBox:p5.48xlarge"},
+        {"capacitystatus": "AllocatedCapacityReservation"},
+        {"operatingSystem": "Windows", "operation": "RunInstances:0002"},
+        {"tenancy": "Dedicated", "usagetype": "DedicatedUsage:p5.48xlarge"},
+        {"preInstalledSw": "SQL Std", "operation": "RunInstances:0004"},
+        {"usagetype": "Reservation:p5.48xlarge"},
+    ],
+)
+def test_rows_that_are_not_plain_on_demand_never_count(attributes: dict[str, str]) -> None:
+    plain = price_item("p5.48xlarge", "us-east-1", "55.0400000000")
+    other = price_item("p5.48xlarge", "us-east-1", "20.0000000000", sku="X", **attributes)
+    assert on_demand_price([other, plain]) == 55.04
+    assert on_demand_price([other]) is None
+
+
+def test_an_offer_is_dated_by_its_publication_date() -> None:
+    plain = price_item("p5.48xlarge", "us-east-1", "55.0400000000")
+    assert on_demand_offer([plain]) == (55.04, date(2026, 11, 1))
+    undated = price_item("p5.48xlarge", "us-east-1", "55.0400000000", published=None)
+    assert on_demand_offer([undated]) == (55.04, date(2026, 10, 20))  # the term's effectiveDate
+    # a Reserved term of the same product is never read, however cheap
+    assert on_demand_offer([plain])[0] == 55.04  # type: ignore[index]
 
 
 # -- against moto ----------------------------------------------------------------------------
@@ -153,17 +212,22 @@ def test_document_from_moto_is_a_valid_catalog_file(mock_aws: None, tmp_path: Pa
     config = AwsConfig(regions=REGIONS)
     doc = build_catalog_document(new_session(), config, bundled=BUNDLED, today=TODAY, now=NOW)
 
-    bundled_doc = json.loads((BUNDLED_DIR / "aws.json").read_text())
-    assert list(doc) == list(bundled_doc)  # exactly the bundled document's format
+    bundled_doc = json.loads((BUNDLED_DIR / "gcp.json").read_text())  # one format for all
+    assert list(doc) == list(bundled_doc)  # exactly the bundled documents' format
     assert (doc["provider"], doc["currency"]) == ("aws", "USD")
-    assert doc["prices_as_of"] == doc["retrieved"] == "2026-11-22"
+    assert doc["retrieved"] == "2026-11-22" and doc["spot_as_of"] == "2026-11-22"
+    # on-demand came from the bundled catalog (moto has no Price List API): its date
+    aws_source = next(s for s in BUNDLED.sources if s.provider == "aws")
+    bundled_date = aws_source.prices_as_of or aws_source.retrieved
+    assert bundled_date is not None and doc["prices_as_of"] == bundled_date.isoformat()
+    assert check_document(doc) == []
     for api in ("DescribeInstanceTypes", "DescribeSpotPriceHistory", "Price List API"):
         assert api in doc["price_source"]
     assert "us-east-1, us-west-2" in doc["price_source"]
 
     source, shapes = parse_catalog_file(write(doc, tmp_path), bundled=False)
     assert source.provider == "aws" and source.shapes == len(shapes) > 100
-    assert source.prices_as_of == TODAY
+    assert source.prices_as_of == bundled_date
 
     types = doc["instance_types"]
     expected = {
@@ -205,10 +269,10 @@ def test_document_from_moto_is_a_valid_catalog_file(mock_aws: None, tmp_path: Pa
     assert spot and all(s.zone_prices for s in spot)
 
     # GPUs the broker does not know (or fractional ones) are skipped, and noted
-    assert "p6-b200.48xlarge" not in types and "g5g.xlarge" not in types
-    assert "g6f.large" not in types
-    for word in ("B200", "T4g", "fractional"):
+    assert "g5g.xlarge" not in types and "g6f.large" not in types
+    for word in ("T4g", "fractional"):
         assert word in doc["notes"]
+    assert (types["p6-b200.48xlarge"]["gpu"], types["p6-b200.48xlarge"]["gpus"]) == ("B200", 8)
 
 
 def test_price_list_api_prices_are_used_when_it_answers(mock_aws: None) -> None:
@@ -221,13 +285,44 @@ def test_price_list_api_prices_are_used_when_it_answers(mock_aws: None) -> None:
     assert len(hook.calls) == len(types)
     assert {c["regionCode"] for c in hook.calls} == {"us-west-2"}
     assert all(
-        (c["operatingSystem"], c["tenancy"], c["preInstalledSw"], c["capacitystatus"])
-        == ("Linux", "Shared", "NA", "Used")
+        (
+            c["marketoption"],
+            c["operatingSystem"],
+            c["tenancy"],
+            c["preInstalledSw"],
+            c["capacitystatus"],
+        )
+        == ("OnDemand", "Linux", "Shared", "NA", "Used")
         for c in hook.calls
     )
-    for name, spec in types.items():
+    for name, spec in types.items():  # never the Capacity Block's $0 nor the reservation's
         assert spec["regions"]["us-west-2"]["on_demand"] == float(fake_price(name))
+        assert "prices_as_of" not in spec["regions"]["us-west-2"]  # the file's date
     assert "failed" not in doc["notes"] and "bundled" not in doc["price_source"]
+    assert doc["prices_as_of"] == PUBLISHED[:10] and doc["spot_as_of"] == "2026-11-22"
+    # (the hook's made-up prices are not the clouds' ratios: only the spot rule applies)
+    assert [p for p in check_document(doc) if p.rule == "spot-below-on-demand"] == []
+
+
+def test_spot_at_the_on_demand_cap_is_left_out_and_noted(mock_aws: None) -> None:
+    session = session_with_pricing(PriceListHook())
+    capped: list[str] = []
+
+    def cap_p5(parsed: dict[str, Any], **_: Any) -> None:
+        for row in parsed.get("SpotPriceHistory", []):
+            if row["InstanceType"] == "p5.48xlarge" and not capped:
+                row["SpotPrice"] = fake_price("p5.48xlarge")  # exactly on-demand
+                capped.append(row.get("AvailabilityZoneId") or row["AvailabilityZone"])
+
+    session.events.register("after-call.ec2.DescribeSpotPriceHistory", cap_p5)
+    doc = build_catalog_document(
+        session, AwsConfig(regions=("us-west-2",)), bundled=BUNDLED, today=TODAY, now=NOW
+    )
+    assert capped
+    entry = doc["instance_types"]["p5.48xlarge"]["regions"]["us-west-2"]
+    assert all(price < entry["on_demand"] for price in entry.get("spot", {}).values())
+    assert "not below on-demand" in doc["notes"] and "p5.48xlarge/us-west-2" in doc["notes"]
+    assert [p for p in check_document(doc) if p.rule == "spot-below-on-demand"] == []
 
 
 def test_throttled_price_list_is_retried(mock_aws: None) -> None:
