@@ -357,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--provider", required=True, help="the cloud to refresh (aws, gcp, azure)")
     r.add_argument("--output", metavar="DIR", help="write here instead of the local catalog dir")
+    r.add_argument(
+        "--prices-only",
+        action="store_true",
+        help="azure: prices from the public Retail Prices API only, no Azure account needed "
+        "(sizes and zones from the bundled catalog)",
+    )
     _json(r)
     ck = csub.add_parser(
         "check",

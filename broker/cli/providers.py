@@ -8,13 +8,16 @@ import argparse
 import json
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.cli.output import emit_json, say
 from broker.cli.render import table
 from broker.settings import Settings
 from providers.errors import ConfigError
 from shapes.errors import Exit
+
+if TYPE_CHECKING:
+    from providers.config import BrokerConfig
 
 EXIT_OK = Exit.OK
 
@@ -61,24 +64,36 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             f"--provider {args.provider!r}: no such cloud (known: {', '.join(KNOWN_PROVIDERS)})"
         )
-    say(f"refreshing the {args.provider} catalog from its live APIs ...")
-    doc: dict[str, Any] = refresh_document(
-        args.provider, config=config, bundled=load_bundled_catalog(), today=date.today()
-    )
     directory = Path(args.output) if args.output else settings.catalog_dir
     if directory is None:
         raise ConfigError("no catalog directory: give --output DIR or set BROKER_CATALOG_DIR")
+    doc: dict[str, Any]
+    if args.prices_only:
+        doc = _azure_prices_only(args.provider, config)
+    else:
+        say(f"refreshing the {args.provider} catalog from its live APIs ...")
+        doc = refresh_document(
+            args.provider, config=config, bundled=load_bundled_catalog(), today=date.today()
+        )
+    from providers.refresh import refuse_failing
+
+    refuse_failing(doc)  # a refresh failing a sanity check is not written
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{args.provider}.json"
     partial = target.with_suffix(".json.partial")
     partial.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    source, shapes = parse_catalog_file(partial, bundled=False)  # refuse to install a bad file
+    try:
+        source, shapes = parse_catalog_file(partial, bundled=False)  # refuse a bad file
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
     summary = {
         "provider": args.provider,
         "path": str(target),
         "shapes": len(shapes),
         "prices_as_of": source.prices_as_of.isoformat() if source.prices_as_of else None,
+        "spot_as_of": doc.get("spot_as_of"),
         "price_source": source.price_source,
         "notes": source.notes,
     }
@@ -90,6 +105,29 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
         if source.notes:
             print(f"notes: {source.notes}")
     return EXIT_OK
+
+
+def _azure_prices_only(provider: str, config: BrokerConfig) -> dict[str, Any]:
+    """``--prices-only``: Azure's public Retail Prices API, no account (the [azure] section,
+    if any, names the regions and the prices endpoint; it need not be enabled)."""
+    if provider != "azure":
+        raise ConfigError(
+            f"--prices-only is for --provider azure (its Retail Prices API needs no account); "
+            f"{provider}'s prices come with its instance types from its own APIs"
+        )
+    from providers.azure.catalog import build_prices_document
+    from providers.azure.config import AzureConfig
+    from shapes.catalog import load_bundled_catalog
+
+    section = config.section_of(AzureConfig)
+    say("refreshing the azure prices from the public Retail Prices API (no account) ...")
+    return build_prices_document(
+        bundled=load_bundled_catalog(),
+        today=date.today(),
+        regions=section.regions if section is not None else None,
+        endpoint=section.prices_endpoint if section is not None else None,
+        ca_bundle=section.ca_bundle if section is not None else None,
+    )
 
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:

@@ -172,7 +172,7 @@ def sku(
     size: str,
     location: str,
     *,
-    gpus: int,
+    gpus: float,
     vcpus: int,
     memory: float,
     zones: tuple[str, ...] = ZONES,
@@ -195,9 +195,14 @@ def sku(
     }
 
 
+EFFECTIVE_START = "2026-09-01T00:00:00Z"  # effectiveStartDate of the default price rows
+
+
 def default_prices() -> list[dict[str, Any]]:
     """Retail Prices API rows from the bundled catalog: Linux on-demand and spot, plus the
-    Windows and Low Priority rows a real answer also holds (the catalog must drop them)."""
+    rows a real answer also holds that the catalog must drop: Windows, Low Priority (an
+    older, cheaper meter that is not Spot) and, outside a ``priceType eq 'Consumption'``
+    query, DevTest and 1-year reservation rows."""
     doc = json.loads((BUNDLED_DIR / "azure.json").read_text(encoding="utf-8"))
     rows: list[dict[str, Any]] = []
     for size, spec in doc["instance_types"].items():
@@ -207,6 +212,8 @@ def default_prices() -> list[dict[str, Any]]:
                 rows.append(price_row(size, location, on_demand))
                 rows.append(price_row(size, location, on_demand * 1.4, windows=True))
                 rows.append(price_row(size, location, on_demand * 0.2, meter="Low Priority"))
+                rows.append(price_row(size, location, on_demand * 0.6, kind="DevTestConsumption"))
+                rows.append(price_row(size, location, on_demand * 0.5, kind="Reservation"))
             if spot is not None:
                 rows.append(price_row(size, location, spot, meter="Spot"))
                 rows.append(price_row(size, location, spot * 1.3, meter="Spot", windows=True))
@@ -214,29 +221,50 @@ def default_prices() -> list[dict[str, Any]]:
 
 
 def price_row(
-    size: str, location: str, usd: float, *, meter: str = "", windows: bool = False
+    size: str,
+    location: str,
+    usd: float,
+    *,
+    meter: str = "",
+    windows: bool = False,
+    kind: str = "Consumption",
+    effective: str = EFFECTIVE_START,
 ) -> dict[str, Any]:
+    """One Items[] row of the Retail Prices API, with the real feed's fields: ``meterName`` and
+    ``skuName`` "NC24ads A100 v4" (+ " Spot" / " Low Priority"), ``armSkuName`` the size,
+    ``productName`` "Virtual Machines NCadsA100v4 Series" (+ " Windows"), ``type``
+    Consumption / DevTestConsumption / Reservation (with ``reservationTerm``)."""
     short = size.split("_", 1)[1].replace("_", " ")
     name = f"{short} {meter}".strip()
     series = f"Virtual Machines {short.split(' ', 1)[-1]} Series" + (" Windows" if windows else "")
-    return {
+    product_id = "DZH318Z0" + uuid.uuid5(uuid.NAMESPACE_URL, series).hex[:4].upper()
+    sku_id = f"{product_id}/{uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:4].upper()}"
+    row: dict[str, Any] = {
         "currencyCode": "USD",
+        "tierMinimumUnits": 0.0,
         "retailPrice": round(usd, 6),
         "unitPrice": round(usd, 6),
         "armRegionName": location,
         "location": location,
-        "effectiveStartDate": "2026-01-01T00:00:00Z",
+        "effectiveStartDate": effective,
+        "meterId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{sku_id}/{location}/{kind}")),
         "meterName": name,
+        "productId": product_id,
+        "skuId": sku_id,
         "productName": series,
         "skuName": name,
-        "armSkuName": size,
         "serviceName": "Virtual Machines",
+        "serviceId": "DZH313Z7MMC8",
         "serviceFamily": "Compute",
         "unitOfMeasure": "1 Hour",
-        "type": "Consumption",
-        "priceType": "Consumption",
+        "type": kind,
         "isPrimaryMeterRegion": True,
+        "armSkuName": size,
     }
+    if kind == "Reservation":
+        row["reservationTerm"] = "1 Year"
+        row["unitOfMeasure"] = "1 Hour"
+    return row
 
 
 class FakeArm:
@@ -793,7 +821,10 @@ class FakeArm:
         if (refused := self._sync_fault("prices")) is not None:
             return refused
         clauses = re.findall(r"(\w+) eq '([^']*)'", request.args.get("$filter", ""))
-        rows = [r for r in self.prices if all(str(r.get(k)) == v for k, v in clauses)]
+        fields = {"priceType": "type"}  # the filter's name for the rows' ``type`` field
+        rows = [
+            r for r in self.prices if all(str(r.get(fields.get(k, k))) == v for k, v in clauses)
+        ]
         skip = int(request.args.get("$skip", "0"))
         page = rows[skip : skip + self.price_page_size]
         more = skip + self.price_page_size < len(rows)
