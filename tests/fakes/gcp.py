@@ -135,6 +135,9 @@ class FakeGce:
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # method, where
     tokens: list[str] = field(default_factory=list)
     skus: list[dict[str, Any]] = field(default_factory=list)
+    sku_page_size: int = 0  # the most SKUs a page holds (0: as many as pageSize asks)
+    api_key: str | None = None  # an API key the SKU list accepts instead of a bearer token
+    sku_requests: list[dict[str, str]] = field(default_factory=list)  # auth, pageToken, ...
     deleted_policies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -291,13 +294,12 @@ class FakeGce:
             token = f"{TOKEN_PREFIX}{uuid.uuid4().hex}"
             self.tokens.append(token)
             return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}, {}
+        if path == f"/v1/services/{BILLING_SERVICE}/skus" and verb == "GET":
+            return self._list_skus(request)
         if self.require_auth:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
                 raise HttpError(401, "unauthorized", "Request had invalid credentials.")
-        if path == f"/v1/services/{BILLING_SERVICE}/skus" and verb == "GET":
-            self._raise_sync(self._fault("skus", None, None))
-            return 200, {"skus": self.skus}, {}
         prefix = f"/compute/v1/projects/{self.project}"
         if not path.startswith(prefix):
             raise HttpError(404, "notFound", f"The resource '{path}' was not found")
@@ -307,6 +309,36 @@ class FakeGce:
             if found and verb == method_verb:
                 return 200, handler(request, *found.groups()), {}
         raise HttpError(404, "notFound", f"The resource '{path}' was not found")
+
+    def _list_skus(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        """services.skus.list: paged (``pageSize``, ``pageToken``), authorised by a bearer
+        token (when ``require_auth``) or an API key (``X-Goog-Api-Key`` or ``key=``)."""
+        key = request.headers.get("X-Goog-Api-Key") or request.args.get("key")
+        auth = request.headers.get("Authorization", "")
+        self.sku_requests.append(
+            {
+                "auth": "key" if key else ("bearer" if auth.startswith("Bearer ") else "none"),
+                "key": key or "",
+                "pageToken": request.args.get("pageToken", ""),
+                "currencyCode": request.args.get("currencyCode", ""),
+            }
+        )
+        if key is not None:
+            if key != self.api_key:
+                raise HttpError(
+                    400, "badRequest", "API key not valid. Please pass a valid API key."
+                )
+        elif self.require_auth and (not auth.startswith("Bearer ") or auth[7:] not in self.tokens):
+            raise HttpError(401, "unauthorized", "Request had invalid credentials.")
+        self._raise_sync(self._fault("skus", None, None))
+        start = int(request.args.get("pageToken") or 0)
+        size = int(request.args.get("pageSize") or 5000)
+        if self.sku_page_size:
+            size = min(size, self.sku_page_size)
+        body: dict[str, Any] = {"skus": self.skus[start : start + size]}
+        if start + size < len(self.skus):
+            body["nextPageToken"] = str(start + size)
+        return 200, body, {}
 
     def _routes(self) -> list[tuple[str, str, Callable[..., Any]]]:
         return [
@@ -683,6 +715,13 @@ def parse_filter(text: str) -> Callable[[dict[str, Any]], bool]:
 
 
 # -- Billing Catalog SKUs ------------------------------------------------------------------
+# Shaped like services.skus.list of the real Cloud Billing Catalog: descriptions spelled as
+# the real ones ("<name> running in <geography>", "Spot Preemptible <name> running in ...",
+# "<GPU> attached to Spot Preemptible VMs running in ..."), category.resourceGroup /
+# usageType, serviceRegions, pricingInfo[].effectiveTime and pricingExpression.tieredRates[]
+# .unitPrice {currencyCode, units (a string), nanos}. Alongside the SKUs the refresh must use
+# are the ones it must not: commitments, DWS, calendar-mode reservations, flex-start and
+# sole-tenancy SKUs, each far cheaper than list price so that using one shows.
 
 GEOS = {"us": "Americas", "europe": "EMEA", "asia": "APAC"}
 # family -> (SKU name of its cores, of its RAM, on-demand $/vCPU-h, $/GiB-h)
@@ -692,18 +731,29 @@ FAMILY_SKUS = {
     "g2": ("G2 Instance Core", "G2 Instance Ram", 0.024988, 0.002927),
     "n1": ("N1 Predefined Instance Core", "N1 Predefined Instance Ram", 0.031611, 0.004237),
 }
-GPU_SKUS = {  # SKU name -> on-demand $/GPU-h
+GPU_SKUS = {  # on-demand SKU name -> on-demand $/GPU-h
     "Nvidia H100 80GB GPU": 2.9,
-    "Nvidia H100 80GB Plus GPU": 3.1,
-    "Nvidia H200 141GB GPU": 3.7,
-    "Nvidia Tesla A100 GPU": 2.93,
-    "Nvidia A100 80GB GPU": 3.93,
+    "Nvidia H100 80GB Plus GPU": 3.1,  # a3-megagpu (nvidia-h100-mega-80gb)
+    "H200 141GB GPU": 3.7,  # newer GPU SKUs drop the "Nvidia" prefix
+    "Nvidia Tesla A100 GPU": 2.93,  # A100 40 GB
+    "Nvidia Tesla A100 80GB GPU": 3.93,
     "Nvidia L4 GPU": 0.56,
     "Nvidia Tesla T4 GPU": 0.35,
     "Nvidia Tesla V100 GPU": 2.48,
+    "A4 Nvidia B200 (1 gpu slice)": 16.11,  # A4: the slice is the machine's whole price
 }
+SPOT_GPU_NAMES = {"Nvidia H100 80GB Plus GPU": "Nvidia H100 80GB Mega GPU"}  # spelled apart
+LOCAL_SSD = "SSD backed Local Storage"
+LOCAL_SSD_USD_MONTH = (0.08, 0.048)  # on demand, spot: per GiB-month
 GEO_FACTOR = {"Americas": 1.0, "EMEA": 1.1, "APAC": 1.2}
 SPOT_FACTOR = 0.3
+# pricingInfo[].effectiveTime of the SKUs: cores and RAM, GPUs, local SSD
+EFFECTIVE_TIMES = {
+    "host": "2026-09-01T07:00:00.000Z",
+    "gpu": "2026-10-15T07:00:00.000Z",
+    "ssd": "2026-08-01T07:00:00.000Z",
+}
+DECOY_USD = 0.01  # what every SKU the refresh must ignore costs here
 
 
 def _money(usd: float) -> dict[str, Any]:
@@ -711,38 +761,58 @@ def _money(usd: float) -> dict[str, Any]:
     return {"currencyCode": "USD", "units": str(units), "nanos": round((usd - units) * 1e9)}
 
 
+_UNIT_TEXT = {"h": "hour", "GiBy.h": "gibibyte hour", "GiBy.mo": "gibibyte month"}
+
+
 def _sku(
-    description: str, group: str, usage: str, unit: str, usd: float, regions: list[str]
+    description: str,
+    group: str,
+    usage: str,
+    unit: str,
+    usd: float,
+    regions: list[str],
+    *,
+    effective: str = EFFECTIVE_TIMES["host"],
+    family: str = "Compute",
 ) -> dict[str, Any]:
     sku_id = uuid.uuid5(uuid.NAMESPACE_URL, description).hex[:12].upper()
+    sku_id = f"{sku_id[:4]}-{sku_id[4:8]}-{sku_id[8:12]}"
     return {
         "name": f"services/{BILLING_SERVICE}/skus/{sku_id}",
         "skuId": sku_id,
         "description": description,
         "category": {
             "serviceDisplayName": "Compute Engine",
-            "resourceFamily": "Compute",
+            "resourceFamily": family,
             "resourceGroup": group,
             "usageType": usage,
         },
         "serviceRegions": regions,
         "pricingInfo": [
             {
+                "summary": "",
                 "pricingExpression": {
                     "usageUnit": unit,
+                    "usageUnitDescription": _UNIT_TEXT[unit],
+                    "baseUnit": "s" if unit == "h" else "By.s",
                     "displayQuantity": 1,
                     "tieredRates": [{"startUsageAmount": 0, "unitPrice": _money(usd)}],
-                }
+                },
+                "currencyConversionRate": 1,
+                "effectiveTime": effective,
             }
         ],
+        "serviceProviderName": "Google",
+        "geoTaxonomy": {"type": "MULTI_REGIONAL", "regions": regions},
     }
 
 
 def billing_skus(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Compute Engine SKUs for every region of the catalog: cores, RAM and GPUs, on demand
-    and spot (``Preemptible``), plus a commitment SKU the refresh must ignore."""
+    """Compute Engine SKUs for every region of the catalog: cores, RAM, GPUs and local SSD,
+    on demand and spot (``Preemptible``), plus the SKUs the refresh must ignore."""
     regions = sorted({r for spec in doc["instance_types"].values() for r in spec["regions"]})
     skus: list[dict[str, Any]] = []
+    gpu_time = EFFECTIVE_TIMES["gpu"]
     for prefix, geo in GEOS.items():
         where = [r for r in regions if r.startswith(prefix + "-")]
         if not where:
@@ -753,43 +823,112 @@ def billing_skus(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 (core, "CPU", "h", core_usd),
                 (ram, "RAM", "GiBy.h", ram_usd),
             ):
-                skus.append(
-                    _sku(f"{name} running in {geo}", group, "OnDemand", unit, usd * factor, where)
-                )
-                skus.append(
+                on_demand, spot = usd * factor, usd * factor * SPOT_FACTOR
+                skus += [
+                    _sku(f"{name} running in {geo}", group, "OnDemand", unit, on_demand, where),
                     _sku(
                         f"Spot Preemptible {name} running in {geo}",
                         group,
                         "Preemptible",
                         unit,
-                        usd * factor * SPOT_FACTOR,
+                        spot,
                         where,
-                    )
-                )
+                    ),
+                    _sku(  # DWS prices the same parts lower: never the on-demand price
+                        f"DWS Defined Duration {name} running in {geo}",
+                        group,
+                        "OnDemand",
+                        unit,
+                        DECOY_USD,
+                        where,
+                    ),
+                ]
         for name, usd in GPU_SKUS.items():
-            skus.append(
-                _sku(f"{name} running in {geo}", "GPU", "OnDemand", "h", usd * factor, where)
+            spot_name = SPOT_GPU_NAMES.get(name, name)
+            spot_description = (
+                f"Spot Preemptible {name} running in {geo}"
+                if name.startswith("A4 ")
+                else f"{spot_name} attached to Spot Preemptible VMs running in {geo}"
             )
-            skus.append(
+            skus += [
                 _sku(
-                    f"Spot Preemptible {name} running in {geo}",
+                    f"{name} running in {geo}",
+                    "GPU",
+                    "OnDemand",
+                    "h",
+                    usd * factor,
+                    where,
+                    effective=gpu_time,
+                ),
+                _sku(
+                    spot_description,
                     "GPU",
                     "Preemptible",
                     "h",
                     usd * factor * SPOT_FACTOR,
                     where,
-                )
-            )
-            skus.append(
+                    effective=gpu_time,
+                ),
                 _sku(
                     f"Commitment v1: {name} in {geo} for 1 Year",
                     "GPU",
                     "Commit1Yr",
                     "h",
-                    usd * factor * 0.6,
+                    DECOY_USD,
                     where,
-                )
-            )
+                ),
+                _sku(
+                    f"{spot_name} attached to DWS Defined Duration VMs running in {geo}",
+                    "GPU",
+                    "OnDemand",
+                    "h",
+                    DECOY_USD,
+                    where,
+                ),
+                _sku(
+                    f"{spot_name} attached to Flex-start VMs running in {geo}",
+                    "GPU",
+                    "OnDemand",
+                    "h",
+                    DECOY_USD,
+                    where,
+                ),
+                _sku(
+                    f"{name} attached to Sole Tenancy VMs running in {geo}",
+                    "GPU",
+                    "OnDemand",
+                    "h",
+                    DECOY_USD,
+                    where,
+                ),
+            ]
+        skus += [
+            _sku(
+                f"Reserved Nvidia H100 80GB Mega GPU in {geo} in Calendar Mode",
+                "GPU",
+                "OnDemand",
+                "h",
+                DECOY_USD,
+                where,
+            ),
+            _sku(
+                f"Nvidia H100 Mega 80GB GPU attached to DWS Defined Duration VMs running in {geo}",
+                "GPU",
+                "OnDemand",
+                "h",
+                DECOY_USD,
+                where,
+            ),
+        ]
+    ssd_time = EFFECTIVE_TIMES["ssd"]
+    skus += [
+        _sku(LOCAL_SSD, "LocalSSD", "OnDemand", "GiBy.mo", LOCAL_SSD_USD_MONTH[0], regions,
+             effective=ssd_time, family="Storage"),
+        _sku(f"{LOCAL_SSD} attached to Spot Preemptible VMs", "LocalSSD", "Preemptible",
+             "GiBy.mo", LOCAL_SSD_USD_MONTH[1], regions, effective=ssd_time, family="Storage"),
+        _sku(f"Commitment v1: Local SSD In {GEOS['us']} for 1 Year", "LocalSSD", "Commit1Yr",
+             "GiBy.mo", DECOY_USD, regions, family="Storage"),
+    ]  # fmt: skip
     return skus
 
 
