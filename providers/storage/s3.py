@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from providers.storage.base import (
@@ -247,6 +248,13 @@ class S3Store:
         return url
 
 
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
+
 def _classify(exc: Exception, what: str) -> StorageError:
     """A botocore error as a StorageError (NotFound for a missing object, bucket or upload;
     transient for throttling, 5xx and connection failures); anything else is re-raised."""
@@ -261,7 +269,9 @@ def _classify(exc: Exception, what: str) -> StorageError:
         if code in _MISSING or status == 404:
             return NotFound(f"{what}: not found ({code or 'HTTP 404'})")
         transient = code in _TRANSIENT or status in (408, 429) or status >= 500
-        return StorageError(f"{what}: {code or 'error'} (HTTP {status})", transient=transient)
+        if not code or code.isdigit():  # a HEAD's error has no body: say the status's name
+            code = _status_phrase(status)
+        return StorageError(f"{what}: {code} (HTTP {status})", transient=transient)
     if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
         return StorageError(
             f"{what}: no AWS credentials (boto3 looks in AWS_ACCESS_KEY_ID/"

@@ -234,6 +234,7 @@ def test_errors_are_classified() -> None:
     assert not denied.transient and not isinstance(denied, NotFound)
     assert str(denied) == "s3://b: upload 'k': AccessDenied (HTTP 403)"
     assert isinstance(_classify(error("NoSuchKey", 404), "w"), NotFound)
+    assert str(_classify(error("403", 403), "w")) == "w: Forbidden (HTTP 403)"  # a HEAD's
     assert isinstance(_classify(error("NoSuchUpload", 404), "w"), NotFound)
     with pytest.raises(KeyError):
         _classify(KeyError("not ours"), "w")
