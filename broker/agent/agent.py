@@ -9,15 +9,22 @@ JSON body and ``Authorization: Bearer <node token>``:
    that answer carries this node's rank, its environment, the command and the image.
 2. Run the command: ``bash -c COMMAND`` in a new process group with the node's environment
    plus the service's (artifact paths re-rooted under ``--root``), or ``docker pull`` then
-   ``docker run`` when there is an image. ``started`` once it runs.
+   ``docker run`` when there is an image. Before the command (after the pull), when the
+   answer says ``inputs``, the files ``inputs`` lists are downloaded under ``--root``.
+   ``started`` once it runs.
 3. While it runs: ``logs`` batches (stdout and stderr merged, numbered by ``seq``, from a
-   bounded spool) and a ``heartbeat`` every ``heartbeat_every`` seconds.
-4. ``exit`` with the exit code (or signal), the reason and the last lines of output.
+   bounded spool), a ``heartbeat`` every ``heartbeat_every`` seconds, and (one thread) a sync
+   of each artifact kind's directory on its interval: changed files go to the artifact store
+   by signed URLs (``artifact_upload``, ``artifact_complete``, ``artifact_report``).
+4. When it ended: a final sync of every kind (bounded by ``final_sync_timeout``), then ``exit``
+   with the exit code (or signal), the reason and the last lines of output.
 
 Connection errors and 5xx answers are retried with backoff (0.5 s doubling to 30 s) for as
 long as it takes. A "stop" state in any answer stops the command (SIGTERM to its process
 group, SIGKILL after ``stop_grace``); a 401 stops it too and ends the agent with exit code 3.
-The agent's own diagnostics go to stderr; the token is never printed.
+The agent's own diagnostics go to stderr; the token is never printed, nor is a signed URL
+(the file's path is, instead). Heartbeats go on while inputs download and during the final
+sync, so the service does not take a busy node for a lost one.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -39,8 +49,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any, TypeVar
 
 AGENT_VERSION = "1"
 EXIT_OK, EXIT_USAGE, EXIT_TOKEN = 0, 2, 3
@@ -60,6 +70,28 @@ ARTIFACT_VARIABLES = (
     "LOSSY_ARTIFACT_PATH",
     "LOG_ARTIFACT_PATH",
 )
+
+# Artifacts and inputs (docs/agent-protocol.md, v1.1).
+FINAL_SYNC_TIMEOUT = 300.0  # seconds, unless the "run" answer says otherwise
+SYNC_BOUNDS = (0.05, 86_400.0)  # seconds between two syncs of a kind
+TRANSFER_TRIES = 3  # per signed request of an upload (transient failures) and per input file
+TRANSFER_TIMEOUT = 60.0  # seconds a store's socket may stay silent
+BLOCK = 1024 * 1024  # bytes read from a file or a response at a time
+PROGRESS_EVERY = 5.0  # seconds between two progress lines of the inputs
+URL_MARGIN = 60.0  # an input's signed URL that expires sooner than this is asked for again
+REPORT_GRACE = 10.0  # seconds past the final sync's deadline for its reports
+MANIFEST = "sync-manifest.json"  # in --state-dir
+MANIFEST_SAVE_EVERY = 2.0  # seconds between two writes of the manifest during a sync
+MAX_ERRORS = 5  # messages in one artifact_report
+AGENT_LINE = "[burst-agent] "  # the agent's own lines in the command's log
+
+# Each artifact kind's directory: the variables naming it (re-rooted), else the seed's path.
+KIND_DIRS = {
+    "checkpoints": (("CHECKPOINT_ARTIFACT_PATH", "OUTPUT_PATH"), "/mnt/checkpoints"),
+    "crud": (("CRUD_ARTIFACT_PATH",), "/mnt/crud"),
+    "lossy": (("LOSSY_ARTIFACT_PATH",), "/mnt/lossy"),
+    "logs": (("LOG_ARTIFACT_PATH",), "/mnt/logs"),
+}
 
 # The bounds of the timings an answer may set (see Timings).
 TIMING_BOUNDS = {
@@ -139,14 +171,18 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.base!r}, {self.cluster_id!r})"
 
-    def post(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The answer to ``name``, retried until it comes; TokenRefused or CallRefused."""
+    def post(self, name: str, body: dict[str, Any], budget: Budget | None = None) -> dict[str, Any]:
+        """The answer to ``name``, retried until it comes (or, with a ``budget``, until the
+        budget runs out: Retryable); TokenRefused or CallRefused."""
         payload = dict(body, cluster_id=self.cluster_id)
         backoff = Backoff()
         while True:
             try:
                 return self.post_once(name, payload)
             except Retryable as error:
+                left = None if budget is None else budget.left()
+                if left is not None and left < backoff.delay:
+                    raise
                 log(f"{name}: {error}; retrying in about {backoff.delay:.1f}s")
                 backoff.sleep()
 
@@ -200,6 +236,628 @@ def _error_detail(error: urllib.error.HTTPError) -> str:
             if document.get(key):
                 return str(document[key])[:300]
     return str(error.reason)
+
+
+# -- moving bytes by signed URLs ------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class Aborted(Exception):
+    """A transfer given up before its end: out of time, or the agent is stopping."""
+
+
+class TransferError(Exception):
+    """A signed request that failed (the message never holds the URL); ``transient`` when
+    trying again may help (a connection error, a timeout, 408, 429, 5xx)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class Budget:
+    """When transfers must end: ``at`` (on ``time.monotonic()``; None: no limit; another
+    thread may move it earlier) and ``stopping`` (the agent was told to stop)."""
+
+    def __init__(self, stopping: Callable[[], bool] | None = None) -> None:
+        self.at: float | None = None
+        self._stopping = stopping
+
+    def left(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def check(self) -> None:
+        if self._stopping is not None and self._stopping():
+            raise Aborted("the agent is stopping")
+        left = self.left()
+        if left is not None and left <= 0:
+            raise Aborted("out of time")
+
+    def timeout(self) -> float:
+        """A socket timeout that does not outlive the budget by much."""
+        left = self.left()
+        return TRANSFER_TIMEOUT if left is None else max(0.5, min(TRANSFER_TIMEOUT, left))
+
+    def sleep(self, seconds: float) -> None:
+        left = self.left()
+        if left is not None and left < seconds:
+            time.sleep(max(0.0, left))
+            raise Aborted("out of time")
+        time.sleep(seconds)
+        self.check()
+
+
+class FileSlice:
+    """``length`` bytes of an open file from ``offset``, as a request body: http.client reads
+    it block by block (a 50 GB file is never in memory). Checks the budget at each block; a
+    file that got shorter is a TransferError (the store would wait for the missing bytes)."""
+
+    def __init__(self, handle: IO[bytes], offset: int, length: int, budget: Budget) -> None:
+        handle.seek(offset)
+        self.handle = handle
+        self.left = length
+        self.budget = budget
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        self.budget.check()
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.handle.read(min(want, BLOCK))
+        if not data:
+            raise TransferError("the file got shorter while it was being sent")
+        self.left -= len(data)
+        return data
+
+
+def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
+    """The proxy the environment names for ``scheme`` (``https_proxy``, ...), unless
+    ``no_proxy`` covers ``host``: the service's calls (urllib) honour them, so do these."""
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 80
+
+
+def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection for a signed URL and the request target to send on it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TransferError("the signed URL is not an http(s) URL")
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    proxy = _proxy_for(parts.scheme, parts.hostname)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        host, port = proxy or (parts.hostname, parts.port)
+        context = ssl.create_default_context()
+        conn = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=context, blocksize=BLOCK
+        )
+        if proxy is not None:
+            conn.set_tunnel(parts.hostname, parts.port)
+    elif proxy is not None:
+        conn = http.client.HTTPConnection(*proxy, timeout=timeout, blocksize=BLOCK)
+        target = url  # the absolute form, for the proxy
+    else:
+        conn = http.client.HTTPConnection(
+            parts.hostname, parts.port, timeout=timeout, blocksize=BLOCK
+        )
+    return conn, target
+
+
+def _store_code(detail: bytes) -> str:
+    """The error code of an S3, GCS or Azure XML error body (never the body: it may echo
+    what was signed)."""
+    match = re.search(rb"<Code>([A-Za-z0-9._-]{1,64})</Code>", detail)
+    return f" ({match.group(1).decode('ascii')})" if match else ""
+
+
+def transfer(
+    request: dict[str, Any],
+    budget: Budget,
+    body: FileSlice | bytes | None = None,
+    length: int = 0,
+    extra: dict[str, str] | None = None,
+    sink: IO[bytes] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[int, http.client.HTTPMessage]:
+    """One signed request: its status and response headers (2xx and 308 come back, anything
+    else is a TransferError). Sends exactly the request's headers, plus Content-Length for a
+    body and ``extra``; streams ``body``; writes a 2xx answer's body to ``sink``."""
+    budget.check()
+    method, url = str(request.get("method") or "GET"), str(request.get("url") or "")
+    listed = request.get("headers")
+    headers = {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else {}
+    headers.update(extra or {})
+    if body is not None:
+        headers["Content-Length"] = str(length)
+    conn, target = _connection(url, budget.timeout())
+    detail = b""
+    try:
+        conn.request(method, target, body=body, headers=headers)
+        response = conn.getresponse()
+        if 200 <= response.status < 300 and sink is not None:
+            while True:
+                budget.check()
+                chunk = response.read(BLOCK)
+                if not chunk:
+                    break
+                sink.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        else:
+            detail = response.read(64 * 1024)
+    except (OSError, http.client.HTTPException) as error:
+        raise TransferError(f"{method}: {_reason(error)}", transient=True) from None
+    finally:
+        conn.close()
+    status = response.status
+    if 200 <= status < 300 or status == 308:
+        return status, response.msg
+    raise TransferError(
+        f"{method}: HTTP {status} {response.reason}{_store_code(detail)}",
+        transient=status >= 500 or status in (408, 429),
+    )
+
+
+def retried(what: str, budget: Budget, attempt: Callable[[], _T]) -> _T:
+    """``attempt()``, tried again (up to TRANSFER_TRIES in all, with backoff) while it fails
+    with a transient TransferError."""
+    backoff = Backoff()
+    for number in range(1, TRANSFER_TRIES + 1):
+        try:
+            return attempt()
+        except TransferError as error:
+            if number == TRANSFER_TRIES or not error.transient:
+                raise
+            log(f"{what}: {error}; trying again")
+            budget.sleep(backoff.delay * random.uniform(0.75, 1.0))
+            backoff.delay = min(backoff.delay * 2, BACKOFF_MAX)
+    raise AssertionError("unreachable")
+
+
+def human_bytes(count: float) -> str:
+    """``1.2 GB`` (decimal units, as disks and clouds count)."""
+    if count < 1000:
+        return f"{int(count)} B"
+    units = ("KB", "MB", "GB", "TB", "PB")
+    index = 0
+    count /= 1000
+    while count >= 1000 and index < len(units) - 1:
+        count /= 1000
+        index += 1
+    return f"{count:.1f} {units[index]}"
+
+
+def _utf8(text: str) -> bool:
+    """Whether a file name can go in JSON (a name that is not UTF-8 comes as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- the sync of artifact directories ------------------------------------------------------
+
+
+class Manifest:
+    """What the sync sent: each file's (size, mtime_ns) by kind and relative path, kept in
+    ``<state-dir>/sync-manifest.json`` (written to a temporary name, then renamed) so that a
+    restarted agent does not send a file again. It belongs to one cluster and rank: another
+    owner's manifest is ignored."""
+
+    def __init__(self, path: str, owner: dict[str, Any]) -> None:
+        self.path = path
+        self.owner = owner
+        self.kinds: dict[str, dict[str, list[int]]] = {}
+        self.dirty = False
+        self.saved_at = 0.0
+        self.failing = False
+        self.load()
+
+    def load(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                document = json.load(handle)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as error:
+            log(f"ignoring the sync manifest {self.path}: {error}")
+            return
+        if not isinstance(document, dict) or document.get("owner") != self.owner:
+            return
+        kinds = document.get("kinds")
+        for kind, files in (kinds if isinstance(kinds, dict) else {}).items():
+            if isinstance(files, dict):
+                self.kinds[str(kind)] = {
+                    str(path): [int(sig[0]), int(sig[1])]
+                    for path, sig in files.items()
+                    if isinstance(sig, list)
+                    and len(sig) == 2
+                    and all(isinstance(n, int) and not isinstance(n, bool) for n in sig)
+                }
+
+    def files(self, kind: str) -> dict[str, list[int]]:
+        return self.kinds.setdefault(kind, {})
+
+    def record(self, kind: str, path: str, size: int, mtime_ns: int) -> None:
+        self.files(kind)[path] = [size, mtime_ns]
+        self.dirty = True
+
+    def forget(self, kind: str, path: str) -> None:
+        if self.files(kind).pop(path, None) is not None:
+            self.dirty = True
+
+    def save(self, force: bool = False) -> None:
+        """Write it if it changed (during a sync at most every MANIFEST_SAVE_EVERY seconds)."""
+        if not self.dirty or (not force and time.monotonic() - self.saved_at < MANIFEST_SAVE_EVERY):
+            return
+        temp = f"{self.path}.{os.getpid()}.tmp"
+        document = {"version": 1, "owner": self.owner, "kinds": self.kinds}
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(temp, "w", encoding="utf-8") as out:
+                json.dump(document, out, separators=(",", ":"))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                _remove(temp)
+            if not self.failing:
+                log(f"cannot save the sync manifest (files may be sent again): {error}")
+                self.failing = True
+            return
+        self.dirty = False
+        self.failing = False
+        self.saved_at = time.monotonic()
+
+
+class Vanished(Exception):
+    """The file was removed before it could be sent (not a failure: nothing to keep)."""
+
+
+def scan(top: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """Every regular file under ``top`` by ``/``-separated relative path, with its (size,
+    mtime_ns); symlinks are neither followed nor sent. Also the problems met (unreadable
+    directories, names that are not UTF-8)."""
+    found: dict[str, tuple[int, int]] = {}
+    problems: list[str] = []
+    if not os.path.isdir(top):
+        return found, problems
+
+    def unreadable(error: OSError) -> None:
+        problems.append(f"cannot read {error.filename}: {error.strerror}")
+
+    for folder, _, names in os.walk(top, onerror=unreadable):
+        for name in names:
+            full = os.path.join(folder, name)
+            try:
+                info = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            rel = os.path.relpath(full, top).replace(os.sep, "/")
+            if not _utf8(rel):
+                problems.append(f"{rel.encode('utf-8', 'replace').decode()}: not a UTF-8 name")
+                continue
+            found[rel] = (info.st_size, info.st_mtime_ns)
+    return found, problems
+
+
+class Syncer:
+    """Sends each artifact kind's directory to the artifact store on the kind's interval, in
+    one thread, while the command runs; then, when ``finish`` is called, a final sync of every
+    kind within its budget. A file is sent when its (size, mtime_ns) is not the one the
+    manifest holds; the manifest is updated only when the file did not change meanwhile."""
+
+    def __init__(
+        self, agent: Agent, dirs: dict[str, tuple[float, str]], manifest: Manifest
+    ) -> None:
+        self.agent = agent
+        self.dirs = dirs  # kind -> (seconds between syncs, directory)
+        self.manifest = manifest
+        self.budget = Budget()  # no limit until finish()
+        self.final_seconds = 0.0
+        self.final = threading.Event()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.summary: list[str] = []  # what the final sync did, for the log
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="artifact-sync", daemon=True)
+        self.thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self.thread is not None
+
+    def finish(self, seconds: float) -> None:
+        """Ask for the final sync, within ``seconds`` from now (a later, shorter call moves
+        the deadline earlier: the agent was signalled)."""
+        at = time.monotonic() + seconds
+        if self.budget.at is None or at < self.budget.at:
+            self.budget.at = at
+            self.final_seconds = seconds
+        self.final.set()
+
+    def _run(self) -> None:
+        try:
+            due = {kind: time.monotonic() + every for kind, (every, _) in self.dirs.items()}
+            while not self.final.is_set():
+                kind = min(due, key=lambda k: due[k])
+                wait = due[kind] - time.monotonic()
+                if wait > 0:
+                    self.final.wait(wait)
+                    continue
+                self.sync(kind, final=False)
+                due[kind] = time.monotonic() + self.dirs[kind][0]
+            for kind in self.dirs:
+                self.sync(kind, final=True)
+        except TokenRefused:
+            log("artifact sync: the service refused the node token; syncing ends")
+        except Exception as error:  # the thread must not die unseen
+            log(f"artifact sync failed: {type(error).__name__}: {error}")
+        finally:
+            self.done.set()
+
+    def sync(self, kind: str, final: bool) -> None:
+        """One sync of ``kind``'s directory, and its report."""
+        top = self.dirs[kind][1]
+        found, errors = scan(top)
+        failed = len(errors)
+        sent = self.manifest.files(kind)
+        for rel in [p for p in sent if p not in found]:
+            self.manifest.forget(kind, rel)
+        changed = [rel for rel in sorted(found) if sent.get(rel) != list(found[rel])]
+        files = size = 0
+        for index, rel in enumerate(changed):
+            if not final and self.final.is_set():
+                break  # the final sync takes over from here
+            try:
+                self.budget.check()
+                size += self.send(kind, top, rel, found[rel])
+                files += 1
+            except Vanished:
+                continue
+            except Aborted:
+                if final:
+                    left = len(changed) - index
+                    failed += left
+                    errors.append(
+                        f"the final sync ran out of time ({self.final_seconds:g}s): "
+                        f"{left} file(s) not sent"
+                    )
+                break
+            except (TransferError, CallRefused, Retryable, OSError) as error:
+                failed += 1
+                errors.append(f"{rel}: {error}")
+                log(f"artifact sync: {kind}/{rel} not sent: {error}")
+            finally:
+                self.manifest.save()
+        self.manifest.save(force=True)
+        if final or files or failed:
+            self.report(kind, final, files, size, failed, errors)
+
+    def report(
+        self, kind: str, final: bool, files: int, size: int, failed: int, errors: list[str]
+    ) -> None:
+        body = {
+            "kind": kind,
+            "final": final,
+            "files": files,
+            "bytes": size,
+            "failed": failed,
+            "errors": [e[:300] for e in errors[:MAX_ERRORS]],
+        }
+        budget = Budget()
+        if self.budget.at is not None:
+            budget.at = self.budget.at + REPORT_GRACE
+        try:
+            self.agent.ask("artifact_report", body, budget)
+        except (CallRefused, Retryable) as error:
+            log(f"artifact_report of {kind}: {error}")
+        if final and (files or failed):
+            line = f"final sync of {kind}: {files} file(s), {human_bytes(size)} sent"
+            if failed:
+                line += f"; {failed} NOT sent: " + "; ".join(errors[:2])
+            self.summary.append(line)
+
+    def send(self, kind: str, top: str, rel: str, signature: tuple[int, int]) -> int:
+        """Send one file per the service's plan; the bytes sent."""
+        size = signature[0]
+        full = os.path.join(top, *rel.split("/"))
+        try:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise Vanished(rel) from None
+        with os.fdopen(fd, "rb") as handle:
+            body = {"kind": kind, "path": rel, "size": size}
+            answer = self.agent.ask("artifact_upload", body, self.budget)
+            plan = answer.get("plan")
+            requests = _plan_requests(plan, size)
+            assert isinstance(plan, dict)
+            what = f"{kind}/{rel}"
+            if plan["kind"] == "single":
+                self.put(what, requests[0], handle, 0, size)
+            elif plan["kind"] == "parts":
+                etags = self.put_parts(what, requests, handle, size, int(plan["part_size"]))
+                body = {"kind": kind, "path": rel, "plan": plan, "etags": etags}
+                self.agent.ask("artifact_complete", body, self.budget)
+            else:
+                self.put_resumable(what, requests[0], handle, size, int(plan["part_size"]))
+        try:
+            after = os.lstat(full)
+        except FileNotFoundError:
+            return size
+        if (after.st_size, after.st_mtime_ns) == signature:
+            self.manifest.record(kind, rel, *signature)
+        else:
+            log(f"artifact sync: {kind}/{rel} changed while it was sent: sent again next time")
+        return size
+
+    def put(
+        self,
+        what: str,
+        request: dict[str, Any],
+        handle: IO[bytes],
+        offset: int,
+        length: int,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[int, http.client.HTTPMessage]:
+        def attempt() -> tuple[int, http.client.HTTPMessage]:
+            body = FileSlice(handle, offset, length, self.budget)
+            return transfer(request, self.budget, body, length, extra)
+
+        return retried(what, self.budget, attempt)
+
+    def put_parts(
+        self,
+        what: str,
+        requests: list[dict[str, Any]],
+        handle: IO[bytes],
+        size: int,
+        part_size: int,
+    ) -> list[str]:
+        """Each part in turn; their ETags, in part order ("" where the store gives none)."""
+        etags: list[str] = []
+        for number, request in enumerate(requests):
+            offset = number * part_size
+            length = min(part_size, size - offset)
+            status, headers = self.put(f"{what} part {number + 1}", request, handle, offset, length)
+            if status == 308:
+                raise TransferError(f"PUT part {number + 1}: HTTP 308")
+            etags.append(headers.get("ETag") or "")
+        return etags
+
+    def put_resumable(
+        self, what: str, request: dict[str, Any], handle: IO[bytes], size: int, part_size: int
+    ) -> None:
+        """Consecutive chunks with Content-Range; a 308 answer says how much the store kept
+        (its Range header), and the next chunk starts there."""
+        offset = 0
+        while True:
+            length = min(part_size, size - offset)
+            last = offset + length >= size
+            span = f"bytes {offset}-{offset + length - 1}/{size}" if length else f"bytes */{size}"
+            status, headers = self.put(
+                f"{what} at {offset}", request, handle, offset, length, {"Content-Range": span}
+            )
+            if status != 308:
+                if not last:
+                    raise TransferError(f"the store ended the upload at byte {offset + length}")
+                return
+            kept = re.fullmatch(r"bytes=0-(\d+)", headers.get("Range") or "")
+            following = int(kept.group(1)) + 1 if kept else offset + length
+            if last and following >= size:
+                raise TransferError("the store did not finish the upload after its last chunk")
+            if following <= offset:
+                raise TransferError(f"the store kept nothing past byte {offset}")
+            offset = following
+
+
+def _plan_requests(plan: object, size: int) -> list[dict[str, Any]]:
+    """The requests of an upload plan, once the plan is one this agent can follow for a file
+    of ``size`` bytes (else a TransferError)."""
+    if not isinstance(plan, dict):
+        raise TransferError("the service gave no upload plan")
+    kind, part_size, requests = plan.get("kind"), plan.get("part_size"), plan.get("requests")
+    if (
+        kind not in ("single", "parts", "resumable")
+        or not isinstance(requests, list)
+        or not requests
+        or not all(isinstance(r, dict) and isinstance(r.get("url"), str) for r in requests)
+        or plan.get("size") != size
+    ):
+        raise TransferError(f"an upload plan this agent cannot follow ({kind!r})")
+    if kind != "single":
+        if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size <= 0:
+            raise TransferError(f"an upload plan with part_size {part_size!r}")
+        parts = max(1, -(-size // part_size))
+        if kind == "parts" and len(requests) != parts:
+            raise TransferError(f"an upload plan with {len(requests)} requests for {parts} parts")
+    return list(requests)
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+
+class InputFile:
+    """One file of the ``inputs`` answer: where it goes (a clean absolute container path),
+    its size and its signed GET."""
+
+    def __init__(self, item: object) -> None:
+        if not isinstance(item, dict):
+            raise ValueError("a file that is not an object")
+        dest, size, request = item.get("dest"), item.get("size"), item.get("request")
+        parts = dest.split("/")[1:] if isinstance(dest, str) else []
+        if (
+            not isinstance(dest, str)
+            or not dest.startswith("/")
+            or not parts
+            or any(p in ("", ".", "..") for p in parts)
+            or "\0" in dest
+        ):
+            raise ValueError(f"dest {str(dest)[:200]!r} is not a clean absolute path")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"{dest}: size {size!r}")
+        if not isinstance(request, dict) or not isinstance(request.get("url"), str):
+            raise ValueError(f"{dest}: no signed request")
+        self.dest: str = dest
+        self.size: int = size
+        self.request: dict[str, Any] = request
+
+    def stale(self) -> bool:
+        """Whether its URL expires within URL_MARGIN (an expiry of 0: not said)."""
+        expires = self.request.get("expires_at")
+        return isinstance(expires, (int, float)) and 0 < expires < time.time() + URL_MARGIN
+
+
+def parse_inputs(answer: dict[str, Any]) -> tuple[list[InputFile], int, list[str]]:
+    """The files, the bytes they need (``total_bytes``, or their sum when more) and the
+    missing ids of an ``inputs`` answer; ValueError when it is not one."""
+    files, total, missing = answer.get("files"), answer.get("total_bytes"), answer.get("missing")
+    if not isinstance(files, list):
+        raise ValueError("no files list")
+    if missing is not None and not isinstance(missing, list):
+        raise ValueError("missing is not a list")
+    found = [InputFile(item) for item in files]
+    counted = total if isinstance(total, int) and not isinstance(total, bool) else 0
+    return found, max(counted, sum(f.size for f in found)), [str(m) for m in missing or []]
+
+
+class Progress:
+    """Progress lines of the inputs in the command's log, at most every PROGRESS_EVERY s."""
+
+    def __init__(self, say: Callable[[str], None], files: int, total: int) -> None:
+        self.say = say
+        self.files = files
+        self.total = total
+        self.done_files = 0
+        self.bytes = 0
+        self.started = self.last = time.monotonic()
+        say(f"inputs: {files} file(s), {human_bytes(total)} to download")
+
+    def add(self, count: int) -> None:
+        self.bytes += count
+        if count > 0 and time.monotonic() - self.last >= PROGRESS_EVERY:
+            self.last = time.monotonic()
+            self.say(
+                f"inputs: {self.done_files}/{self.files} files, "
+                f"{human_bytes(self.bytes)} of {human_bytes(self.total)}"
+            )
+
+    def finished(self) -> None:
+        seconds = time.monotonic() - self.started
+        self.say(
+            f"inputs: {self.files}/{self.files} files, {human_bytes(self.bytes)} in {seconds:.1f}s"
+        )
 
 
 class Timings:
@@ -452,11 +1110,28 @@ class Plan:
             raise ValueError(f"image {image!r} is not a string")
         if not isinstance(datasets, list) or not all(_dataset_id(d) for d in datasets):
             raise ValueError(f"datasets {datasets!r} are not dataset ids")
+        sync, final_sync = answer.get("sync") or {}, answer.get("final_sync_timeout")
+        if not isinstance(sync, dict) or not all(_seconds(v) for v in sync.values()):
+            raise ValueError(f"sync {sync!r} is not seconds by artifact kind")
+        if final_sync is not None and not _seconds(final_sync, 0):
+            raise ValueError(f"final_sync_timeout {final_sync!r} is not seconds")
         self.rank: int = rank
         self.env: dict[str, str] = {str(k): str(v) for k, v in env.items()}
         self.command: str = command
         self.image: str | None = image or None
         self.datasets: list[str] = list(datasets)
+        low, high = SYNC_BOUNDS
+        self.sync: dict[str, float] = {
+            str(k): min(max(float(v), low), high) for k, v in sync.items()
+        }
+        self.final_sync_timeout: float = (
+            FINAL_SYNC_TIMEOUT if final_sync is None else min(float(final_sync), high)
+        )
+        self.inputs: bool = answer.get("inputs") is True
+
+
+def _seconds(value: object, lowest: float = 1e-9) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= lowest
 
 
 def _dataset_id(value: object) -> bool:
@@ -480,18 +1155,67 @@ class Agent:
         self.pidfile: str | None = None  # <state-dir>/command.pid while the command runs
         self.stop_requested = False
         self.seq = 0
+        self.plan: Plan | None = None
+        self.spool = Spool(args.spool_lines)  # the command's log (and the agent's lines)
+        self.log_lock = threading.Lock()  # one logs call at a time (seq)
+        self.syncer: Syncer | None = None
+        self.refused: TokenRefused | None = None  # by a call of the heartbeat thread
 
-    def call(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """``name`` after ``register``: the answer, or None when refused (logged)."""
-        try:
-            answer = self.client.post(name, dict(body, rank=self.rank))
-        except CallRefused as error:
-            log(str(error))
-            return None
+    def ask(self, name: str, body: dict[str, Any], budget: Budget | None = None) -> dict[str, Any]:
+        """``name`` after ``register``: the answer; CallRefused when refused (and, with a
+        ``budget``, Retryable when the service cannot be reached in time)."""
+        answer = self.client.post(name, dict(body, rank=self.rank), budget)
         self.timings.update(answer)
         if answer.get("state") == "stop":
             self.request_stop()
         return answer
+
+    def call(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``name`` after ``register``: the answer, or None when refused (logged)."""
+        try:
+            return self.ask(name, body)
+        except CallRefused as error:
+            log(str(error))
+            return None
+
+    def say(self, text: str) -> None:
+        """An agent line in the command's log (and on stderr)."""
+        log(text)
+        self.spool.put(AGENT_LINE + text)
+
+    def flush_logs(self) -> None:
+        while self.spool.pending():
+            self.send_logs(self.spool)
+
+    @contextlib.contextmanager
+    def heartbeating(self) -> Iterator[None]:
+        """Heartbeats (and the agent's log lines) from a thread while the body runs: the
+        inputs download and the final sync. A token refused meanwhile is raised after it."""
+        done = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(done,), name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(1.0)
+        if self.refused is not None:
+            raise self.refused
+
+    def _beat(self, done: threading.Event) -> None:
+        next_beat = time.monotonic() + self.timings.heartbeat_every
+        try:
+            while not done.is_set():
+                if time.monotonic() >= next_beat:
+                    self.call("heartbeat", {})
+                    next_beat = time.monotonic() + self.timings.heartbeat_every
+                if self.spool.pending():
+                    self.send_logs(self.spool)
+                pause = min(next_beat - time.monotonic(), self.timings.log_batch_seconds)
+                done.wait(max(0.01, pause))
+        except TokenRefused as error:
+            self.refused = error
+            self.request_stop()
 
     def request_stop(self) -> None:
         if not self.stop_requested:
@@ -552,11 +1276,155 @@ class Agent:
                 os.makedirs(name, exist_ok=True)
             for name in datasets:  # made here, not by docker (which would make them root's)
                 os.makedirs(name, exist_ok=True)
+            self.plan = plan
+            self.syncer = self.make_syncer(plan, host_env)
         except OSError as error:
             return self.report("spawn_failed", None, [f"cannot create {error.filename}: {error}"])
         if plan.image is None:
+            failed = self.prepare_inputs(plan)
+            if failed is not None:
+                return failed
             return self.execute(shell_argv(plan.command), dict(os.environ, **host_env))
         return self.run_in_docker(plan)
+
+    def make_syncer(self, plan: Plan, host_env: dict[str, str]) -> Syncer | None:
+        """The sync of the kinds the "run" answer names (None: no artifact store)."""
+        dirs: dict[str, tuple[float, str]] = {}
+        for kind, every in plan.sync.items():
+            if kind not in KIND_DIRS:
+                log(f"unknown artifact kind {kind!r}: not synced")
+                continue
+            names, default = KIND_DIRS[kind]
+            path = next((host_env[n] for n in names if host_env.get(n, "").startswith("/")), "")
+            path = path or os.path.join(self.args.root, default.lstrip("/"))
+            os.makedirs(path, exist_ok=True)
+            dirs[kind] = (every, path)
+        if not dirs:
+            return None
+        owner = {"cluster": self.args.cluster, "rank": plan.rank}
+        return Syncer(self, dirs, Manifest(os.path.join(self.args.state_dir, MANIFEST), owner))
+
+    def prepare_inputs(self, plan: Plan) -> int | None:
+        """Download the inputs, if the "run" answer says there are any, while heartbeats go
+        on; None when the command may start (or the agent was told to stop: ``execute``
+        reports it), else the result of the ``inputs_failed`` report."""
+        if not plan.inputs or self.stop_requested:
+            return None
+        with self.heartbeating():
+            reason = self.fetch_inputs(plan)
+        if reason is None:
+            self.flush_logs()
+            return None
+        self.say(reason)
+        self.flush_logs()
+        return self.report("inputs_failed", None, self.spool.last_lines())
+
+    def fetch_inputs(self, plan: Plan) -> str | None:
+        """Every file of ``inputs`` in place under --root: None, or why not (one line)."""
+        answer = self.call("inputs", {})
+        if answer is None:
+            return "inputs failed: the service refused to list them (see the agent's log)"
+        if self.stop_requested:
+            return None
+        try:
+            files, total, missing = parse_inputs(answer)
+        except ValueError as error:
+            return f"inputs failed: the service's answer to inputs is not valid: {error}"
+        if missing:
+            return "inputs failed: not in the artifact store: " + ", ".join(missing)
+        root = self.args.root
+        free = shutil.disk_usage(root).free
+        if total > free:
+            return (
+                f"inputs failed: they need {human_bytes(total)} ({total} bytes) of disk, "
+                f"{root} has {human_bytes(free)} ({free} bytes) free"
+            )
+        progress = Progress(self.say, len(files), total)
+        budget = Budget(lambda: self.stop_requested)
+        for item in files:
+            try:
+                mtime_ns = self.download(item, files, budget, progress)
+            except Aborted:
+                return None  # told to stop: execute() reports it
+            except TransferError as error:
+                tries = f"not downloaded after {TRANSFER_TRIES} tries"
+                return f"inputs failed: {item.dest}: {tries}: {error}"
+            except OSError as error:
+                return f"inputs failed: {item.dest}: cannot write it: {error.strerror or error}"
+            progress.done_files += 1
+            self.restored(item, mtime_ns)
+        progress.finished()
+        if self.syncer is not None:
+            self.syncer.manifest.save(force=True)
+        for item in files:  # input artifacts are mounted like datasets
+            parts = item.dest.split("/")
+            ident = parts[2] if len(parts) > 3 and parts[1] == "data" else ""
+            if _dataset_id(ident) and ident not in plan.datasets:
+                plan.datasets.append(ident)
+        return None
+
+    def download(
+        self, item: InputFile, files: list[InputFile], budget: Budget, progress: Progress
+    ) -> int:
+        """One input file to ``<root><dest>``: into a temporary name, its size checked, then
+        renamed into place; tried TRANSFER_TRIES times with backoff, with fresh signed URLs
+        when they are about to expire or were refused. Its mtime_ns."""
+        target = os.path.join(self.args.root, item.dest.lstrip("/"))
+        folder, name = os.path.split(target)
+        os.makedirs(folder, exist_ok=True)
+        temp = os.path.join(folder, f".{name}.{os.getpid()}.part")
+        backoff = Backoff()
+        error: TransferError | None = None
+        for attempt in range(TRANSFER_TRIES):
+            if attempt:
+                log(f"input {item.dest}: {error}; trying again")
+                budget.sleep(backoff.delay * random.uniform(0.75, 1.0))
+                backoff.delay = min(backoff.delay * 2, BACKOFF_MAX)
+            if item.stale() or (error is not None and not error.transient):
+                self.refresh_inputs(files)
+            received = 0
+
+            def count(size: int) -> None:
+                nonlocal received
+                received += size
+                progress.add(size)
+
+            try:
+                with open(temp, "wb") as sink:
+                    transfer(item.request, budget, sink=sink, on_bytes=count)
+                got = os.path.getsize(temp)
+                if got != item.size:
+                    raise TransferError(f"got {got} bytes, expected {item.size}", transient=True)
+                os.replace(temp, target)
+                return os.stat(target).st_mtime_ns
+            except TransferError as failure:
+                error = failure
+                progress.add(-received)
+            finally:
+                _remove(temp)
+        assert error is not None
+        raise error
+
+    def refresh_inputs(self, files: list[InputFile]) -> None:
+        """Fresh signed URLs for ``files`` (an ``inputs`` call), where the answer has them."""
+        answer = self.call("inputs", {})
+        try:
+            fresh = {f.dest: f.request for f in parse_inputs(answer or {})[0]}
+        except ValueError:
+            return
+        for item in files:
+            item.request = fresh.get(item.dest, item.request)
+
+    def restored(self, item: InputFile, mtime_ns: int) -> None:
+        """A downloaded file in a kind's directory (a restarted experiment's checkpoints) is
+        what the store holds already: the manifest says so, and the sync does not send it."""
+        if self.syncer is None:
+            return
+        target = os.path.join(self.args.root, item.dest.lstrip("/"))
+        for kind, (_, top) in self.syncer.dirs.items():
+            rel = os.path.relpath(target, top)
+            if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+                self.syncer.manifest.record(kind, rel.replace(os.sep, "/"), item.size, mtime_ns)
 
     def run_in_docker(self, plan: Plan) -> int:
         docker = shutil.which("docker")
@@ -573,6 +1441,9 @@ class Agent:
         if code != 0:
             log(f"docker pull {plan.image} failed ({code})")
             return self.report("image_pull_failed", code, pull_spool.last_lines())
+        failed = self.prepare_inputs(plan)  # after the pull: see docs/agent-protocol.md
+        if failed is not None:
+            return failed
         cidfile = self.state_file("container.id")
         argv = docker_run_argv(
             docker, plan.image, plan.command, plan.env, self.args.root, plan.datasets, cidfile
@@ -593,17 +1464,41 @@ class Agent:
         """Start the command, follow it to its end, report."""
         if self.stop_requested:
             return self.report("stopped", None, [])
-        spool = Spool(self.args.spool_lines)
+        spool = self.spool
         try:
             self.command = Command(argv, env, self.args.root, spool, on_kill)
         except OSError as error:
             return self.report("spawn_failed", None, [f"cannot start {argv[0]}: {error}"])
         self.pidfile = self.state_file("command.pid", str(self.command.pid))
         self.call("started", {"pid": self.command.pid})
+        if self.syncer is not None:
+            self.syncer.start()
         code = self.supervise(self.command, spool, send_logs=True)
         self.forget_pid()
+        last_lines = spool.last_lines()  # the command's, before the final sync's lines
+        assert self.plan is not None
+        self.final_sync(self.plan.final_sync_timeout)
         reason = "stopped" if self.command.stopping else "exited"
-        return self.report(reason, code, spool.last_lines())
+        return self.report(reason, code, last_lines)
+
+    def final_sync(self, seconds: float) -> None:
+        """The final sync of every kind, within ``seconds`` (its reports may take
+        REPORT_GRACE more), heartbeats going on; then its summary in the log."""
+        syncer = self.syncer
+        if syncer is None or not syncer.started:
+            return
+        log(f"final sync of the artifacts (at most {seconds:g}s)")
+        syncer.finish(seconds)
+        with self.heartbeating():
+            while not syncer.done.wait(0.1):
+                left = syncer.budget.left()
+                if left is not None and left < -REPORT_GRACE - 1.0:
+                    log("the final sync did not end in time: going on without it")
+                    break
+        for line in syncer.summary:
+            self.say(line)
+        syncer.summary.clear()
+        self.flush_logs()
 
     def supervise(self, command: Command, spool: Spool, send_logs: bool) -> int:
         """Heartbeats (and log batches) until the command ended; its return code."""
@@ -641,12 +1536,13 @@ class Agent:
         """One batch. ``seq`` numbers the lines sent; ``dropped`` counts the lines lost since
         the previous batch. A retried batch is the same body (same seq); a refused one (4xx)
         leaves a gap in seq, which the service counts as lost."""
-        lines, dropped = spool.take(self.timings.log_batch_lines, MAX_BATCH_BYTES - 1024)
-        if not lines:
-            return
-        body = {"seq": self.seq, "lines": lines, "dropped": dropped}
-        self.call("logs", body)
-        self.seq += len(lines)
+        with self.log_lock:
+            lines, dropped = spool.take(self.timings.log_batch_lines, MAX_BATCH_BYTES - 1024)
+            if not lines:
+                return
+            body = {"seq": self.seq, "lines": lines, "dropped": dropped}
+            self.call("logs", body)
+            self.seq += len(lines)
 
     def report(self, reason: str, code: int | None, last_lines: list[str]) -> int:
         """``exit``. A spawn failure says 127 (the shell's "cannot run") as its code."""
@@ -684,11 +1580,18 @@ class Agent:
             _remove(self.pidfile)
             self.pidfile = None
 
-    def abandon(self) -> None:
-        """Stop the command, if one runs, before the agent ends."""
+    def abandon(self, final_sync: bool = False) -> None:
+        """Stop the command, if one runs, before the agent ends; with ``final_sync`` (the
+        agent was signalled: the node is going away), then a final sync of the artifacts
+        bounded by ``stop_grace`` (and ``final_sync_timeout``)."""
         if self.command is not None and self.command.poll() is None:
             self.command.abandon(self.timings.stop_grace)
         self.forget_pid()
+        if final_sync and self.plan is not None:
+            try:
+                self.final_sync(min(self.plan.final_sync_timeout, self.timings.stop_grace))
+            except TokenRefused:
+                log("the service refused the node token during the final sync")
 
 
 def _remove(path: str) -> None:
@@ -767,7 +1670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Signalled as error:
         log(f"got signal {error.signum}: stopping the command and ending")
-        agent.abandon()
+        agent.abandon(final_sync=True)
         return 128 + error.signum
 
 
