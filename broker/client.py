@@ -45,6 +45,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -91,6 +92,9 @@ from broker.state import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from broker.artifacts import Artifact
     from broker.quote import QuoteRequest
 
 Progress = Callable[[str], None]
@@ -265,6 +269,7 @@ def report_from_document(doc: Mapping[str, Any]) -> ClusterReport:
         transitions=[transition_from_document(t) for t in doc.get("transitions") or ()],
         attempts=[attempt_from_document(a, cluster.backend) for a in doc.get("attempts") or ()],
         usage=Usage(float(doc.get("gpu_hours") or 0.0), float(doc.get("cost") or 0.0)),
+        syncs=[dict(x) for x in doc.get("artifact_syncs") or ()],
     )
 
 
@@ -872,6 +877,50 @@ class Client:
         if not isinstance(doc, dict):
             raise ServiceError("the service's env document is not an object")
         return {str(k): str(v) for k, v in doc.items()}
+
+    def artifacts(self, cluster_id: str, kind: str | None = None) -> list[Artifact]:
+        """``GET /v1/clusters/{id}/artifacts``: the files the experiment wrote."""
+        from broker.artifacts import Artifact
+
+        query = {} if kind is None else {"kind": kind}
+        doc = self._get(self._cluster_path(cluster_id, "artifacts"), **query)
+
+        def build(d: Any) -> list[Artifact]:
+            return [
+                Artifact(
+                    str(a["path"]),
+                    str(a["kind"]),
+                    int(a["rank"]),
+                    int(a["size"]),
+                    float(a["modified"]),
+                )
+                for a in d["artifacts"]
+            ]
+
+        found: list[Artifact] = self._read(build, doc, "artifacts")
+        return found
+
+    def fetch_artifact(self, cluster_id: str, path: str, dest: Path) -> int:
+        """Download one artifact (``<kind>/rank-<r>/<file>``) to ``dest`` through a
+        short-lived link from the service; the bytes written."""
+        import shutil
+        import urllib.request
+
+        where = self._cluster_path(cluster_id, "artifacts", "link")
+        doc = self._call("GET", where, query={"path": path}, retry=True)
+        url, headers = str(doc["url"]), {str(k): str(v) for k, v in doc["headers"].items()}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=60) as answer, tmp.open("wb") as out:
+                shutil.copyfileobj(answer, out, 1024 * 1024)
+        except OSError as exc:  # the link's URL carries a signature: never shown
+            tmp.unlink(missing_ok=True)
+            why = exc.__class__.__name__
+            raise ServiceUnavailable(f"downloading {path} failed: {why}") from None
+        os.replace(tmp, dest)
+        return dest.stat().st_size
 
     def logs(
         self,

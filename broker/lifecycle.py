@@ -49,6 +49,7 @@ class FailReason(StrEnum):
     ORPHANED = "Orphaned"  # its provisioner died; settled by reconcile
     ERROR = "Error"  # the command exited non-zero on a rank
     FAILED_IMAGE_PULL = "FailedImagePull"  # a node could not pull the experiment's image
+    FAILED_INPUTS = "FailedInputs"  # a node could not get its datasets or input artifacts
 
 
 def can_move(current: Status, target: Status) -> bool:

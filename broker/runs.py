@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 
 MAX_LINE = 4096
 MAX_BATCH_LINES = 2000
-EXIT_REASONS = frozenset({"exited", "stopped", "image_pull_failed", "spawn_failed"})
+EXIT_REASONS = frozenset(
+    {"exited", "stopped", "image_pull_failed", "spawn_failed", "inputs_failed"}
+)
+MAX_SYNC_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,15 @@ class RunPolicy:
     log_batch_lines: int = 500
     log_batch_seconds: float = 1.0
     log_cap: int = 10_000  # lines kept per rank; the oldest go first
+    sync_seconds: Mapping[str, float] | None = None  # per artifact kind (None: the seed's)
+    final_sync_timeout: float = 300.0
+    url_expiry: float = 3600.0  # seconds a signed URL given to a node lives
+    upload_part_size: int | None = None  # bytes per part of a large upload (None: the store's)
+
+    def sync(self) -> dict[str, float]:
+        from broker.artifacts import SYNC_SECONDS
+
+        return dict(SYNC_SECONDS if self.sync_seconds is None else self.sync_seconds)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,17 @@ def datasets_of(cluster: ClusterRecord) -> list[str]:
     command's container."""
     value = (cluster.experiment or {}).get("dataset_id_list") or []
     return [str(d) for d in value] if isinstance(value, list) else []
+
+
+def needs_inputs(cluster: ClusterRecord) -> bool:
+    """Whether the nodes download anything before the command: datasets, input
+    artifacts, or (a restarted experiment) their latest checkpoints."""
+    experiment = cluster.experiment or {}
+    return bool(
+        experiment.get("dataset_id_list")
+        or experiment.get("input_artifact_id_list")
+        or cluster.cycle > 1
+    )
 
 
 def _cluster_for(broker: Broker, node: Principal, cluster_id: object) -> ClusterRecord:
@@ -128,6 +151,9 @@ def register(
         "command": command_of(cluster) or "",
         "image": image_of(cluster),
         "datasets": datasets_of(cluster),
+        "sync": policy.sync(),
+        "final_sync_timeout": policy.final_sync_timeout,
+        "inputs": needs_inputs(cluster),
         "heartbeat_every": policy.heartbeat_every,
         "stop_grace": policy.stop_grace,
         "log_batch_lines": policy.log_batch_lines,
@@ -227,12 +253,123 @@ def exited(
     return {"state": "done"}, outcome(cluster, broker.store.agents(cluster.id, cluster.cycle))
 
 
+def inputs(
+    broker: Broker, node: Principal, body: Mapping[str, Any], policy: RunPolicy
+) -> dict[str, Any]:
+    """The files rank R downloads before its command: signed GETs (broker.artifacts)."""
+    from broker.artifacts import input_files
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    found = input_files(broker.artifact_store, cluster, rank, policy.url_expiry)
+    return {"state": _state(cluster), **found}
+
+
+def artifact_upload(
+    broker: Broker, node: Principal, body: Mapping[str, Any], policy: RunPolicy
+) -> dict[str, Any]:
+    """How rank R sends one file of a kind's directory: an upload plan for the key this
+    node's cluster, rank, kind and path make (the node never names a key)."""
+    from broker.artifacts import check_kind, clean_path, output_key
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    kind, path = check_kind(body.get("kind")), clean_path(body.get("path"))
+    size = body.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        from broker.diagnostics import Diagnostic
+
+        raise InvalidRequest([Diagnostic(field="size", message="size must be an integer >= 0")])
+    plan = broker.artifact_store.upload(
+        output_key(cluster, kind, rank, path),
+        size,
+        expires=policy.url_expiry,
+        part_size=policy.upload_part_size,
+    )
+    return {"state": _state(cluster), "plan": plan.to_json_dict()}
+
+
+def artifact_complete(broker: Broker, node: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Finish a ``parts`` upload of rank R's file, with each part's ETag."""
+    from broker.artifacts import check_kind, clean_path, output_key
+    from broker.diagnostics import Diagnostic
+    from providers.storage.base import UploadPlan
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    key = output_key(cluster, check_kind(body.get("kind")), rank, clean_path(body.get("path")))
+    plan, etags = body.get("plan"), body.get("etags")
+    fields = plan if isinstance(plan, dict) else {}
+    size, part_size, upload_id = (
+        fields.get("size"),
+        fields.get("part_size"),
+        fields.get("upload_id"),
+    )
+    if (
+        fields.get("key") != key
+        or fields.get("kind") != "parts"
+        or not isinstance(size, int)
+        or not isinstance(part_size, int)
+        or part_size <= 0
+        or not isinstance(upload_id, str)
+        or not isinstance(etags, list)
+        or not all(isinstance(e, str) for e in etags)
+    ):
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="plan",
+                    message="the parts plan this node was given for this path, and its etags",
+                )
+            ]
+        )
+    broker.artifact_store.complete(
+        UploadPlan("parts", key, size, part_size, (), upload_id), [str(e) for e in etags]
+    )
+    return {"state": _state(cluster)}
+
+
+def artifact_report(broker: Broker, node: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Record what one sync of a kind sent (totals per rank and kind; describe shows them)."""
+    from broker.artifacts import check_kind
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    kind = check_kind(body.get("kind"))
+
+    def count(name: str) -> int:
+        value = body.get(name, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    errors = body.get("errors")
+    broker.store.record_sync(
+        cluster.id,
+        cluster.cycle,
+        rank,
+        kind,
+        files=count("files"),
+        size=count("bytes"),
+        failed=count("failed"),
+        errors=[str(e)[:300] for e in errors[:MAX_SYNC_ERRORS]] if isinstance(errors, list) else [],
+        final=body.get("final") is True,
+        now=broker.clock(),
+    )
+    return {"state": _state(cluster)}
+
+
 def outcome(cluster: ClusterRecord, agents: Sequence[AgentRecord]) -> Ending | None:
     """The cluster's ending that its agents' exits decide, if they decide one yet."""
     from broker.lifecycle import FailReason
 
     for a in agents:
         last = (": " + " | ".join(a.exit_tail)) if a.exit_tail else ""
+        if a.exit_reason == "inputs_failed":
+            return Ending(
+                cluster.id,
+                Status.FAILED,
+                FailReason.FAILED_INPUTS.value,
+                f"rank {a.rank}: inputs failed{last}",
+            )
         if a.exit_reason == "image_pull_failed":
             return Ending(
                 cluster.id,
@@ -281,13 +418,18 @@ def lost_agents(
 __all__ = [
     "Ending",
     "RunPolicy",
+    "artifact_complete",
+    "artifact_report",
+    "artifact_upload",
     "command_of",
     "datasets_of",
     "exited",
     "heartbeat",
     "image_of",
+    "inputs",
     "logs",
     "lost_agents",
+    "needs_inputs",
     "outcome",
     "register",
     "started",

@@ -197,6 +197,21 @@ log_lines = Table(
     Index("log_lines_cluster_rank", "cluster_id", "rank", "id"),
 )
 
+artifact_syncs = Table(  # per rank and kind: what the agent's syncs sent (broker.artifacts)
+    "artifact_syncs",
+    metadata,
+    Column("cluster_id", String(64), ForeignKey("clusters.id"), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("files", Integer, nullable=False),  # sent, every sync of the cycle together
+    Column("bytes", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),  # files the last sync could not send
+    Column("errors", JSON),  # the last sync's messages (a few)
+    Column("final_at", Float),  # when the final sync reported; None: not yet
+    Column("updated_at", Float, nullable=False),
+)
+
 leases = Table(
     "leases",
     metadata,
@@ -1021,7 +1036,7 @@ class Store:
                     f"cluster {cluster_id} is {current.status.value}; only "
                     f"{'/'.join(s.value for s in allowed)} clusters can be deleted"
                 )
-            for table in (transitions, attempts, agents, log_lines):
+            for table in (transitions, attempts, agents, log_lines, artifact_syncs):
                 conn.execute(delete(table).where(table.c.cluster_id == cluster_id))
             conn.execute(delete(tokens).where(tokens.c.cluster_id == cluster_id))
             conn.execute(delete(clusters).where(clusters.c.id == cluster_id))
@@ -1298,6 +1313,75 @@ class Store:
                 update(agents).where(_agent_key(cluster_id, cycle, rank)).values(**changes)
             )
             return int(done.rowcount) == 1
+
+    def record_sync(
+        self,
+        cluster_id: str,
+        cycle: int,
+        rank: int,
+        kind: str,
+        *,
+        files: int,
+        size: int,
+        failed: int,
+        errors: Sequence[str],
+        final: bool,
+        now: float,
+    ) -> None:
+        """Add one sync's report to a rank's totals for that kind (a retried report may
+        count twice: the totals are for people, never for billing)."""
+        key = (
+            (artifact_syncs.c.cluster_id == cluster_id)
+            & (artifact_syncs.c.cycle == cycle)
+            & (artifact_syncs.c.rank == rank)
+            & (artifact_syncs.c.kind == kind)
+        )
+        values: dict[str, Any] = {"failed": failed, "errors": list(errors), "updated_at": now}
+        if final:
+            values["final_at"] = now
+        with self._tx() as conn:
+            done = conn.execute(
+                update(artifact_syncs)
+                .where(key)
+                .values(
+                    files=artifact_syncs.c.files + files,
+                    bytes=artifact_syncs.c.bytes + size,
+                    **values,
+                )
+            )
+            if int(done.rowcount) == 0:
+                conn.execute(
+                    insert(artifact_syncs).values(
+                        cluster_id=cluster_id,
+                        cycle=cycle,
+                        rank=rank,
+                        kind=kind,
+                        files=files,
+                        bytes=size,
+                        **values,
+                    )
+                )
+
+    def syncs(self, cluster_id: str, cycle: int | None = None) -> list[dict[str, Any]]:
+        """The sync totals of a cluster (one cycle, or every cycle), by cycle, rank, kind."""
+        query = select(artifact_syncs).where(artifact_syncs.c.cluster_id == cluster_id)
+        if cycle is not None:
+            query = query.where(artifact_syncs.c.cycle == cycle)
+        query = query.order_by(artifact_syncs.c.cycle, artifact_syncs.c.rank, artifact_syncs.c.kind)
+        with self._read() as conn:
+            return [
+                {
+                    "cycle": r["cycle"],
+                    "rank": r["rank"],
+                    "kind": r["kind"],
+                    "files": r["files"],
+                    "bytes": r["bytes"],
+                    "failed": r["failed"],
+                    "errors": list(r["errors"] or []),
+                    "final": r["final_at"] is not None,
+                }
+                for r in conn.execute(query).mappings()
+            ]
 
     def append_logs(
         self,

@@ -148,6 +148,39 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+class ArtifactsSection(BaseModel):
+    """``[artifacts]``: where experiments' artifacts and datasets live. ``url``:
+    ``file:///path`` (default: ``<state dir>/artifacts``), ``s3://bucket/prefix``,
+    ``gs://bucket/prefix`` or ``az://account/container/prefix``; ``endpoint``: an emulator's
+    URL instead of the cloud's (tests, try-outs); ``region``: the bucket's region (S3)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    url: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from providers.storage.base import parse_store_url
+
+        try:
+            return parse_store_url(value).text
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        problem = None if value is None else url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     """The whole file: ``[broker]`` and the section of each cloud it holds (by name).
@@ -161,6 +194,7 @@ class BrokerConfig:
     path: str | None = None
     node: NodeSection = field(default_factory=NodeSection)
     service: ServiceSection = field(default_factory=ServiceSection)
+    artifacts: ArtifactsSection = field(default_factory=ArtifactsSection)
 
     def __post_init__(self) -> None:
         for name, section in self.sections.items():
@@ -218,7 +252,7 @@ def load_config(path: Path, *, required: bool) -> BrokerConfig:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    known = ("broker", "node", "service", *KNOWN_PROVIDERS)
+    known = ("broker", "node", "service", "artifacts", *KNOWN_PROVIDERS)
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -232,9 +266,15 @@ def load_config(path: Path, *, required: bool) -> BrokerConfig:
     }
     node = _validate(path, "node", NodeSection, data.get("node", {}))
     service = _validate(path, "service", ServiceSection, data.get("service", {}))
+    artifacts = _validate(path, "artifacts", ArtifactsSection, data.get("artifacts", {}))
     try:
         return BrokerConfig(
-            broker=broker, sections=sections, path=str(path), node=node, service=service
+            broker=broker,
+            sections=sections,
+            path=str(path),
+            node=node,
+            service=service,
+            artifacts=artifacts,
         )
     except ConfigError as exc:
         where = "broker.providers: " if "unknown provider" in str(exc) else ""
@@ -264,6 +304,7 @@ def _explain(error: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "ArtifactsSection",
     "BrokerConfig",
     "BrokerSection",
     "ConfigError",

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("clusters", "cmd_describe"),
     "env": ("clusters", "cmd_env"),
     "logs": ("clusters", "cmd_logs"),
+    "artifacts": ("clusters", "cmd_artifacts"),
     "release": ("clusters", "cmd_release"),
     "stop": ("clusters", "cmd_stop"),
     "delete": ("clusters", "cmd_delete"),

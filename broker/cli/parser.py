@@ -336,6 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _json(lg)
 
+    ar = sub.add_parser(
+        "artifacts",
+        help="the files an experiment wrote, and downloading them",
+        usage="broker artifacts ID [--kind KIND] [--json]\n"
+        "       broker artifacts get ID PATH [--to DIR]",
+        description="`broker artifacts ID` lists what the experiment's nodes synced to the "
+        "artifact store (checkpoints, crud, lossy, logs; each rank apart), with the sync "
+        "totals; `broker artifacts get ID PATH` downloads one (PATH as listed: "
+        "<kind>/rank-<r>/<file>) into --to DIR (the current directory).",
+    )
+    ar.add_argument("words", nargs="+", metavar="ID | get ID PATH", help=argparse.SUPPRESS)
+    ar.add_argument("--kind", choices=["checkpoints", "crud", "lossy", "logs"])
+    ar.add_argument("--to", metavar="DIR", default=".", help="where `get` writes (.)")
+    _json(ar)
+
     pr = sub.add_parser(
         "providers",
         help="which clouds are configured and usable, and why not",

@@ -12,7 +12,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from broker.runs import exited, heartbeat, logs, register, started
+from broker.runs import (
+    artifact_complete,
+    artifact_report,
+    artifact_upload,
+    exited,
+    heartbeat,
+    inputs,
+    logs,
+    register,
+    started,
+)
 from broker.server.auth import node, service_of
 from broker.tokens import Principal
 
@@ -50,6 +60,28 @@ def agent_exit(body: Doc, who: Node, request: Request) -> dict[str, Any]:
     if ending is not None:
         service.finish(ending)
     return answer
+
+
+@router.post("/inputs", summary="Signed GETs of the files to download before the command")
+def agent_inputs(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    return inputs(service.broker, who, body, service.broker.run_policy)
+
+
+@router.post("/artifact_upload", summary="How to send one file of this rank's artifacts")
+def agent_artifact_upload(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    return artifact_upload(service.broker, who, body, service.broker.run_policy)
+
+
+@router.post("/artifact_complete", summary="Finish a multi-part upload")
+def agent_artifact_complete(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    return artifact_complete(service_of(request).broker, who, body)
+
+
+@router.post("/artifact_report", summary="What one sync of a kind sent")
+def agent_artifact_report(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    return artifact_report(service_of(request).broker, who, body)
 
 
 __all__ = ["router"]

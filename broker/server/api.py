@@ -198,6 +198,54 @@ def cluster_logs(
     return logs_document(broker.logs(cluster_id, rank, tail=tail, after=after, wait=wait))
 
 
+@router.get(
+    "/clusters/{cluster_id}/artifacts",
+    summary="The files the experiment wrote (its nodes' syncs), and each rank's sync totals",
+)
+def cluster_artifacts(cluster_id: str, broker: OrgBroker, kind: str | None = None) -> Document:
+    found = broker.artifacts(cluster_id, kind)
+    return {
+        "cluster_id": cluster_id,
+        "artifacts": [a.to_json_dict() for a in found],
+        "total_bytes": sum(a.size for a in found),
+        "syncs": broker.store.syncs(cluster_id),
+    }
+
+
+@router.get(
+    "/clusters/{cluster_id}/artifacts/link",
+    summary="A short-lived download link of one artifact (path: <kind>/rank-<r>/<file>)",
+)
+def artifact_link(
+    cluster_id: str,
+    request: Request,
+    broker: OrgBroker,
+    path: Annotated[str, Query(min_length=1, max_length=1100)],
+) -> Document:
+    from providers.storage.file import FileStore
+
+    store = broker.artifact_store
+    if isinstance(store, FileStore):  # served here: on the host the caller reached
+        view = _with_store(broker, store.with_base(str(request.base_url).rstrip("/")))
+        link = view.artifact_link(cluster_id, path)
+    else:
+        link = broker.artifact_link(cluster_id, path)
+    return {
+        "path": path,
+        "url": link.url,
+        "headers": dict(link.headers),
+        "expires_at": link.expires_at,
+    }
+
+
+def _with_store(broker: Broker, store: object) -> Broker:
+    import copy
+
+    view = copy.copy(broker)
+    view.__dict__["artifact_store"] = store
+    return view
+
+
 @router.post("/clusters/{cluster_id}/stop", summary="Stop (or cancel) a cluster: STOPPED")
 def stop(cluster_id: str, broker: OrgBroker) -> Document:
     return cluster_document(broker.stop(cluster_id))

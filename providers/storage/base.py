@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from providers.errors import ConfigError
+from shapes.errors import BrokerError, Exit
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 64 * MiB  # S3 allows 5 MiB..5 GiB per part and 10,000 parts: 625 GiB
@@ -42,9 +43,12 @@ MAX_PARTS = 10_000
 DEFAULT_EXPIRY = 3600.0  # seconds a signed URL lives
 
 
-class StorageError(Exception):
+class StorageError(BrokerError):
     """A store call failed (the message names the store and the object, never a secret).
     ``transient`` says whether trying again may help (throttling, 5xx, connection)."""
+
+    exit_code = Exit.UNAVAILABLE
+    http_status = 503
 
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
@@ -53,6 +57,9 @@ class StorageError(Exception):
 
 class NotFound(StorageError):
     """The object or prefix does not exist."""
+
+    exit_code = Exit.INVALID
+    http_status = 404
 
 
 @dataclass(frozen=True)
