@@ -60,7 +60,8 @@ def install() -> tuple[Path | None, str]:
         try:
             done = subprocess.run(
                 [npm, "install", "--prefix", str(root), "--no-audit", "--no-fund",
-                 "--loglevel=error", f"azurite@{AZURITE_VERSION}"],
+                 "--loglevel=error", "--fetch-retries=1", "--fetch-timeout=30000",
+                 f"azurite@{AZURITE_VERSION}"],
                 capture_output=True,
                 text=True,
                 timeout=INSTALL_TIMEOUT,
