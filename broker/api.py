@@ -416,9 +416,18 @@ class Broker:
         ProvisionFailed, CleanupFailed, Cancelled or Interrupted (broker.errors)."""
         cluster = self._find(cluster_id)
         request = QuoteRequest.from_json_dict(cluster.request)
-        ranked = self.quote(request, backend=cluster.backend)
+        ranked = self.quote(request, backend=cluster.backend, explain=True)
         if self.progress:
             self.progress(f"cluster {cluster.id}: {len(ranked.plans)} candidate plan(s)")
+        from collections import Counter
+
+        from broker.ranking import Rule
+
+        skipped = Counter(  # shapes the ranking left out as unavailable: skipped without a call
+            "not configured" if " is not in [" in e.reason else "blocked"
+            for e in ranked.ranking.excluded
+            if e.rule is Rule.UNAVAILABLE
+        )
         from broker.provisioner import Provisioner
         from providers.clouds import quota_bucket
 
@@ -437,7 +446,7 @@ class Broker:
             agent=agent,
             bootstrap=bootstrap,
         )
-        running = provisioner.run(cluster.id, ranked.plans)  # plans built as they are tried
+        running = provisioner.run(cluster.id, ranked.plans, skipped=skipped)
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
             from broker.runs import outcome
 

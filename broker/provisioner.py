@@ -24,7 +24,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -62,6 +62,7 @@ from broker.state import (
     Store,
 )
 from broker.teardown import WindDown, terminate_cluster_nodes, wind_down
+from broker.views import skip_summary
 from providers.base import (
     TAG_ATTEMPT,
     TAG_BROKER,
@@ -147,6 +148,14 @@ class _Run:
     reasons: list[str] = field(default_factory=list)
     unusable: dict[str, ProviderError] = field(default_factory=dict)  # cloud -> why
     skipped: Counter[str] = field(default_factory=Counter)  # cloud -> plans skipped
+    skips: Counter[str] = field(default_factory=Counter)  # cause -> plans/zones not asked
+
+    def skip(self, cause: str, count: int = 1) -> None:
+        """A plan (or, cause ``zone blocked``, one zone of it) passed over without a launch
+        call, and why: the cause is a few words (``blocked``, ``not configured``,
+        ``quota``) that the failed cluster's detail sums up by count
+        (broker.views.skip_summary)."""
+        self.skips[cause] += count
 
 
 class Provisioner:
@@ -182,10 +191,13 @@ class Provisioner:
 
     # -- the fallback loop ------------------------------------------------------------------
 
-    def run(self, cluster_id: str, plans: Sequence[Plan]) -> ClusterRecord:
+    def run(
+        self, cluster_id: str, plans: Sequence[Plan], skipped: Mapping[str, int] | None = None
+    ) -> ClusterRecord:
         """Provision the cluster on the first plan and zone that works. Raises
         ProvisionFailed (FAILED), CleanupFailed, Cancelled (someone else moved it) or
-        Interrupted (a signal: the cluster is STOPPED, its nodes removed)."""
+        Interrupted (a signal: the cluster is STOPPED, its nodes removed). ``skipped``:
+        shapes already left out without a call (cause -> count), for the FAILED summary."""
         now = self.clock()
         cluster = self.store.transition(
             cluster_id,
@@ -198,15 +210,18 @@ class Provisioner:
             with LeaseKeeper(
                 self.store, cluster_id, self.owner, self.policy.lease_seconds, self.clock
             ):
-                return self._fallback(cluster, plans)
+                return self._fallback(cluster, plans, skipped or {})
         except KeyboardInterrupt:
             raise self._interrupted(cluster_id, Interrupted(signal.SIGINT)) from None
         except Interrupted as exc:
             raise self._interrupted(cluster_id, exc) from None
 
-    def _fallback(self, cluster: ClusterRecord, plans: Sequence[Plan]) -> ClusterRecord:
+    def _fallback(
+        self, cluster: ClusterRecord, plans: Sequence[Plan], skipped: Mapping[str, int]
+    ) -> ClusterRecord:
         deadline = self.clock() + self.policy.timeout
         run = _Run({b.scope.key: b.reason for b in self.store.active_blocks(self.clock())})
+        run.skips.update(skipped)
         self._attempts_made = self.store.attempt_count(cluster.id)  # earlier cycles count
         self._attempts_this_run = 0
         for plan in plans:
@@ -220,9 +235,13 @@ class Provisioner:
                 if zscope.key in run.blocked:
                     self.say(f"skip {shape.id} in {zone}: {run.blocked[zscope.key]}")
                     run.reasons.append(FailReason.NO_CAPACITY.value)
+                    run.skip("zone blocked")  # one zone of a plan still tried elsewhere
                     continue
                 if self.clock() >= deadline:
-                    return self._fail(cluster, FailReason.TIMEOUT.value, "deadline reached")
+                    detail = f"deadline reached after {self._attempts_this_run} attempt(s)"
+                    if run.skips:
+                        detail += f"; {skip_summary(run.skips)}"
+                    return self._fail(cluster, FailReason.TIMEOUT.value, detail)
                 outcome = self._attempt(cluster, plan, provider, backend, zone, deadline)
                 if isinstance(outcome, ClusterRecord):
                     return outcome
@@ -249,7 +268,7 @@ class Provisioner:
             if run.reasons
             else FailReason.NO_CAPACITY.value
         )
-        detail = f"{len(run.reasons)} attempt(s) or skip(s) over {len(plans)} plan(s) failed"
+        detail = f"{self._attempts_this_run} attempt(s) over {len(plans)} plan(s) failed"
         if run.unusable and not self._attempts_this_run:
             if all(e.local for e in run.unusable.values()):
                 detail = (
@@ -261,6 +280,8 @@ class Provisioner:
                 detail = "no cloud could be used: " + "; ".join(
                     f"{b}: {e.message}" for b, e in sorted(run.unusable.items())
                 )
+        if run.skips:  # by cause and count, read back by describe (broker.views.skips_in)
+            detail += f"; {skip_summary(run.skips)}"
         return self._fail(cluster, reason, detail)
 
     def _usable(self, shape: Shape, backend: str, run: _Run) -> Provider | None:
@@ -270,6 +291,7 @@ class Provisioner:
         if known is not None:
             run.skipped[cloud] += 1
             run.reasons.append(known.reason)
+            run.skip("not configured" if known.local else "blocked")
             return None
         for scope in (
             BlockScope.provider_of(backend, shape),
@@ -278,6 +300,7 @@ class Provisioner:
             if scope.key in run.blocked:
                 self.say(f"skip {shape.id}: {scope.describe()} blocked: {run.blocked[scope.key]}")
                 run.reasons.append(FailReason.NO_CAPACITY.value)
+                run.skip("blocked")
                 return None
         try:
             return self.provider_for(shape)
@@ -285,6 +308,7 @@ class Provisioner:
             run.unusable[cloud] = exc
             run.skipped[cloud] += 1
             run.reasons.append(exc.reason)
+            run.skip("not configured" if exc.local else "blocked")
             if not exc.local:
                 scope = BlockScope.provider_of(backend, shape)
                 self._block(scope, exc, self.policy.provider_block, run)

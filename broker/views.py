@@ -221,16 +221,67 @@ def error_document(exc: BrokerError) -> Document:
 # -- clusters ---------------------------------------------------------------------------------
 
 
+# What the provisioner does after a failed attempt, by the reach of its error (the
+# provisioner decides from the reach alone, so the reach says it exactly).
+NEXT_STEP: Mapping[str, str] = {
+    "call": "retried, then next zone",
+    "zone": "next zone",
+    "region": "next region",
+    "provider": "skipped the cloud",
+    "request": "failed the request",
+}
+# The outcomes of an attempt that did not fail (nothing came next because of it).
+_NO_NEXT: Mapping[str, str] = {
+    "running": "ran the gang",
+    "intent": "in flight (or its process died)",
+    "cancelled": "stopped by someone else",
+    "interrupted": "stopped by a signal",
+    "aborted": "stopped by a broker error",
+}
+_SKIPS_LEAD = "skipped without a call: "
+
+
+def next_step(outcome: str, reach: str | None) -> str:
+    """What the broker did after an attempt: from its outcome, or its error's reach."""
+    if outcome in _NO_NEXT:
+        return _NO_NEXT[outcome]
+    step = NEXT_STEP.get(reach or "", "moved on")
+    return f"{step} (nodes may be left: see reconcile)" if outcome == "leaked" else step
+
+
+def skip_summary(skips: Mapping[str, int]) -> str:
+    """Plans and zones skipped without a launch call, by cause: ``"skipped without a call:
+    4 blocked, 2 not configured"`` ("" for none). The provisioner ends a FAILED cluster's
+    detail with it, so ``describe`` and the service's clients read the same counts
+    (:func:`skips_in`); causes are free words (``blocked``, ``not configured``, ``quota``)."""
+    parts = [f"{n} {cause}" for cause, n in sorted(skips.items(), key=lambda x: (-x[1], x[0])) if n]
+    return _SKIPS_LEAD + ", ".join(parts) if parts else ""
+
+
+def skips_in(detail: str | None) -> dict[str, int]:
+    """The counts :func:`skip_summary` wrote at the end of a cluster's detail ({} if none)."""
+    if not detail or _SKIPS_LEAD not in detail:
+        return {}
+    found: dict[str, int] = {}
+    for part in detail.rsplit(_SKIPS_LEAD, 1)[1].split(", "):
+        count, _, cause = part.strip().partition(" ")
+        if count.isdigit() and cause:
+            found[cause] = found.get(cause, 0) + int(count)
+    return found
+
+
 def attempt_document(a: AttemptRecord) -> Document:
+    outcome = str(a.outcome)
     return {
         "attempt": a.attempt_no,
         "cycle": a.cycle,
         "shape_id": a.shape_id,
         "zone": a.zone,
         "nodes": a.nodes,
-        "outcome": str(a.outcome),
+        "outcome": outcome,
         "error_code": a.error_code,
         "reach": a.reach,
+        "next": next_step(outcome, a.reach),
         "reason": a.reason,
         "message": a.message,
         "retries": a.retries,
@@ -274,6 +325,7 @@ def cluster_document(c: ClusterRecord, attempts: Sequence[AttemptRecord] | None 
     }
     if attempts is not None:
         doc["attempts"] = [attempt_document(a) for a in attempts]
+        doc["skipped"] = skips_in(c.detail) if c.status.value == "FAILED" else {}
     return doc
 
 

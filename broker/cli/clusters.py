@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from broker.api import Broker
 from broker.cli.output import emit_json, follow, print_warnings, say
 from broker.cli.quote import print_blocks
-from broker.cli.render import money, table
+from broker.cli.render import attempts_report, money, table
 from broker.errors import Cancelled, Interrupted, ProvisionFailed
 from broker.lifecycle import LIVE, TERMINAL, Status
 from broker.settings import Settings
@@ -76,22 +76,9 @@ def _short(ts: str | None) -> str:
     return (ts or "-").replace("T", " ")
 
 
-def _print_attempts(attempts: list[Document]) -> None:
-    rows = [
-        (
-            f"{a['cycle']}.{a['attempt']}",
-            a["shape_id"],
-            a["zone"],
-            a["nodes"],
-            a["outcome"],
-            a["error_code"] or "-",
-            a["retries"],
-            "-" if a["duration_s"] is None else f"{a['duration_s']:.2f}s",
-        )
-        for a in attempts
-    ]
-    headers = ["#", "SHAPE", "ZONE", "NODES", "OUTCOME", "ERROR", "RETRIES", "TOOK"]
-    print(table(headers, rows, right={3, 6, 7}))
+def _print_attempts(doc: Document) -> None:
+    """The attempts table, each failed attempt's message, and the skips by cause."""
+    print(attempts_report(doc["attempts"], doc.get("skipped")))
 
 
 def _print_running(doc: Document) -> None:
@@ -115,8 +102,7 @@ def _provisioned(
         if as_json:
             emit_json(doc)
         else:
-            if exc.attempts:
-                _print_attempts(doc["attempts"])
+            _print_attempts(doc)
             banner = "!! NODES MAY BE LEFT RUNNING: " if exc.exit_code == Exit.LEAK else ""
             say(f"broker: {banner}{exc.cluster.id} FAILED ({exc.cluster.reason}): "
                 f"{exc.cluster.detail}")  # fmt: skip
@@ -146,6 +132,8 @@ def _provisioned(
         emit_json(doc)
     else:
         _print_running(doc)
+        print("\nAttempts:")
+        _print_attempts(doc)
     return Exit.OK
 
 
@@ -248,9 +236,9 @@ def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
     for t in doc["transitions"]:
         note = f"  {t['reason']}" if t["reason"] else ""
         print(f"  {_short(t['at'])}  cycle {t['cycle']}  {t['status']}{note}")
-    if doc["attempts"]:
+    if doc["attempts"] or doc.get("skipped"):
         print("\nAttempts:")
-        _print_attempts(doc["attempts"])
+        _print_attempts(doc)
     return Exit.OK
 
 

@@ -95,6 +95,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return 128 + int(signum)
         if args.json:
             emit_json(cluster_document(cluster, service.attempts(cluster.id)))
+        elif cluster.status is Status.FAILED and cluster.reason in PROVISIONING_REASONS:
+            from broker.cli.render import attempts_report
+
+            doc = cluster_document(cluster, service.attempts(cluster.id))
+            say(attempts_report(doc["attempts"], doc["skipped"]))
         why = f" ({cluster.reason}: {cluster.detail})" if cluster.reason else ""
         say(f"{cluster.id} {cluster.status.value}{why}")
         return _exit_code(cluster)
