@@ -26,7 +26,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple, overload
 
-from shapes import checks, compiled, sanity
+from shapes import checks, compiled
 from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
@@ -282,7 +282,11 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
         raise _Malformed("prices_as_of", "a bundled file must say when its prices were true")
     # A refreshed file is checked for sense (a bundled one was, by the build and its test):
     # its problems are kept and shown (quote header, broker catalog check), never fatal.
-    problems = () if bundled else tuple(str(p) for p in sanity.check_document(doc))
+    problems: tuple[str, ...] = ()
+    if not bundled:  # only here: a quote that reads compiled files never imports it
+        from shapes.sanity import check_document
+
+        problems = tuple(str(p) for p in check_document(doc))
     source = CatalogSource(
         provider=provider,
         path=str(path),
