@@ -15,10 +15,11 @@ database import at all.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -32,6 +33,7 @@ from shapes.catalog import Catalog, load_catalog
 from shapes.model import Shape
 
 if TYPE_CHECKING:
+    from broker.artifacts import Artifact
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
     from broker.runs import Ending, RunPolicy
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from providers.base import AgentLaunch, Provider
     from providers.config import BrokerConfig
     from providers.sim import SimScenario
+    from providers.storage.base import ArtifactStore
 
 SIMULATED = "sim"
 BILLED = frozenset({Status.STARTING, Status.RUNNING, Status.TERMINATING})
@@ -78,6 +81,7 @@ class ClusterReport:
     transitions: list[TransitionRecord]
     attempts: list[AttemptRecord]
     usage: Usage
+    syncs: list[dict[str, Any]] = field(default_factory=list)  # artifact sync totals
 
 
 class LogPage(NamedTuple):
@@ -220,6 +224,31 @@ class Broker:
         return EVERYONE if self.org is None else self.org
 
     # -- what it is built from (each loaded on first use) --------------------------------------
+
+    @cached_property
+    def artifact_store(self) -> ArtifactStore:
+        """Where experiments' artifacts and datasets live: the configuration's
+        ``[artifacts] url``, else ``file://<state dir>/artifacts`` (signed URLs served by this
+        broker's service, at ``service_url``)."""
+        from providers.storage.base import parse_store_url
+
+        section = self.config.artifacts
+        url = section.url or f"file://{(self.state_dir / 'artifacts').resolve()}"
+        parsed = parse_store_url(url)
+        if parsed.scheme == "file":
+            from providers.storage.file import FileStore, signing_key
+
+            return FileStore(
+                parsed,
+                public_url=self.service_url,
+                secret=signing_key(self.state_dir),
+                clock=self.clock,
+            )
+        from providers.storage.factory import open_store
+
+        named = (("endpoint", section.endpoint), ("region", section.region))
+        store: ArtifactStore = open_store(url, options={k: v for k, v in named if v})
+        return store
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -394,6 +423,16 @@ class Broker:
                 f"no shape can serve this request ({len(ranked.ranking.excluded)} excluded; "
                 "`broker quote --explain` says why)"
             )
+        if (
+            self.service_url is not None  # its nodes run the command: inputs must exist
+            and experiment is not None
+            and (experiment.get("dataset_id_list") or experiment.get("input_artifact_id_list"))
+        ):
+            from broker.artifacts import missing_inputs
+
+            missing = missing_inputs(self.artifact_store, self.org, experiment)
+            if missing:
+                raise InvalidRequest(missing)
         if experiment is not None and experiment.get("image") is None:
             default = self.config.node.image  # the configuration's [node] image
             if default is not None:
@@ -536,8 +575,58 @@ class Broker:
         cluster = self._find(cluster_id)
         history = self.store.transitions(cluster.id)
         return ClusterReport(
-            cluster, history, self.store.attempts(cluster.id), accrue(history, self.clock())
+            cluster,
+            history,
+            self.store.attempts(cluster.id),
+            accrue(history, self.clock()),
+            self.store.syncs(cluster.id),
         )
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def artifacts(self, cluster_id: str, kind: str | None = None) -> list[Artifact]:
+        """The files the experiment wrote (its nodes' syncs), every cycle together."""
+        from broker.artifacts import check_kind, list_artifacts
+
+        cluster = self._find(cluster_id)
+        return list_artifacts(
+            self.artifact_store, cluster, None if kind is None else check_kind(kind)
+        )
+
+    def artifact_link(self, cluster_id: str, path: str, *, expires: float = 600.0) -> Any:
+        """A signed GET (``SignedRequest``) of one artifact, ``<kind>/rank-<r>/<file>``."""
+        from broker.artifacts import artifact_key
+        from providers.storage.base import NotFound
+
+        key = artifact_key(self._find(cluster_id), path)
+        try:
+            return self.artifact_store.download(key, expires=expires)
+        except NotFound:
+            raise NotFoundError(f"no artifact {path!r} in cluster {cluster_id}") from None
+
+    def fetch_artifact(self, cluster_id: str, path: str, dest: Path) -> int:
+        """Copy one artifact to ``dest`` (a file path); the bytes copied."""
+        from broker.artifacts import artifact_key
+        from providers.storage.file import FileStore
+
+        key = artifact_key(self._find(cluster_id), path)
+        store = self.artifact_store
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        if isinstance(store, FileStore):  # the same host: no URL needed
+            source = store.path_for(key)
+            if not source.is_file():
+                raise NotFoundError(f"no artifact {path!r} in cluster {cluster_id}")
+            shutil.copyfile(source, tmp)
+        else:
+            import urllib.request
+
+            link = self.artifact_link(cluster_id, path)
+            request = urllib.request.Request(link.url, headers=dict(link.headers))
+            with urllib.request.urlopen(request, timeout=60) as answer, tmp.open("wb") as out:
+                shutil.copyfileobj(answer, out, 1024 * 1024)
+        os.replace(tmp, dest)
+        return dest.stat().st_size
 
     def env(self, cluster_id: str, rank: int) -> dict[str, str]:
         from broker.env import node_env

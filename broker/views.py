@@ -344,6 +344,8 @@ def report_document(r: ClusterReport) -> Document:
     ]
     doc["gpu_hours"] = r.usage.gpu_hours
     doc["cost"] = r.usage.cost
+    if r.syncs:  # what the nodes' artifact syncs sent, per cycle, rank and kind
+        doc["artifact_syncs"] = r.syncs
     experiment = r.cluster.experiment or {}
     if experiment.get("command"):
         doc["run"] = {  # what the nodes run ("image": null is on the host)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("clusters", "cmd_env"),
     "logs": ("clusters", "cmd_logs"),
     "artifacts": ("clusters", "cmd_artifacts"),
+    "datasets": ("datasets", "cmd_datasets"),
     "release": ("clusters", "cmd_release"),
     "stop": ("clusters", "cmd_stop"),
     "delete": ("clusters", "cmd_delete"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +240,15 @@ def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
     if doc["attempts"] or doc.get("skipped"):
         print("\nAttempts:")
         _print_attempts(doc)
+    if doc.get("artifact_syncs"):
+        print("\nArtifact syncs (sent; FAILED: files the last sync could not send):")
+        for x in doc["artifact_syncs"]:
+            final = "final sync done" if x["final"] else "no final sync yet"
+            failed = f", {x['failed']} FAILED ({'; '.join(x['errors'])})" if x["failed"] else ""
+            print(
+                f"  cycle {x['cycle']} rank {x['rank']} {x['kind']}: {x['files']} file(s), "
+                f"{x['bytes']:,} bytes{failed}; {final}"
+            )
     return Exit.OK
 
 
@@ -280,6 +290,49 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
                 emit_json({"rank": shown.rank, "seq": line.seq, "line": line.line})
             else:
                 print(line.line, flush=True)
+    return Exit.OK
+
+
+def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
+    """List an experiment's artifacts, or (``get ID PATH``) download one."""
+    from pathlib import Path
+
+    words = list(args.words)
+    if words[0] == "get":
+        if len(words) != 3:
+            say("usage: broker artifacts get ID PATH [--to DIR]")
+            return Exit.INVALID
+        _, cluster_id, path = words
+        dest = Path(args.to) / Path(path).name
+        size = _open(settings).fetch_artifact(cluster_id, path, dest)
+        if args.json:
+            emit_json({"path": path, "file": str(dest), "bytes": size})
+        else:
+            say(f"{path}: {size:,} bytes -> {dest}")
+        return Exit.OK
+    if len(words) != 1:
+        say("usage: broker artifacts ID [--kind KIND] [--json]")
+        return Exit.INVALID
+    opened = _open(settings)
+    found = opened.artifacts(words[0], args.kind)
+    if args.json:
+        emit_json(
+            {
+                "cluster_id": words[0],
+                "artifacts": [a.to_json_dict() for a in found],
+                "total_bytes": sum(a.size for a in found),
+            }
+        )
+        return Exit.OK
+    if not found:
+        say(f"{words[0]}: no artifacts yet (nodes sync them while the command runs and at its end)")
+        return Exit.OK
+    rows = [
+        (a.path, f"{a.size:,}", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.modified)))
+        for a in found
+    ]
+    print(table(["PATH", "BYTES", "MODIFIED (UTC)"], rows, right={1}))
+    say(f"{len(found)} file(s), {sum(a.size for a in found):,} bytes")
     return Exit.OK
 
 

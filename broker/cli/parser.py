@@ -336,6 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _json(lg)
 
+    ds = sub.add_parser(
+        "datasets",
+        help="put a directory into the artifact store as a dataset, or list them",
+        description="Datasets live in the artifact store ([artifacts] url; default "
+        "file://<state dir>/artifacts), per organisation; an experiment that lists an ID in "
+        "dataset_id_list finds it at /data/<ID>/ on every node (a missing one is refused at "
+        "submit). Writes with the store's own credentials.",
+    )
+    dsub = ds.add_subparsers(
+        dest="datasets_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    du = dsub.add_parser("upload", help="upload DIR as dataset ID", description="Upload DIR.")
+    du.add_argument("dataset_id", metavar="ID")
+    du.add_argument("dir", metavar="DIR")
+    dl = dsub.add_parser("list", help="the organisation's datasets", description="List them.")
+    for d in (du, dl):
+        d.add_argument(
+            "--org",
+            default="local",
+            help="whose dataset (local: the organisation of `broker run`'s own service)",
+        )
+        _json(d)
+
     ar = sub.add_parser(
         "artifacts",
         help="the files an experiment wrote, and downloading them",

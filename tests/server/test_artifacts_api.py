@@ -133,9 +133,7 @@ def test_a_node_uploads_its_files_and_the_user_lists_and_downloads_them(svc: Ser
         ("checkpoints/rank-0/step-1/model.pt", 700),
         ("lossy/rank-1/tb/events.out", 7),
     ]
-    only = svc.client.get(
-        f"/v1/clusters/{c.id}/artifacts?kind=lossy", headers=svc.user()
-    ).json()
+    only = svc.client.get(f"/v1/clusters/{c.id}/artifacts?kind=lossy", headers=svc.user()).json()
     assert [a["rank"] for a in only["artifacts"]] == [1]
     link = svc.client.get(
         f"/v1/clusters/{c.id}/artifacts/link",
@@ -171,7 +169,7 @@ def test_a_node_can_name_no_other_key_and_a_tampered_url_writes_nothing(svc: Ser
     code, answer = c.call("artifact_upload", rank=0, kind="logs", path="ok.txt", size=2)
     request = answer["plan"]["requests"][0]
     token = request["url"].rsplit("/", 1)[1]
-    claims, mac = token.split(".")
+    claims, _mac = token.split(".")
     forged = {**request, "url": request["url"].replace(claims, claims[:-2] + "xx")}
     assert svc.put(forged, b"hi").status_code == 403
     assert svc.put(request, b"too long").status_code in (400, 503)  # over the signed size
@@ -212,7 +210,9 @@ def test_another_organisation_sees_no_artifacts(svc: Service_) -> None:
     c.upload(0, "logs", "a.txt", b"x")
     assert svc.client.get(f"/v1/clusters/{c.id}/artifacts", headers=svc.user()).status_code == 200
     for path in (f"/v1/clusters/{c.id}/artifacts", f"/v1/clusters/{c.id}/artifacts/link"):
-        reply = svc.client.get(path, params={"path": "logs/rank-0/a.txt"}, headers=svc.user("other"))
+        reply = svc.client.get(
+            path, params={"path": "logs/rank-0/a.txt"}, headers=svc.user("other")
+        )
         assert reply.status_code == 404, reply.text
 
 
@@ -237,7 +237,9 @@ def test_inputs_are_signed_gets_of_datasets_artifacts_and_a_restarts_checkpoints
     dataset = store.root / "acme" / "datasets" / "mnist" / "train.csv"
     dataset.parent.mkdir(parents=True)
     dataset.write_text("1,2,3\n")
-    text = launch_file(dataset_id_list=["mnist"], input_artifact_id_list=[f"{first.id}.checkpoints"])
+    text = launch_file(
+        dataset_id_list=["mnist"], input_artifact_id_list=[f"{first.id}.checkpoints"]
+    )
     c = svc.running(text)
     code, register = c.call("register", address=svc.broker.get(c.id).nodes[0].private_ip)
     assert code == 200 and register["state"] in ("wait", "run")

@@ -38,10 +38,21 @@ def test_hello_completes_and_prints_rank_0s_environment(tmp_path: Path) -> None:
     assert not list((tmp_path / "state").glob("sim-nodes/*/agent.pid"))  # nodes are gone
 
 
-def test_the_seeds_torchrun_example_fails_honestly(tmp_path: Path) -> None:
+def test_the_seeds_torchrun_example_needs_its_dataset_then_fails_honestly(tmp_path: Path) -> None:
+    refused = run(tmp_path, "examples/burst16.isc", "--provider", "sim")
+    assert refused.returncode == 2, refused.stderr  # before any node: the dataset is missing
+    assert "no dataset 'fashion-mnist' in the artifact store" in refused.stderr
+    data = tmp_path / "fashion-mnist"
+    data.mkdir()
+    (data / "train.csv").write_text("label,pixels\n")
+    env = {**os.environ, "BROKER_STATE_DIR": str(tmp_path / "state")}
+    upload = [sys.executable, "-m", "broker.cli", "datasets", "upload", "fashion-mnist", str(data)]
+    done = subprocess.run(upload, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
     proc = run(tmp_path, "examples/burst16.isc", "--provider", "sim")
     assert proc.returncode == 7, proc.stderr
     assert "FAILED (Error: rank" in proc.stderr and "command not found" in proc.stderr
+    assert "inputs: 1/1 files" in proc.stdout + proc.stderr  # the dataset arrived first
 
 
 def test_a_real_cloud_without_a_service_is_refused_before_anything(tmp_path: Path) -> None:
