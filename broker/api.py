@@ -703,16 +703,27 @@ class Broker:
         )
 
     def _drain_agents(self, cluster: ClusterRecord) -> None:
-        """Before its nodes go: give a running command ``stop_grace`` to stop (agents hear
-        "stop" on their next call, signal the command and report its exit)."""
+        """Before its nodes go: give a running command ``stop_grace`` to stop and its
+        artifacts their final sync (``final_sync_timeout``): agents hear "stop" on their next
+        call, signal the command, sync, and report its exit. An agent that stopped calling
+        (silent for ``heartbeat_timeout``) is not waited for."""
         from broker.runs import command_of
 
         if command_of(cluster) is None:
             return
-        deadline = self.clock() + self.run_policy.stop_grace + self.run_policy.heartbeat_every
+        policy = self.run_policy
+        deadline = (
+            self.clock() + policy.stop_grace + policy.final_sync_timeout + policy.heartbeat_every
+        )
         while self.clock() < deadline:
+            now = self.clock()
             agents = self.store.agents(cluster.id, cluster.cycle)
-            if all(a.exited_at is not None or a.started_at is None for a in agents):
+            if all(
+                a.exited_at is not None
+                or a.started_at is None
+                or now - (a.heartbeat_at or a.started_at) > policy.heartbeat_timeout
+                for a in agents
+            ):
                 return
             self.sleep(0.2)
 
