@@ -9,16 +9,36 @@ own configuration (not the cloud's state), so it is never remembered as a blocke
     |   +-- ThrottledError              CALL       Error     429 / RequestLimitExceeded
     |   +-- CallTimeoutError            CALL       Timeout   the call itself timed out
     +-- CapacityError                   ZONE       NoCapacity      next zone
+    |   +-- NotOfferedError             ZONE       NoCapacity      next zone (type not there)
     |   +-- RegionCapacityError         REGION     NoCapacity      next region
     +-- QuotaError                      REGION     QuotaExceeded   next region
     +-- RegionConfigError               REGION     NotConfigured   next region
     |   +-- RegionNotConfiguredError    REGION     NotConfigured   next region (local)
+    +-- UnrecognizedError               REGION     Error           next region, said loudly
     +-- ProviderUnavailableError        PROVIDER   Unauthorized    skip the provider
     |   +-- AuthError                   PROVIDER   Unauthorized
     |   +-- GlobalQuotaError            PROVIDER   QuotaExceeded
+    |   +-- ProviderConfigError         PROVIDER   NotConfigured   (the cloud's account state)
     |   +-- NotConfiguredError          PROVIDER   NotConfigured   (local)
     +-- InvalidLaunchError              REQUEST    InvalidRequest  fail the request
         +-- BootstrapTooLargeError      PROVIDER   InvalidRequest  skip the provider (local)
+
+The rules every cloud's table follows (issue 14):
+
+- **Fail the request** (:class:`InvalidLaunchError`) only for errors certainly about the
+  request the broker built: a malformed or missing parameter of ours, an idempotency token
+  reused with other parameters, a name of ours taken. Never for a zone, region, instance
+  type, image, network or policy: those reach a zone or a region, so other shapes and
+  other clouds still get their turn.
+- **When in doubt, move on**: a known code whose scope the cloud does not say, and every
+  code the table does not know, reaches the next region, and the attempt keeps the cloud's
+  code and message for ``broker describe``. An unknown code gets the default of its HTTP
+  status family (documented by each table): 5xx transient, 429 throttled, 401/403 auth,
+  any other 4xx or no status an :class:`UnrecognizedError` (next region, its message
+  starting ``unrecognized <cloud> error``). Nothing unknown ever fails the request.
+- **Scope from structured fields first** (a quota metric, error details, an ARM
+  ``target``), then from the message only where the cloud puts it nowhere else, in one
+  documented function per cloud, each pattern tested with the cloud's real wording.
 """
 
 from __future__ import annotations
@@ -102,6 +122,13 @@ class CapacityError(ProviderError):
     reason = "NoCapacity"
 
 
+class NotOfferedError(CapacityError):
+    """This zone does not offer the instance type (or its accelerator) at all: GCP's
+    "Machine type with name 'X' does not exist in zone 'Y'", AWS ``Unsupported`` naming
+    the Availability Zone, Azure ``AvailabilityZoneNotSupported``. Another zone of the
+    region may: the catalog was wrong about this one."""
+
+
 class RegionCapacityError(CapacityError):
     """The whole region is out of this shape (GCP ``REGION_RESOURCE_POOL_EXHAUSTED``, Azure
     ``SkuNotAvailable`` naming no zone): no zone of the region is worth asking."""
@@ -121,6 +148,15 @@ class RegionNotConfiguredError(RegionConfigError):
     """The configuration does not name this region (or gives it no subnet): local."""
 
     local = True
+
+
+class UnrecognizedError(ProviderError):
+    """A 4xx code (or an answer without a status) the cloud's table does not know. Not
+    certainly about the request, so never a reason to fail it: the broker moves on to the
+    next region and the message says loudly that the code was not recognized."""
+
+    reach = Reach.REGION
+    reason = "Error"
 
 
 class QuotaError(ProviderError):
@@ -143,6 +179,14 @@ class AuthError(ProviderUnavailableError):
 
 class GlobalQuotaError(ProviderUnavailableError):
     reason = "QuotaExceeded"
+
+
+class ProviderConfigError(ProviderUnavailableError):
+    """The cloud refuses something every region shares, for a reason of the account
+    (Azure ``ResourcePurchaseValidationFailed``: the image's Marketplace terms are not
+    accepted, or the subscription cannot buy it): no region can work until it is fixed."""
+
+    reason = "NotConfigured"
 
 
 class NotConfiguredError(ProviderUnavailableError):

@@ -1,12 +1,26 @@
 """EC2 (and STS, SSM, Pricing) errors -> the broker's typed errors (:mod:`providers.errors`).
 
 :func:`classify` reads the error *code* of a botocore ``ClientError``
-(``exc.response["Error"]["Code"]``) and its HTTP status, never the message text. Codes are
-looked up in :data:`ERROR_TABLE` (exact codes), then :data:`PREFIX_TABLE` (code families such
-as ``InvalidAMIID.*``); an unknown code is a :class:`TransientError` if the HTTP status is
-5xx and an :class:`InvalidLaunchError` otherwise, with the cloud's code kept in ``code``.
-Table rows win over the status: EC2 reports ``InsufficientInstanceCapacity`` with HTTP 500,
-and that is a stockout (next zone), not a transient error.
+(``exc.response["Error"]["Code"]``) and its HTTP status. Codes are looked up in
+:data:`ERROR_TABLE` (exact codes), then :data:`PREFIX_TABLE` (code families such as
+``InvalidAMIID.*``). Table rows win over the status: EC2 reports
+``InsufficientInstanceCapacity`` with HTTP 500, and that is a stockout (next zone), not a
+transient error.
+
+An unknown code gets the default of its status family (:func:`_from_status`): 5xx
+transient, 429 throttled, 401/403 auth, any other status an
+:class:`~providers.errors.UnrecognizedError` (next region, said loudly). Nothing unknown
+fails the request: only codes certainly about the request the broker built do
+(``MissingParameter``, ``UnknownParameter``, ``IdempotentParameterMismatch``, a
+``ParamValidationError`` botocore raises before sending). ``InvalidParameterValue`` and
+``InvalidParameterCombination`` name what this region rejects far more often than a bug of
+ours (an AMI without ENA for the type, an architecture mismatch, a zone): next region.
+
+One code carries its scope only in its message, read in one place, :func:`_by_message`:
+``Unsupported`` means "Your requested instance type (p4d.24xlarge) is not supported in
+your requested Availability Zone (us-east-1e)..." (that zone: :class:`NotOfferedError`)
+or "The requested configuration is currently not supported..." (the type or its
+configuration in this region: next region).
 
 Transport errors (no HTTP answer at all) become :class:`CallTimeoutError` (connect and read
 timeouts) or :class:`TransientError` (connection refused, reset, DNS); missing or expired
@@ -29,16 +43,19 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     NotConfiguredError,
+    NotOfferedError,
     ProviderError,
     QuotaError,
     RegionConfigError,
     ThrottledError,
     TransientError,
+    UnrecognizedError,
 )
 
 PROVIDER = "aws"
 
 # EC2's error codes (plus the few STS/SSM/Pricing ones the adapter can meet), exact match.
+# The real wording of each row is in tests/providers/aws/test_errors.py.
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     # -- no capacity in this zone for this type now: next zone ----------------------------
     "InsufficientInstanceCapacity": CapacityError,
@@ -47,14 +64,19 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "InsufficientReservedInstanceCapacity": CapacityError,
     "InsufficientCapacity": CapacityError,
     "UnfulfillableCapacity": CapacityError,
-    "Unsupported": CapacityError,  # the type is not offered in this AZ
-    "InsufficientFreeAddressesInSubnet": CapacityError,
-    # -- regional quota, spot limits, region not enabled: next region ---------------------
-    "SpotMaxPriceTooLow": QuotaError,
-    "MaxSpotInstanceCountExceeded": QuotaError,
+    "InsufficientFreeAddressesInSubnet": CapacityError,  # the zone's configured subnet
+    "InsufficientAddressCapacity": CapacityError,  # EC2's own address pool, a server error
+    "SpotMaxPriceTooLow": CapacityError,  # the Spot price of this zone is over the cap
+    # -- the type or its configuration is not offered here: see _by_message ---------------
+    "Unsupported": RegionConfigError,  # naming the Availability Zone: NotOfferedError
+    # -- regional quota: next region ------------------------------------------------------
+    "MaxSpotInstanceCountExceeded": QuotaError,  # Spot vCPUs of the family, per region
     "VcpuLimitExceeded": QuotaError,
     "InstanceLimitExceeded": QuotaError,
-    "OptInRequired": QuotaError,
+    "VolumeLimitExceeded": QuotaError,  # EBS storage of the region
+    # -- the region is not usable by this account yet: next region ------------------------
+    "OptInRequired": RegionConfigError,  # an opt-in region, or a Marketplace AMI
+    "PendingVerification": RegionConfigError,  # a region being validated for the account
     # -- throttling: the same call again, after a backoff ---------------------------------
     "RequestLimitExceeded": ThrottledError,
     "Throttling": ThrottledError,
@@ -72,7 +94,6 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "UnauthorizedOperation": AuthError,
     "AuthFailure": AuthError,
     "Blocked": AuthError,
-    "PendingVerification": AuthError,
     "ExpiredToken": AuthError,
     "InvalidClientTokenId": AuthError,
     "SignatureDoesNotMatch": AuthError,
@@ -83,9 +104,11 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "InvalidGroup.NotFound": RegionConfigError,
     "InvalidKeyPair.NotFound": RegionConfigError,
     "ParameterNotFound": RegionConfigError,  # SSM: image_ssm_parameter not in this region
-    # -- the request itself is wrong: fail it ---------------------------------------------
-    "InvalidParameterValue": InvalidLaunchError,
-    "InvalidParameterCombination": InvalidLaunchError,
+    # A value this region rejects (AMI, type, zone, network), far more often than a bug of
+    # ours: next region, the code and message kept for describe.
+    "InvalidParameterValue": RegionConfigError,
+    "InvalidParameterCombination": RegionConfigError,
+    # -- the request itself is wrong, certainly ours: fail it ---------------------------------
     "MissingParameter": InvalidLaunchError,
     "UnknownParameter": InvalidLaunchError,
     "IdempotentParameterMismatch": InvalidLaunchError,
@@ -94,7 +117,9 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
 # Code families, matched by prefix after the exact table: (prefix, class).
 PREFIX_TABLE: tuple[tuple[str, type[ProviderError]], ...] = (
     ("InvalidAMIID.", RegionConfigError),  # NotFound, Malformed, Unavailable
-    ("InvalidParameter", InvalidLaunchError),  # InvalidParameter, ...Value, ...Combination
+    ("InvalidPlacementGroup.", RegionConfigError),  # Unknown, InUse, Duplicate
+    ("InvalidInstanceID.", InvalidLaunchError),  # an instance id of ours (terminate, describe)
+    ("InvalidParameter", RegionConfigError),  # InvalidParameter, ...Dependency, ...
 )
 
 # What a code means, added in front of the cloud's message where the code alone misleads.
@@ -103,8 +128,33 @@ _EXPLAIN: Mapping[str, str] = {
         "region not enabled for this account (opt-in region, or an AMI that needs a "
         "Marketplace subscription)"
     ),
-    "Unsupported": "instance type not supported in this availability zone",
+    "PendingVerification": "this region is still being validated for the account",
+    "SpotMaxPriceTooLow": "the Spot price in this zone is over the price cap",
 }
+
+# ``Unsupported`` naming the zone: "Your requested instance type (m5.large) is not supported
+# in your requested Availability Zone (us-east-1e). Please retry your request by not
+# specifying an Availability Zone or choosing us-east-1a, ..."
+_NOT_IN_THIS_ZONE = re.compile(r"not supported in your requested Availability Zone", re.I)
+
+
+def _by_message(code: str, message: str) -> type[ProviderError] | None:
+    """The one code whose scope EC2 puts only in its message (see the module docstring)."""
+    if code == "Unsupported":
+        return NotOfferedError if _NOT_IN_THIS_ZONE.search(message) else RegionConfigError
+    return None
+
+
+def _from_status(status: int | None) -> type[ProviderError]:
+    """The default for a code the tables do not know, by HTTP status family."""
+    if status == 429:
+        return ThrottledError
+    if status is not None and status >= 500:
+        return TransientError
+    if status in (401, 403):
+        return AuthError
+    return UnrecognizedError
+
 
 # botocore exceptions raised without any HTTP answer, by class (most specific first).
 _TRANSPORT: tuple[tuple[type[Exception], type[ProviderError]], ...] = (
@@ -179,12 +229,15 @@ def classify(exc: Exception) -> ProviderError:
         status = _status(response)
         code = str(error.get("Code") or (status if status is not None else "Unknown"))
         message = str(error.get("Message") or "").strip() or f"HTTP {status}"
-        cls = lookup(code)
-        if cls is None:
-            cls = TransientError if status is not None and status >= 500 else InvalidLaunchError
+        known = lookup(code)
+        cls = (_by_message(code, message) or known) if known else _from_status(status)
         operation = getattr(exc, "operation_name", None)
         if code in _EXPLAIN:
             message = f"{_EXPLAIN[code]}: {message}"
+        elif cls is NotOfferedError:
+            message = f"instance type not offered in this availability zone: {message}"
+        elif cls is UnrecognizedError:
+            message = f"unrecognized {PROVIDER} error {code} (HTTP {status}): {message}"
         if operation:
             message = f"{operation}: {message}"
         return cls(
