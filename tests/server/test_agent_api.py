@@ -35,7 +35,8 @@ class Run:
             state_dir=tmp_path / "state",
             backend="sim",
             catalog=CATALOG,
-            run_policy=RunPolicy(stop_grace=0.3, heartbeat_every=0.1),
+            # The test plays the agents: ranks it leaves running never report an exit.
+            run_policy=RunPolicy(stop_grace=0.3, heartbeat_every=0.1, final_sync_timeout=0.3),
         )
         self.service = Service(self.broker, ServiceOptions(workers=0, reconcile_every=0))
         self.client = TestClient(create_app(self.service, console=False))
