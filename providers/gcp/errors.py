@@ -12,12 +12,34 @@ Errors reach the adapter in two shapes, and :func:`classify` reads both:
    ``.error_details[].quota_info.metric_name``), and its status is the operation's
    ``httpErrorStatusCode`` (absent on some failures).
 
-Decisions come from codes, reasons, quota metric names and HTTP statuses, never from message
-text. Codes are looked up in :data:`ERROR_TABLE`; quota codes are then refined by metric
-(:func:`quota_class`: ``*_ALL_REGIONS`` is project-wide, anything else regional). Without a
-known code the HTTP status decides (:data:`STATUS_TABLE`), with one exception: **a failed
-operation with HTTP 503 is a stockout** (that is how ``ZONE_RESOURCE_POOL_EXHAUSTED`` arrives),
-so it is a :class:`CapacityError`, while a *synchronous* 503 is transient.
+Decisions come from codes, reasons, quota metric names and HTTP statuses. Codes are looked
+up in :data:`ERROR_TABLE`; quota codes are then refined by metric (:func:`quota_class`:
+``*_ALL_REGIONS`` is project-wide, anything else regional). An error can carry several
+codes (a bulkInsert reports one per VM, and ``VM_MIN_COUNT_NOT_REACHED`` next to its
+cause): the one that reaches furthest decides, and ``VM_MIN_COUNT_NOT_REACHED``, a summary,
+counts only alone (a compact placement that could not be met: capacity, next zone).
+Without a known code the HTTP status decides (:data:`STATUS_TABLE`: any other 4xx, or no
+status, is an :class:`UnrecognizedError`, next region; 5xx transient), with one exception:
+**a failed operation with HTTP 503 is a stockout** (that is how
+``ZONE_RESOURCE_POOL_EXHAUSTED`` arrives), so it is a :class:`CapacityError`, while a
+*synchronous* 503 is transient.
+
+Only what is certainly about the request the broker built fails it (``required``,
+``alreadyExists``: a field of ours missing, a name of ours taken). ``invalid``,
+``badRequest`` and ``INVALID_FIELD_VALUE`` mostly name a type, accelerator, image or
+subnetwork this zone or region does not have, so they move on to the next region.
+
+GCP puts two scopes only in the message; :func:`_by_message` reads them, the one place
+this module reads text, each pattern tested with Google's real wording:
+
+- a machine or accelerator type missing from the zone: "Invalid value for field
+  'resource.machineType': '...'. Machine type with name 'a2-highgpu-8g' does not exist in
+  zone 'us-central1-c'." and "The resource 'projects/p/zones/us-central1-f/acceleratorTypes/
+  nvidia-tesla-k80' was not found" (``invalid``, ``badRequest`` or ``notFound``): that zone
+  only, :class:`NotOfferedError`;
+- a quota whose metric is in the message only: "Quota 'GPUS_ALL_REGIONS' exceeded. Limit:
+  0.0 globally." (project-wide: :class:`GlobalQuotaError`) or "Quota 'NVIDIA_A100_GPUS'
+  exceeded.  Limit: 16.0 in region us-central1." (regional).
 
 Transport failures (no HTTP answer) are :class:`CallTimeoutError` (timeouts) or
 :class:`TransientError`; google-auth failures are :class:`NotConfiguredError` (no Application
@@ -43,12 +65,15 @@ from providers.errors import (
     GlobalQuotaError,
     InvalidLaunchError,
     NotConfiguredError,
+    NotOfferedError,
     ProviderError,
     QuotaError,
+    Reach,
     RegionCapacityError,
     RegionConfigError,
     ThrottledError,
     TransientError,
+    UnrecognizedError,
 )
 
 PROVIDER = "gcp"
@@ -58,6 +83,7 @@ __all__ = [
     "GOOGLE_ERRORS",
     "PROVIDER",
     "STATUS_TABLE",
+    "SUMMARY_CODES",
     "classify",
     "error_codes",
     "operation_error",
@@ -66,6 +92,7 @@ __all__ = [
     "redact",
 ]
 # Error codes (operation errors, upper case) and reasons (synchronous errors, camelCase).
+# The real wording of each row is in tests/providers/gcp/test_errors.py.
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     # -- stockouts: no capacity for this shape in this zone now -> next zone ------------------
     "ZONE_RESOURCE_POOL_EXHAUSTED": CapacityError,
@@ -73,7 +100,10 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "insufficientCapacity": CapacityError,  # synchronous 503 from bulkInsert
     "UNSUPPORTED_OPERATION": CapacityError,  # seen for spot VMs preempted while created
     "GPU_STOCKOUT": CapacityError,
+    # A summary next to its cause (which decides); alone, a compact placement not met.
+    "VM_MIN_COUNT_NOT_REACHED": CapacityError,
     "REGION_RESOURCE_POOL_EXHAUSTED": RegionCapacityError,
+    "RESOURCE_POOL_EXHAUSTED": RegionCapacityError,  # the region's external IP pool
     # -- quota (refined by metric name: *_ALL_REGIONS is project-wide) ------------------------
     "QUOTA_EXCEEDED": QuotaError,
     "quotaExceeded": QuotaError,
@@ -81,6 +111,7 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "rateLimitExceeded": ThrottledError,
     "userRateLimitExceeded": ThrottledError,
     "RATE_LIMIT_EXCEEDED": ThrottledError,
+    # Too many operations on one source resource (an image): retried, then the next zone.
     "RESOURCE_OPERATION_RATE_EXCEEDED": ThrottledError,
     # -- the service failed: the same call again -----------------------------------------------
     "backendError": TransientError,
@@ -101,34 +132,55 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "SERVICE_DISABLED": NotConfiguredError,
     # -- a resource the request names (image, network, subnetwork, machine or accelerator
     # type) does not exist where it was asked for: next region, as AWS's InvalidAMIID and
-    # Azure's ImageNotFound. Failing the request would also fail the other clouds' shapes
-    # over one cloud's configuration; a global resource just costs one explained attempt
-    # per region before the other clouds are tried.
+    # Azure's ImageNotFound (a type missing from one zone: that zone, see _by_message).
+    # Failing the request would also fail the other clouds' shapes over one cloud's
+    # configuration; a global resource just costs one explained attempt per region.
     "notFound": RegionConfigError,
     "RESOURCE_NOT_FOUND": RegionConfigError,
-    # -- the request itself is wrong (bad image, field value, name in use): fail it ----------
-    "invalid": InvalidLaunchError,
-    "badRequest": InvalidLaunchError,
-    "required": InvalidLaunchError,
-    "invalidParameter": InvalidLaunchError,
-    "INVALID_FIELD_VALUE": InvalidLaunchError,
-    "INVALID_USAGE": InvalidLaunchError,
+    # -- what this region refuses: a value it does not accept, a full subnetwork, an
+    # organization policy (constraints/gcp.resourceLocations, vmExternalIpAccess): next region
+    "invalid": RegionConfigError,
+    "badRequest": RegionConfigError,
+    "invalidParameter": RegionConfigError,
+    "INVALID_FIELD_VALUE": RegionConfigError,
+    "INVALID_USAGE": RegionConfigError,  # e.g. an image's architecture and the type's
+    "IP_SPACE_EXHAUSTED": RegionConfigError,
+    "IP_SPACE_EXHAUSTED_WITH_DETAILS": RegionConfigError,
+    "conditionNotMet": RegionConfigError,  # HTTP 412: an organization policy constraint
+    "CONDITION_NOT_MET": RegionConfigError,
+    # -- the request itself is wrong, certainly ours: fail it ---------------------------------
+    "required": InvalidLaunchError,  # a field of ours missing
     "alreadyExists": InvalidLaunchError,  # a name of ours taken by someone else's resource
     "RESOURCE_ALREADY_EXISTS": InvalidLaunchError,
 }
+# Codes that only sum up the others (the other code decides; alone, the table's row does).
+SUMMARY_CODES = frozenset({"VM_MIN_COUNT_NOT_REACHED"})
 
-# Without a known code: the HTTP status (exact), then its class (4xx/5xx).
+# Without a known code: the HTTP status (exact), then its family (5xx transient, any other
+# status UnrecognizedError: next region, never a failed request).
 STATUS_TABLE: Mapping[int, type[ProviderError]] = {
-    400: InvalidLaunchError,
     401: AuthError,
     403: AuthError,
     404: RegionConfigError,
     408: CallTimeoutError,
-    409: InvalidLaunchError,
-    412: InvalidLaunchError,
+    412: RegionConfigError,  # conditionNotMet: an organization policy
     429: ThrottledError,
     504: CallTimeoutError,
 }
+
+# The two scopes Google writes only in the message (see _by_message).
+_NOT_IN_ZONE = (
+    re.compile(r"Machine type with name '[^']+' does not exist in zone '[^']+'", re.I),
+    re.compile(r"/zones/[^/'\s]+/acceleratorTypes/[^'\s]+' was not found", re.I),
+)
+_QUOTA_IN_MESSAGE = re.compile(
+    r"Quota '(?P<metric>[A-Z0-9_]+)' exceeded\.\s+Limit: [0-9.]+ (?P<scope>globally|in region)"
+)
+_MESSAGE_SCOPED = frozenset(
+    {"invalid", "badRequest", "invalidParameter", "INVALID_FIELD_VALUE", "notFound"}
+    | {"RESOURCE_NOT_FOUND"}
+)
+_REACH_ORDER = (Reach.CALL, Reach.ZONE, Reach.REGION, Reach.PROVIDER, Reach.REQUEST)
 
 _SECRETS = (
     re.compile(r"ya29\.[\w.\-]+"),  # OAuth access tokens
@@ -168,19 +220,25 @@ def _get(item: Any, *names: str) -> Any:
     return None
 
 
-def error_codes(exc: BaseException) -> list[str]:
-    """The codes (operation errors) or reasons (HTTP errors) an API error carries, in order."""
-    codes: list[str] = []
+def _coded(exc: BaseException) -> list[tuple[str, str]]:
+    """(code or reason, its own message) of every error item, then of the ErrorInfo
+    details, in order (a detail has no message of its own: the exception's)."""
+    found: list[tuple[str, str]] = []
     for item in getattr(exc, "errors", None) or ():
         code = _get(item, "code", "reason")
         if code and isinstance(code, str):
-            codes.append(code)
+            found.append((code, str(_get(item, "message") or "")))
     for detail in getattr(exc, "details", None) or ():
         if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("ErrorInfo"):
             reason = detail.get("reason")
             if isinstance(reason, str) and reason:
-                codes.append(reason)
-    return codes
+                found.append((reason, ""))
+    return found
+
+
+def error_codes(exc: BaseException) -> list[str]:
+    """The codes (operation errors) or reasons (HTTP errors) an API error carries, in order."""
+    return [code for code, _ in _coded(exc)]
 
 
 def _quota_infos(item: Any) -> Iterable[Any]:
@@ -209,13 +267,32 @@ def quota_metrics(exc: BaseException) -> list[str]:
     return metrics
 
 
-def quota_class(metrics: Sequence[str]) -> type[ProviderError]:
+def quota_class(metrics: Sequence[str], globally: bool = False) -> type[ProviderError]:
     """Project-wide quota (``GPUS_ALL_REGIONS``, ``CPUS_ALL_REGIONS``, any ``*_ALL_REGIONS``
-    metric) is a GlobalQuotaError; a regional metric, or none named, a QuotaError."""
+    metric, or a message saying "globally") is a GlobalQuotaError; a regional metric, or
+    none named, a QuotaError."""
     names = [m.rsplit("/", 1)[-1].upper() for m in metrics]
-    if any(n.endswith("ALL_REGIONS") for n in names):
+    if globally or any(n.endswith("ALL_REGIONS") for n in names):
         return GlobalQuotaError
     return QuotaError
+
+
+def _by_message(code: str, cls: type[ProviderError], message: str) -> type[ProviderError]:
+    """The scope Google writes only in the message, for the codes that need it (the one
+    place this module reads text: see the module docstring)."""
+    if code in _MESSAGE_SCOPED and any(p.search(message) for p in _NOT_IN_ZONE):
+        return NotOfferedError
+    if cls is QuotaError:
+        found = _QUOTA_IN_MESSAGE.search(message)
+        if found is not None:
+            return quota_class([found["metric"]], globally=found["scope"] == "globally")
+    return cls
+
+
+def _message_metrics(exc: BaseException) -> list[str]:
+    """Quota metrics named only in the messages ("Quota 'GPUS_ALL_REGIONS' exceeded...")."""
+    texts = [m for _, m in _coded(exc)] + [str(getattr(exc, "message", "") or "")]
+    return [found["metric"] for t in texts for found in _QUOTA_IN_MESSAGE.finditer(t)]
 
 
 class OperationFailed(core_exc.GoogleAPICallError):
@@ -253,24 +330,33 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _api_class(exc: core_exc.GoogleAPICallError) -> tuple[type[ProviderError], str]:
-    codes = error_codes(exc)
+    coded = _coded(exc)
     status = exc.code if isinstance(exc.code, int) else None
     from_operation = isinstance(exc, OperationFailed)
-    for code in codes:
+    whole = str(exc.message or "")
+    metrics = quota_metrics(exc)
+    known: list[tuple[type[ProviderError], str]] = []
+    for code, message in coded:
         cls = ERROR_TABLE.get(code)
-        if cls is QuotaError:
-            return quota_class(quota_metrics(exc)), code
-        if cls is not None:
-            return cls, code
-    code = codes[0] if codes else (str(status) if status is not None else type(exc).__name__)
+        if cls is None:
+            continue
+        if cls is QuotaError and metrics:  # structured fields first
+            cls = quota_class(metrics)
+        else:
+            cls = _by_message(code, cls, message or whole)
+        known.append((cls, code))
+    causes = [k for k in known if k[1] not in SUMMARY_CODES] or known
+    if causes:  # the code that reaches furthest decides (first of equals)
+        return max(causes, key=lambda k: _REACH_ORDER.index(k[0].reach))
+    code = coded[0][0] if coded else (str(status) if status is not None else type(exc).__name__)
     if status is None:
-        return InvalidLaunchError, code
+        return UnrecognizedError, code
     if from_operation and status == 503:
         return CapacityError, code  # a stockout arrives as an operation's 503
     found = STATUS_TABLE.get(status)
     if found is not None:
         return found, code
-    return (TransientError if status >= 500 else InvalidLaunchError), code
+    return (TransientError if status >= 500 else UnrecognizedError), code
 
 
 # Exceptions raised without any HTTP answer, by class (most specific first).
@@ -296,9 +382,16 @@ def classify(exc: BaseException) -> ProviderError:
     if isinstance(exc, core_exc.GoogleAPICallError):
         cls, code = _api_class(exc)
         message = _short(redact(exc.message or str(exc)))
-        metrics = quota_metrics(exc) if cls in (QuotaError, GlobalQuotaError) else []
+        metrics = []
+        if cls in (QuotaError, GlobalQuotaError):
+            metrics = quota_metrics(exc) or _message_metrics(exc)
         if metrics:
             message = f"quota {', '.join(dict.fromkeys(metrics))}: {message}"
+        elif cls is NotOfferedError:
+            message = f"not offered in this zone: {message}"
+        elif cls is UnrecognizedError:
+            status = exc.code if isinstance(exc.code, int) else None
+            message = f"unrecognized {PROVIDER} error {code} (HTTP {status}): {message}"
         return cls(message, code=code, provider=PROVIDER, retry_after=_retry_after(exc))
     for kind, cls in _TRANSPORT:
         if isinstance(exc, kind):

@@ -105,6 +105,8 @@ class Fault:
     status: int | None = None  # for "sync" / "op"
     code: str | None = None  # reason ("sync") or error code ("op")
     used: int = 0
+    message: str | None = None  # the cloud's words (default: "injected ...")
+    also: tuple[tuple[str, str], ...] = ()  # more (code, message) items of an "op" fault
 
 
 @dataclass
@@ -197,12 +199,19 @@ class FakeGce:
         metric: str | None = None,
         status: int | None = None,
         code: str | None = None,
+        message: str | None = None,
+        also: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
     ) -> Fault:
-        """Fail the next ``times`` calls of ``method`` (in ``zone``, for ``machine_type``)."""
+        """Fail the next ``times`` calls of ``method`` (in ``zone``, for ``machine_type``);
+        ``message``: the words of a "sync"/"op" fault, ``also``: more (code, message) items
+        after the first in a failed operation (a bulkInsert reports several)."""
         known = (*SYNC_ERRORS, *OP_ERRORS, *OTHER_FAULTS, *CUSTOM)
         if error not in known:
             raise ValueError(f"unknown fault {error!r}")
-        fault = Fault(method, error, zone, machine_type, times, metric, status, code)
+        extra = tuple((str(c), str(m)) for c, m in also)
+        fault = Fault(
+            method, error, zone, machine_type, times, metric, status, code, 0, message, extra
+        )
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -249,7 +258,8 @@ class FakeGce:
             return fault
         if fault.error == "sync":
             assert fault.status is not None, "a sync fault needs a status"
-            raise HttpError(fault.status, fault.code, "injected sync error", metric=fault.metric)
+            words = fault.message or "injected sync error"
+            raise HttpError(fault.status, fault.code, words, metric=fault.metric)
         status, reason, metric = SYNC_ERRORS[fault.error]
         raise HttpError(status, reason, f"injected {fault.error}", metric=fault.metric or metric)
 
@@ -492,7 +502,9 @@ class FakeGce:
         if fault is not None and fault.error in (*OP_ERRORS, "op"):
             status, code, metric = OP_ERRORS.get(fault.error, (fault.status, fault.code, None))
             code = code or "UNKNOWN"
-            op.finish = lambda: _op_error(status, code, fault.metric or metric, zone, region)
+            op.finish = lambda: _op_error(
+                status, code, fault.metric or metric, zone, region, fault.message, fault.also
+            )
             return op.body
         if fault is not None and fault.error == "stuck":
             op.polls_left = 10**9
@@ -513,7 +525,12 @@ class FakeGce:
         if "/" in machine:
             raise HttpError(500, "internalError", "INTERNAL_ERROR: machine type must be a name")
         if machine not in self.machine_types.get(zone, {}):
-            raise HttpError(400, "invalid", f"machine type {machine} not offered in {zone}")
+            raise HttpError(  # Google's words
+                400,
+                "invalid",
+                f"Invalid value for field 'resource.machineType': '{machine}'. Machine type "
+                f"with name '{machine}' does not exist in zone '{zone}'.",
+            )
         names = list(body.get("perInstanceProperties", {}))
         count, least = int(body.get("count", 0)), int(body.get("minCount", body.get("count", 0)))
         if not names or len(names) != count or least != count:
@@ -526,7 +543,12 @@ class FakeGce:
         for accel in props.get("guestAccelerators", []):
             known = self.accelerator_types.get(zone, {}).get(accel.get("acceleratorType", ""))
             if known is None or int(accel["acceleratorCount"]) > known["maximumCardsPerInstance"]:
-                raise HttpError(400, "invalid", f"accelerator {accel} not available in {zone}")
+                raise HttpError(  # Google's words for a type the zone does not have
+                    400,
+                    "badRequest",
+                    f"The resource 'projects/{self.project}/zones/{zone}/acceleratorTypes/"
+                    f"{accel.get('acceleratorType', '')}' was not found",
+                )
         for policy in props.get("resourcePolicies", []):
             if "/" in policy or (self.zones[zone], policy) not in self.policies:
                 raise HttpError(400, "invalid", f"resource policy {policy} not found")
@@ -673,9 +695,15 @@ def _last(url: str) -> str:
 
 
 def _op_error(
-    status: int | None, code: str, metric: str | None, zone: str, region: str
+    status: int | None,
+    code: str,
+    metric: str | None,
+    zone: str,
+    region: str,
+    message: str | None = None,
+    also: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": f"injected {code} in {zone}"}
+    error: dict[str, Any] = {"code": code, "message": message or f"injected {code} in {zone}"}
     if metric:
         dims = {} if metric.endswith("ALL_REGIONS") else {"region": region}
         error["errorDetails"] = [
@@ -688,7 +716,9 @@ def _op_error(
                 }
             }
         ]
-    out: dict[str, Any] = {"error": {"errors": [error]}}
+    out: dict[str, Any] = {
+        "error": {"errors": [error, *({"code": c, "message": m} for c, m in also)]}
+    }
     if status is not None:
         out.update(httpErrorStatusCode=status, httpErrorMessage="injected failure")
     return out
