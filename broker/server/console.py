@@ -6,6 +6,10 @@ from ``static/``: no build step, no CDN. Every value comes from the Broker scope
 signed-in organisation and the documents of :mod:`broker.views`; filters and quotes are built
 by :mod:`broker.inputs`, as for the API and the CLI.
 
+An experiment's page lists its artifacts and its nodes' sync totals; a download link is made
+only when it is clicked (``/experiments/<id>/artifacts/download``: a redirect to a signed URL
+that lives two minutes), so no signed URL is ever in a page, a cache or a log.
+
 Sessions are stateless, so any replica serves any request: the cookie holds the token itself
 (HttpOnly, SameSite=Strict, Secure over HTTPS) and every request authenticates it again, so a
 revoked token ends its sessions at once. Each POST form carries a CSRF token, an HMAC of a
@@ -244,6 +248,7 @@ def templates() -> Environment:
     )
     env.filters["money"] = money
     env.filters["age"] = age
+    env.filters["size"] = size
     env.globals["static"] = static_url
     env.globals["label"] = label
     return env
@@ -604,6 +609,7 @@ def experiment(request: Request, cluster_id: str) -> Response:
     doc = report_document(report)
     command = (report.cluster.experiment or {}).get("command")
     log = session.broker.logs(report.cluster.id, 0, tail=LOG_LINES)
+    live = report.cluster.status not in TERMINAL
     return render(
         request,
         "experiment.html",
@@ -611,7 +617,9 @@ def experiment(request: Request, cluster_id: str) -> Response:
         c=doc,
         log_lines=[x.line for x in log.lines],
         log_dropped=log.dropped,
-        live=report.cluster.status not in TERMINAL,
+        live=live,
+        files=artifacts_panel(session.broker, report.cluster.id),
+        syncs=sync_rows(session.broker.store.syncs(report.cluster.id), live=live),
         age=age(session.broker.clock() - report.cluster.created_at),
         command=command if isinstance(command, str) else None,
         updated=when(report.cluster.updated_at),
@@ -633,6 +641,93 @@ def experiment_log(request: Request, cluster_id: str) -> JSONResponse:
     )
 
 
+# -- the Artifacts panel ------------------------------------------------------------------------
+
+
+def size(value: int) -> str:
+    """Bytes for people: ``512 B``, ``4.0 KiB``, ``256.0 MiB``, ``1.2 GiB``."""
+    if value < 1024:
+        return f"{value} B"
+    shown = value / 1024
+    units = ["KiB", "MiB", "GiB", "TiB"]
+    while shown >= 1024 and len(units) > 1:
+        shown /= 1024
+        units.pop(0)
+    return f"{shown:.1f} {units[0]}"
+
+
+def artifacts_panel(broker: Broker, cluster_id: str) -> dict[str, Any]:
+    """The experiment's files (the first ARTIFACTS_SHOWN, by path) and their total, or why
+    the store could not be read (the rest of the page still renders)."""
+    from providers.storage.base import StorageError
+
+    try:
+        found = broker.artifacts(cluster_id)
+    except StorageError as exc:
+        return {"rows": [], "total": 0, "bytes": 0, "more": 0, "error": str(exc)}
+    rows = [
+        {
+            "path": a.path,
+            "kind": a.kind,
+            "rank": a.rank,
+            "size": a.size,
+            "modified": when(a.modified),
+            "href": f"/experiments/{quote(cluster_id)}/artifacts/download?"
+            + urlencode({"path": a.path}),
+        }
+        for a in found[:ARTIFACTS_SHOWN]
+    ]
+    return {
+        "rows": rows,
+        "total": len(found),
+        "bytes": sum(a.size for a in found),
+        "more": max(0, len(found) - ARTIFACTS_SHOWN),
+        "error": None,
+    }
+
+
+def sync_rows(syncs: Iterable[Mapping[str, Any]], *, live: bool) -> list[dict[str, Any]]:
+    """The sync totals per cycle, rank and kind, each with its final sync's state: ``done``,
+    ``failed`` (files the final sync could not send: shown loudly), ``pending`` (the
+    experiment still runs) or ``missing`` (it ended without a final sync report)."""
+    rows = []
+    for s in syncs:
+        if s["final"]:
+            state = "failed" if s["failed"] else "done"
+        else:
+            state = "pending" if live else "missing"
+        rows.append({**s, "state": state})
+    return rows
+
+
+def _linked(broker: Broker) -> Broker:
+    """``broker`` whose file store signs links relative to the host the browser talks to
+    (this service serves them at /v1/blobs); a cloud store's links are its own."""
+    import copy
+
+    from providers.storage.file import FileStore
+
+    store = broker.artifact_store
+    if not isinstance(store, FileStore):
+        return broker
+    view = copy.copy(broker)
+    view.__dict__["artifact_store"] = store.with_base("")
+    return view
+
+
+@router.get("/experiments/{cluster_id}/artifacts/download")
+def artifact_download(
+    request: Request,
+    cluster_id: str,
+    path: Annotated[str, Query(min_length=1, max_length=1100)],
+) -> Response:
+    """A fresh signed link to one artifact, made at the click and answered as a redirect:
+    the link lives LINK_SECONDS, is never in a page, and the redirect is not cached."""
+    session = signed_in(request)
+    link = _linked(session.broker).artifact_link(cluster_id, path, expires=LINK_SECONDS)
+    return RedirectResponse(link.url, status_code=303)
+
+
 @router.post("/experiments/{cluster_id}/cancel")
 def cancel(request: Request, cluster_id: str, csrf: Annotated[str, Form()] = "") -> Response:
     session = checked(request, csrf)
@@ -648,6 +743,8 @@ def cancel(request: Request, cluster_id: str, csrf: Annotated[str, Form()] = "")
 
 
 LOG_LINES = 100  # the seed's "most recently printed 100 lines of the master node log"
+ARTIFACTS_SHOWN = 200  # files listed on the page (the CLI lists them all)
+LINK_SECONDS = 120.0  # how long a download link the console makes lives
 
 
 def mount(app: FastAPI) -> None:
