@@ -10,20 +10,33 @@ HTTP status alone, because azure-core's classes and statuses mislead:
   status is the last poll's (usually 200), with ``AllocationFailed`` as its code.
 
 Codes are looked up in :data:`ERROR_TABLE`; the first code found (outermost first, then the
-details depth-first) that the table knows decides. Two codes need their message as well, and
-only those two, both here in :func:`_by_message` (the one place this module reads text):
+details depth-first) that the table knows decides. The scope of three codes is not in the
+code: it is read from the error's ``target`` first (a structured field), then from the
+message where Azure puts it only there, all in :func:`_scoped` (the one place this module
+reads text), each pattern tested with Azure's real wording:
 
 - ``SkuNotAvailable``: the size is restricted for the subscription. When the message names
   zones (``... in location 'eastus' zones '1' ...``) the restriction is zonal (another zone
-  may work: :class:`CapacityError`); otherwise it covers the region
+  may work: :class:`CapacityError`); an empty list (``zones ''``) or none covers the region
   (:class:`RegionCapacityError`, next region);
+- ``InvalidParameter``: its ``target`` says which parameter. The VM size ("The requested
+  VM size Standard_ND96asr_v4 is not available in the current region", target ``vmSize``)
+  is regional (:class:`RegionCapacityError`); the image or network is this region's
+  configuration (:class:`RegionConfigError`); a field only the broker fills in (admin
+  user, SSH key, custom data, computer name, tags) is a bug of ours and fails the request;
+  any other or no target: next region (when in doubt, move on);
 - ``OperationNotAllowed`` is overloaded: a cores/vCPU quota (``QuotaError``), a spot max price
   below the current price (``QuotaError``: next region, the adapter always sends -1), or a
   throttle (``ThrottledError``). Anything else is a :class:`RegionConfigError` (next region):
   the safe default, it neither hammers the same call nor gives up the whole request.
 
+A policy refusal (``RequestDisallowedByPolicy``, an allowed-locations assignment;
+``RequestDisallowedByAzure``, a region closed to the subscription) is about that region,
+never the credentials, though it comes as HTTP 403.
+
 With no known code, the status decides: 429 throttled (``Retry-After`` kept in
-``retry_after``), 5xx transient, 401/403 auth, anything else an invalid request. Transport
+``retry_after``), 5xx transient, 401/403 auth, anything else an
+:class:`UnrecognizedError` (next region, said loudly: never a failed request). Transport
 errors (no HTTP answer) are :class:`TransientError` (:class:`CallTimeoutError` for timeouts);
 azure-identity's ``CredentialUnavailableError`` / ``ClientAuthenticationError`` are
 :class:`AuthError`. Messages keep the cloud's wording with bearer tokens, JWTs and secrets
@@ -43,28 +56,34 @@ from providers.errors import (
     CallTimeoutError,
     CapacityError,
     InvalidLaunchError,
+    NotOfferedError,
+    ProviderConfigError,
     ProviderError,
     QuotaError,
     RegionCapacityError,
     RegionConfigError,
     ThrottledError,
     TransientError,
+    UnrecognizedError,
 )
 
 PROVIDER = "azure"
-# ARM / Compute error codes -> the typed error (exact match, case-insensitive).
+# ARM / Compute error codes -> the typed error (exact match, case-insensitive). The real
+# wording of each row is in tests/providers/azure/test_errors.py.
 ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     # -- no capacity for this size here now: next zone ------------------------------------
     "AllocationFailed": CapacityError,
     "ZonalAllocationFailed": CapacityError,
     "OverconstrainedAllocationRequest": CapacityError,
     "OverconstrainedZonalAllocationRequest": CapacityError,
-    "SkuNotAvailable": CapacityError,  # zonal or regional: see _by_message
+    "SkuNotAvailable": CapacityError,  # zonal or regional: see _scoped
     "VMEvictedDuringLaunch": CapacityError,  # the adapter's own code for a spot eviction
+    "AvailabilityZoneNotSupported": NotOfferedError,  # the size is not in this zone
+    "NotAvailableForSubscription": RegionCapacityError,  # the size, for this subscription
     # -- regional quota: next region -----------------------------------------------------
     "QuotaExceeded": QuotaError,
     "ResourceQuotaExceeded": QuotaError,
-    "OperationNotAllowed": RegionConfigError,  # quota / spot price / throttle: _by_message
+    "OperationNotAllowed": RegionConfigError,  # quota / spot price / throttle: _scoped
     # -- throttling and service errors: the same call again -------------------------------
     "TooManyRequests": ThrottledError,
     "RetryableError": TransientError,
@@ -85,24 +104,42 @@ ERROR_TABLE: Mapping[str, type[ProviderError]] = {
     "SubscriptionNotFound": AuthError,
     "MissingSubscriptionRegistration": AuthError,
     "ResourceGroupNotFound": AuthError,  # the configured group: nothing can launch
-    # -- resources of the configuration missing in this region: next region ---------------
+    # The image's Marketplace terms not accepted, or an offer the subscription cannot buy:
+    # every region shares the image, so the whole cloud, until someone accepts or fixes it.
+    "ResourcePurchaseValidationFailed": ProviderConfigError,
+    "MarketplacePurchaseEligibilityFailed": ProviderConfigError,
+    # -- this region refuses: its policy, or what the configuration names is missing here
+    "RequestDisallowedByPolicy": RegionConfigError,  # e.g. an allowed-locations policy
+    "RequestDisallowedByAzure": RegionConfigError,  # a region closed to the subscription
     "ImageNotFound": RegionConfigError,
     "PlatformImageNotFound": RegionConfigError,
     "InvalidResourceReference": RegionConfigError,  # e.g. a subnet of another region
     "NotFound": RegionConfigError,
+    "ResourceNotFound": RegionConfigError,
     "LocationNotAvailableForResourceType": RegionConfigError,
     "NoRegisteredProviderFound": RegionConfigError,
-    # -- the request itself is wrong: fail it ---------------------------------------------
-    "InvalidParameter": InvalidLaunchError,
-    "InvalidRequestContent": InvalidLaunchError,
+    "InvalidParameter": RegionConfigError,  # by its target: see _scoped
+    "BadRequest": RegionConfigError,  # ARM's catch-all: when in doubt, the next region
+    # -- the request itself is wrong, certainly ours: fail it -----------------------------
+    "InvalidRequestContent": InvalidLaunchError,  # a body that does not deserialize
     "InvalidRequestFormat": InvalidLaunchError,
-    "BadRequest": InvalidLaunchError,
-    "PropertyChangeNotAllowed": InvalidLaunchError,
+    "PropertyChangeNotAllowed": InvalidLaunchError,  # a VM name of ours, other properties
     "IdempotentParameterMismatch": InvalidLaunchError,
 }
 _TABLE = {code.lower(): cls for code, cls in ERROR_TABLE.items()}
 
-_ZONE_LIST = re.compile(r"\bzones?\s+'[^']*'")
+_ZONE_LIST = re.compile(r"\bzones?\s+'[^']+'")  # zones '' names none: the region
+_SIZE_NOT_IN_REGION = re.compile(r"requested VM size \S+ is not available in the current region")
+# InvalidParameter targets (the last dotted part, lower case) that only the broker fills in.
+_OUR_FIELDS = frozenset(
+    {"adminusername", "adminpassword", "customdata", "computername", "ssh", "publickeys"}
+    | {"keydata", "tags", "name", "osprofile", "linuxconfiguration", "userdata"}
+)
+_SIZE_FIELDS = frozenset({"vmsize", "hardwareprofile"})
+_REGION_FIELDS = frozenset(
+    {"imagereference", "publisher", "offer", "sku", "version", "plan", "id"}
+    | {"networkinterfaces", "subnet", "networkprofile", "proximityplacementgroup"}
+)
 _QUOTA_WORDS = ("quota", "cores", "vcpu", "exceeding approved", "limit")
 _PRICE_WORDS = ("max price", "maxprice", "spot price", "billingprofile")
 _THROTTLE_WORDS = ("throttl", "too many requests", "rate limit")
@@ -132,25 +169,26 @@ def _short(text: str, most: int = 400) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
-def _walk(error: Any) -> Iterator[tuple[str, str]]:
-    """(code, message) of an ARM error and of every nested detail, outermost first."""
+def _walk(error: Any) -> Iterator[tuple[str, str, str]]:
+    """(code, message, target) of an ARM error and of every nested detail, outermost
+    first (target "" when the error names none)."""
     if error is None:
         return
     if isinstance(error, Mapping):
         code, message = error.get("code"), error.get("message")
-        details = error.get("details") or ()
+        target, details = error.get("target"), error.get("details") or ()
     else:
         code, message = getattr(error, "code", None), getattr(error, "message", None)
-        details = getattr(error, "details", None) or ()
+        target, details = getattr(error, "target", None), getattr(error, "details", None) or ()
     if code:
-        yield str(code), str(message or "")
+        yield str(code), str(message or ""), str(target or "")
     for detail in details:
         yield from _walk(detail)
 
 
 def error_codes(exc: BaseException) -> list[tuple[str, str]]:
     """Every (code, message) an azure-core exception carries, outermost first."""
-    return list(_walk(getattr(exc, "error", None)))
+    return [(code, message) for code, message, _ in _walk(getattr(exc, "error", None))]
 
 
 def _status(exc: BaseException) -> int | None:
@@ -175,15 +213,22 @@ def retry_after(exc: BaseException) -> float | None:
         return None
 
 
-def _by_message(code: str, message: str) -> type[ProviderError] | None:
-    """The two overloaded codes, told apart by their message (see the module docstring)."""
-    text = message.lower()
-    if code.lower() == "skunotavailable":
+def _scoped(code: str, message: str, target: str) -> type[ProviderError] | None:
+    """The three codes whose scope is in their target or message (see the docstring)."""
+    text, name = message.lower(), code.lower()
+    if name == "skunotavailable":
         # "... not available in location 'eastus' zones '1' for subscription ..." names the
         # zones; every variant ends "... deploy to a different location or zones", so only a
-        # quoted zone list counts.
+        # quoted, non-empty zone list counts.
         return CapacityError if _ZONE_LIST.search(text) else RegionCapacityError
-    if code.lower() == "operationnotallowed":
+    if name == "invalidparameter":
+        field = target.rsplit(".", 1)[-1].strip("[]0123456789").lower()
+        if field in _SIZE_FIELDS or _SIZE_NOT_IN_REGION.search(message):
+            return RegionCapacityError
+        if field in _OUR_FIELDS:
+            return InvalidLaunchError
+        return RegionConfigError  # an image, a network, or no target: next region
+    if name == "operationnotallowed":
         if any(w in text for w in _PRICE_WORDS):
             return QuotaError
         if any(w in text for w in _THROTTLE_WORDS):
@@ -203,7 +248,7 @@ def _from_status(status: int | None) -> type[ProviderError]:
         return TransientError
     if status in (401, 403):
         return AuthError
-    return InvalidLaunchError
+    return UnrecognizedError
 
 
 def _credential_error(exc: BaseException) -> bool:
@@ -225,18 +270,18 @@ def classify(exc: BaseException) -> ProviderError:
         )
     if isinstance(exc, core_exc.HttpResponseError):
         status = _status(exc)
-        codes = error_codes(exc)
+        codes = list(_walk(getattr(exc, "error", None)))
         cls: type[ProviderError] | None = None
         code = message = ""
-        for found_code, found_message in codes:
+        for found_code, found_message, target in codes:
             known = lookup(found_code)
             if known is not None:
                 code, message = found_code, found_message
-                cls = _by_message(found_code, found_message) or known
+                cls = _scoped(found_code, found_message, target) or known
                 break
         if cls is None:
             if codes:
-                code, message = codes[-1]
+                code, message, _ = codes[-1]
             if isinstance(exc, core_exc.ClientAuthenticationError) and status != 403:
                 cls = AuthError
             else:
@@ -247,6 +292,8 @@ def classify(exc: BaseException) -> ProviderError:
             message = getattr(exc, "message", None) or str(exc) or f"HTTP {status}"
         hint = retry_after(exc)
         prefix = f"HTTP {status}: " if status is not None and status != 200 else ""
+        if cls is UnrecognizedError:
+            prefix = f"unrecognized {PROVIDER} error {code} (HTTP {status}): "
         return cls(
             _short(redact(f"{prefix}{message}")), code=code, provider=PROVIDER, retry_after=hint
         )

@@ -99,6 +99,7 @@ class Fault:
     times: int = 1
     retry_after: int | None = None
     wrap: str | None = None  # an outer code that carries ``code`` in its details
+    target: str | None = None  # the ARM error's target (the parameter it is about)
     reads: int = 10**9
     skip: int = 0  # matching calls let through before the first hit
     hits: int = 0
@@ -115,6 +116,8 @@ class Fault:
     def body(self) -> dict[str, Any]:
         message = self.message or f"injected {self.code} for the test"
         inner = {"code": self.code, "message": message}
+        if self.target:
+            inner["target"] = self.target
         if self.wrap:
             return {
                 "code": self.wrap,
