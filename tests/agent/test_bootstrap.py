@@ -1,44 +1,48 @@
 """The node boot script: what it carries, how it quotes, its size per cloud, and what it does
-when run (in a temporary directory, with a stand-in python3 that records how it is called)."""
+when run (in a temporary directory, with a stand-in python3 that records how it is called and
+a stand-in service on loopback that serves the agent, checking the node token)."""
 
 from __future__ import annotations
 
+import ast
 import base64
-import http.server
+import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from broker.agent import bootstrap as bootstrap_module
 from broker.agent.bootstrap import (
+    AGENT_ROUTE,
     AWS_USER_DATA_LIMIT,
     AZURE_CUSTOM_DATA_LIMIT,
     BOOTSTRAP_LIMITS,
+    FETCH_WINDOW,
     GCP_METADATA_VALUE_LIMIT,
     INSTALL_DIR,
     LOG_FILE,
     BootstrapTooLargeError,
     InvalidBootstrapValue,
+    agent_sha256,
     bootstrap_script,
     bootstrap_size,
     check_bootstrap_size,
-    embedded_agent,
     packaged_agent,
+    pinned_agent,
 )
 from providers.base import TAG_CLUSTER, LaunchRequest
 from providers.errors import InvalidLaunchError, Reach
@@ -50,8 +54,11 @@ from tests.agent.bootrun import (
     NODE_TOKEN,
     SERVICE,
     agent_argv,
+    route_of,
     run,
     script_for,
+    serve,
+    service_for,
     stub_python,
     tools_dir,
 )
@@ -72,33 +79,37 @@ def script(**overrides: object) -> str:
     return bootstrap_script(**values)  # type: ignore[arg-type]
 
 
-def without_payload(text: str) -> str:
-    """The script's shell code, the agent's base64 lines left out."""
-    head, _, rest = text.partition("<<'BURST_BROKER_AGENT'\n")
-    _, _, tail = rest.partition("\nBURST_BROKER_AGENT\n")
-    return head + tail
+def assert_no_copy_of(agent: bytes, text: str) -> None:
+    """Nothing of ``agent`` in ``text``: none of its lines, no gzip + base64 payload."""
+    for line in agent.decode("utf-8", "replace").splitlines():
+        if len(line.strip()) >= 30:  # a line distinctive enough to be the agent's
+            assert line.strip() not in text, line
+    assert not re.search(r"[A-Za-z0-9+/=]{100,}", text)  # no base64 block of any size
+    assert "H4sI" not in text  # how gzip looks in base64
 
 
 # -- what the script carries -----------------------------------------------------------------
 
 
-def test_the_script_carries_the_exact_agent_bytes() -> None:
+def test_the_script_pins_the_agent_and_carries_no_copy_of_it() -> None:
     agent = AGENT + os.urandom(3000)  # any bytes at all, text or not
     text = script(agent_source=agent)
 
     assert text.startswith("#!/bin/bash\n")
     assert "\nset -eu\n" in text and "\numask 077\n" in text
-    assert embedded_agent(text) == agent
-    # gzip + base64: the payload is base64 lines, nothing else
-    payload = text.partition("<<'BURST_BROKER_AGENT'\n")[2].partition("\nBURST_BROKER_AGENT\n")[0]
-    assert re.fullmatch(r"[A-Za-z0-9+/=\n]+", payload)
-    assert base64.b64decode(payload)[:2] == b"\x1f\x8b"  # gzip magic
+    assert pinned_agent(text) == hashlib.sha256(agent).hexdigest() == agent_sha256(agent)
+    assert f"\nAGENT_SHA256={pinned_agent(text)}\n" in text
+    assert f'"$SERVICE{AGENT_ROUTE}" "$AGENT_SHA256"' in text  # the download is of that
+    assert AGENT_ROUTE == "/v1/agent/agent.py"
+    assert_no_copy_of(agent, text)
+    with pytest.raises(ValueError, match="not a burst-broker boot script"):
+        pinned_agent("#!/bin/sh\necho hi\n")
 
 
 def test_the_same_inputs_make_the_same_script() -> None:
     """A launch retried with the same token must send the same UserData (EC2 compares)."""
     assert script() == script()
-    assert script(agent_source=AGENT + b"#") != script()
+    assert script(agent_source=AGENT + b"#") != script()  # another agent: another pin
 
 
 def test_a_node_installs_under_opt_and_logs_under_var_log() -> None:
@@ -109,7 +120,8 @@ def test_a_node_installs_under_opt_and_logs_under_var_log() -> None:
     assert f"\nSERVICE={SERVICE}\n" in text and f"\nCLUSTER={CLUSTER}\n" in text
     assert '"$PY" -I "$DIR/agent.py" --service "$SERVICE" --cluster "$CLUSTER"' in text
     assert '--token-file "$DIR/node-token" </dev/null >>"$LOG" 2>&1 &' in text
-    assert "setsid nohup " in text
+    assert "SETSID=setsid; fi\n$SETSID nohup " in text
+    assert f'"$LOG" {FETCH_WINDOW} || exit 1\n' in text and FETCH_WINDOW == 300  # 5 minutes
 
 
 def test_a_trailing_slash_of_the_service_url_is_dropped() -> None:
@@ -125,6 +137,23 @@ def test_the_script_parses(shell: str, tmp_path: Path) -> None:
     file.write_text(script())
     checked = subprocess.run([shell, "-n", str(file)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_download_is_python_3_8_and_standard_library_only() -> None:
+    """What runs on the node: the -c program, as the shell hands it over (in single
+    quotes), parses as Python 3.8 and imports nothing outside the standard library."""
+    text = script()
+    program = text.partition('"$PY" -I -c \'')[2].partition("' \"$SERVICE")[0]
+    assert program == bootstrap_module._FETCH  # the whole program, untouched by quoting
+    tree = ast.parse(program, feature_version=(3, 8))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported == {"hashlib", "os", "sys", "time", "urllib"}
+    assert imported <= sys.stdlib_module_names
 
 
 def test_the_node_token_is_the_only_secret_and_appears_once(
@@ -147,7 +176,6 @@ def test_the_node_token_is_the_only_secret_and_appears_once(
     for name, value in secrets.items():
         assert name not in text and value not in text
     assert_no_cloud_credential(text)
-    assert_no_cloud_credential(embedded_agent(text).decode("latin-1"))
 
 
 def assert_no_cloud_credential(text: str) -> None:
@@ -287,14 +315,17 @@ def test_install_paths_must_be_plain(path: str) -> None:
 
 
 def test_every_value_is_shell_quoted(tmp_path: Path) -> None:
-    """A URL with characters shlex quotes ('~', '%') reaches the agent byte for byte."""
-    url = "http://127.0.0.1:8080/~team/%24x"
+    """A URL with characters shlex quotes ('~', '%') reaches the download and the agent
+    byte for byte."""
+    url = service_for(tmp_path) + "/~team/%24x"
+    serve(tmp_path, AGENT)
     text = script_for(tmp_path, service_url=url)
     assert f"\nSERVICE={shlex.quote(url)}\n" in text and shlex.quote(url) != url
 
     booted = run(text, tmp_path)
 
     assert booted.result.returncode == 0, booted.result.stderr
+    assert route_of(tmp_path).paths == [urlsplit(url).path + AGENT_ROUTE]
     (call,) = booted.calls
     assert call.argv[1:] == agent_argv(booted.install_dir, service=url)
 
@@ -310,7 +341,8 @@ def test_the_packaged_agent_is_read_from_the_package(
     (tmp_path / "agent.py").write_bytes(b"print('packaged')\n")
     monkeypatch.setattr(bootstrap_module, "resources", _files_in(tmp_path))
     assert packaged_agent() == b"print('packaged')\n"
-    assert embedded_agent(script(agent_source=None)) == b"print('packaged')\n"
+    assert pinned_agent(script(agent_source=None)) == agent_sha256(b"print('packaged')\n")
+    assert agent_sha256() == agent_sha256(b"print('packaged')\n")
     with pytest.raises(InvalidBootstrapValue, match="empty"):
         script(agent_source=b"")
 
@@ -324,12 +356,24 @@ def test_a_missing_packaged_agent_is_said_clearly(
 
 
 @pytest.mark.skipif(not PACKAGED.exists(), reason="broker/agent/agent.py is not written yet")
-def test_the_real_agent_fits_every_cloud() -> None:
+def test_the_script_for_the_real_agent_is_far_under_every_clouds_limit() -> None:
+    agent = PACKAGED.read_bytes()
     text = script(agent_source=None)
-    assert embedded_agent(text) == PACKAGED.read_bytes()
-    assert_no_cloud_credential(without_payload(text))
+    assert pinned_agent(text) == hashlib.sha256(agent).hexdigest()
+    assert_no_copy_of(agent, text)
+    assert_no_cloud_credential(text)
+    assert len(text.encode()) < 4096  # the agent is ~70 KB; the script is what it always was
     for cloud in CLOUDS:
         check_bootstrap_size(text, cloud)
+        # AWS (16 KB, bytes) and Azure (64 KB of base64) both with room to spare
+        assert bootstrap_size(text, cloud) < min(BOOTSTRAP_LIMITS[cloud] // 3, 6 * 1024), cloud
+
+
+def test_the_scripts_size_does_not_grow_with_the_agent() -> None:
+    small, huge = script(agent_source=b"x"), script(agent_source=os.urandom(1_000_000))
+    assert len(huge) - len(small) == len("1000000") - len("1")  # the size in a comment
+    for cloud in CLOUDS:
+        check_bootstrap_size(huge, cloud)
 
 
 # -- size limits per cloud -------------------------------------------------------------------
@@ -374,13 +418,13 @@ def test_sizes_count_bytes_as_each_cloud_does() -> None:
     check_bootstrap_size(None, "aws")  # no script: nothing to check
 
 
-def test_a_large_agent_is_refused_by_aws_and_taken_by_gcp_and_azure() -> None:
-    text = script(agent_source=os.urandom(20_000))  # incompressible: ~27 KB of base64
+def test_a_script_too_large_for_aws_is_taken_by_gcp_and_azure() -> None:
+    text = script() + "#" * AWS_USER_DATA_LIMIT  # a script padded past 16 KB
     with pytest.raises(BootstrapTooLargeError, match="UserData"):
         check_bootstrap_size(text, "aws")
     check_bootstrap_size(text, "gcp")
     check_bootstrap_size(text, "azure")
-    huge = script(agent_source=os.urandom(50_000))
+    huge = script() + "#" * 50_000
     with pytest.raises(BootstrapTooLargeError, match="customData"):
         check_bootstrap_size(huge, "azure")
     check_bootstrap_size(huge, "gcp")
@@ -389,7 +433,7 @@ def test_a_large_agent_is_refused_by_aws_and_taken_by_gcp_and_azure() -> None:
 # -- running it ------------------------------------------------------------------------------
 
 
-def test_the_script_installs_the_agent_and_starts_it_detached(tmp_path: Path) -> None:
+def test_the_script_downloads_the_agent_and_starts_it_detached(tmp_path: Path) -> None:
     booted = run(script_for(tmp_path), tmp_path)
 
     assert booted.result.returncode == 0, booted.result.stderr
@@ -399,11 +443,15 @@ def test_the_script_installs_the_agent_and_starts_it_detached(tmp_path: Path) ->
     assert call.session == call.pid  # setsid: its own session, no controlling terminal
     assert call.cwd == str(booted.install_dir)
     assert (booted.install_dir / "agent.pid").read_text().strip() == str(call.pid)
+    # one download, by the python the script chose, with the node token from its file
+    assert booted.fetched_with == [str(tmp_path / "bin" / "python3")]
+    assert route_of(tmp_path).gets == [f"Bearer {NODE_TOKEN}"]
     # the files
     assert (booted.install_dir / "agent.py").read_bytes() == AGENT
     token = booted.install_dir / "node-token"
     assert token.read_text() == NODE_TOKEN
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE((booted.install_dir / "agent.py").stat().st_mode) == 0o600
     assert stat.S_IMODE(booted.install_dir.stat().st_mode) == 0o700
     assert sorted(p.name for p in booted.install_dir.iterdir()) == [
         "agent.pid",
@@ -413,23 +461,36 @@ def test_the_script_installs_the_agent_and_starts_it_detached(tmp_path: Path) ->
     # the log: what the script did and the agent's own output; never the token
     log = booted.log
     assert f"installing the node agent of cluster {CLUSTER}" in log
+    assert f"downloaded the agent ({len(AGENT)} bytes, sha256 {agent_sha256(AGENT)})" in log
     assert "started the agent with" in log and "stand-in python started" in log
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ burst-broker-bootstrap: downl", log, re.M)
     assert stat.S_IMODE(booted.log_file.stat().st_mode) == 0o600
     for shown in (log, booted.result.stdout, booted.result.stderr):
         assert NODE_TOKEN not in shown
 
 
-def test_running_it_again_replaces_the_files(tmp_path: Path) -> None:
-    """GCE runs startup-script at every boot: a second run overwrites, it does not fail."""
+def test_running_it_again_replaces_the_agent_or_keeps_the_one_in_place(tmp_path: Path) -> None:
+    """GCE runs startup-script at every boot: a second run overwrites, it does not fail; an
+    agent already in place with the pinned hash starts even when the service is away."""
     first = run(script_for(tmp_path, agent_source=b"print(1)\n"), tmp_path)
+    assert (first.install_dir / "agent.py").read_bytes() == b"print(1)\n"
     token = first.install_dir / "node-token"
     token.chmod(0o644)  # loosened since: the next boot tightens it again
-    second = run(script_for(tmp_path), tmp_path, expect_calls=2)
+    text = script_for(tmp_path)
+    second = run(text, tmp_path, expect_calls=2)
 
     assert second.result.returncode == 0, second.result.stderr
     assert len(second.calls) == 2
     assert (second.install_dir / "agent.py").read_bytes() == AGENT
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert len(route_of(tmp_path).gets) == 1
+
+    route_of(tmp_path).status = 503  # the service is down at the next reboot
+    third = run(text, tmp_path, expect_calls=3)
+
+    assert third.result.returncode == 0, third.result.stderr
+    assert len(third.calls) == 3 and len(route_of(tmp_path).gets) == 1  # no download
+    assert "the agent is already in place" in third.log
 
 
 def test_an_old_python3_is_passed_over_for_a_newer_python3_n(tmp_path: Path) -> None:
@@ -444,6 +505,7 @@ def test_an_old_python3_is_passed_over_for_a_newer_python3_n(tmp_path: Path) -> 
     (call,) = booted.calls
     assert call.argv[0] == str(bin_dir / "python3.9")
     assert call.argv[1:] == agent_argv(booted.install_dir)
+    assert booted.fetched_with == [str(bin_dir / "python3.9")]  # the download too
 
 
 def test_without_python_3_8_the_script_refuses_clearly(tmp_path: Path) -> None:
@@ -455,68 +517,135 @@ def test_without_python_3_8_the_script_refuses_clearly(tmp_path: Path) -> None:
 
     assert booted.result.returncode == 1
     assert booted.calls == []  # the agent was never started
+    assert booted.fetched_with == [] and route_of(tmp_path).gets == []  # nor downloaded
     assert "refusing to start the agent: no python3 >= 3.8 on this node" in booted.log
     assert f"cluster {CLUSTER} cannot run here" in booted.log
     assert "no python3 >= 3.8" in booted.result.stderr  # also where cloud-init keeps output
     assert not (booted.install_dir / "agent.pid").exists()
 
 
-def test_a_corrupt_payload_stops_the_script_before_the_agent_starts(tmp_path: Path) -> None:
+def test_an_agent_that_is_not_the_pinned_one_is_never_started(tmp_path: Path) -> None:
     text = script_for(tmp_path)
-    lines = text.split("\n")
-    start = lines.index("base64 -d >\"$DIR/agent.py.gz\" <<'BURST_BROKER_AGENT'") + 1
-    line = lines[start]  # past the gzip header (its mtime is not checksummed): the data
-    lines[start] = line[:40] + ("A" if line[40] != "A" else "B") + line[41:]
+    route_of(tmp_path).agent = AGENT + b"\nimport os; os.system('id')\n"  # altered on the way
 
-    booted = run("\n".join(lines), tmp_path, expect_calls=0)
+    booted = run(text, tmp_path, expect_calls=0)
 
-    assert booted.result.returncode != 0
+    assert booted.result.returncode == 1
     assert booted.calls == []
     assert not (booted.install_dir / "agent.py").exists()
+    assert not (booted.install_dir / "agent.py.new").exists()
+    wrong = agent_sha256(route_of(tmp_path).agent)
+    line = (
+        f"refusing to start the agent: {service_for(tmp_path)}{AGENT_ROUTE} sent "
+        f"{len(route_of(tmp_path).agent)} bytes of sha256 {wrong}, "
+        f"not the pinned {agent_sha256(AGENT)}"
+    )
+    assert line in booted.log
+    assert line in booted.result.stderr
+    assert len(route_of(tmp_path).gets) == 1  # not retried: the same bytes would come back
+
+
+def test_a_service_not_answering_yet_is_retried_with_backoff(tmp_path: Path) -> None:
+    text = script_for(tmp_path)
+    route_of(tmp_path).failures = 2  # 503, 503, then the agent
+
+    started = time.monotonic()
+    booted = run(text, tmp_path)
+
+    assert booted.result.returncode == 0, booted.result.stderr
+    assert time.monotonic() - started >= 3  # waited 1 s, then 2 s
+    assert len(booted.calls) == 1
+    assert (booted.install_dir / "agent.py").read_bytes() == AGENT
+    assert route_of(tmp_path).gets == [f"Bearer {NODE_TOKEN}"] * 3
+    log = booted.log
+    assert "no agent yet (try 1: HTTP 503 Service Unavailable); trying again in 1 s" in log
+    assert "no agent yet (try 2: HTTP 503 Service Unavailable); trying again in 2 s" in log
+    assert "downloaded the agent" in log
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there once the socket is closed
+
+
+def test_an_unreachable_service_is_retried_then_given_up_clearly(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    text = script_for(tmp_path, service_url=url, fetch_window=2)
+
+    started = time.monotonic()
+    booted = run(text, tmp_path, expect_calls=0)
+
+    assert booted.result.returncode == 1
+    assert 2 <= time.monotonic() - started < 8
+    assert booted.calls == []
+    assert not (booted.install_dir / "agent.py").exists()
+    log = booted.log
+    assert log.count("no agent yet (try ") >= 2  # retried
+    assert re.search(
+        rf"giving up on {re.escape(url + AGENT_ROUTE)} after \d+ tries in 2 s "
+        r"\(last: URLError: .*refused.*\): the agent is not started",
+        log,
+    ), log
+    assert "giving up on" in booted.result.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (401, "HTTP 401 Unauthorized (node token refused: has the cluster ended?)"),
+        (403, "HTTP 403 Forbidden (node token refused: has the cluster ended?)"),
+        (404, "HTTP 404 Not Found"),
+    ],
+)
+def test_a_refusal_is_not_retried(tmp_path: Path, status: int, says: str) -> None:
+    text = script_for(tmp_path)
+    route_of(tmp_path).status = status
+
+    booted = run(text, tmp_path, expect_calls=0)
+
+    assert booted.result.returncode == 1
+    assert booted.calls == [] and len(route_of(tmp_path).gets) == 1
+    assert f"refusing to start the agent: {service_for(tmp_path)}{AGENT_ROUTE} answered {says}" in (
+        booted.log
+    )
+
+
+def test_a_wrong_token_is_refused_by_the_service(tmp_path: Path) -> None:
+    text = script_for(tmp_path)
+    serve(tmp_path, AGENT, token="bbn_" + "another" * 6)  # the service knows another token
+
+    booted = run(text, tmp_path, expect_calls=0)
+
+    assert booted.result.returncode == 1 and booted.calls == []
+    assert route_of(tmp_path).gets == [f"Bearer {NODE_TOKEN}"]
+    assert "answered HTTP 401" in booted.log and NODE_TOKEN not in booted.log
+
+
+def test_the_token_never_follows_a_redirect(tmp_path: Path) -> None:
+    """A redirect to another place gets the request without the node token."""
+    elsewhere = tmp_path / "elsewhere"
+    trap = serve(elsewhere, AGENT)
+    text = script_for(tmp_path)
+    route_of(tmp_path).location = service_for(elsewhere) + AGENT_ROUTE
+
+    booted = run(text, tmp_path, expect_calls=0)
+
+    assert booted.result.returncode == 1 and booted.calls == []
+    assert route_of(tmp_path).gets == [f"Bearer {NODE_TOKEN}"]
+    assert trap.gets == [None]  # followed, but without the token: refused there
+    assert "answered HTTP 401" in booted.log
+
+
+def test_a_fetch_window_out_of_range_is_refused() -> None:
+    for window in (0, -1, 86_401, True):
+        with pytest.raises(InvalidBootstrapValue, match="fetch window"):
+            script(fetch_window=window)
+    assert '"$LOG" 1 || exit 1\n' in script(fetch_window=1)
 
 
 # -- with the real agent ---------------------------------------------------------------------
-
-
-class RefusingService(http.server.ThreadingHTTPServer):
-    """A service on loopback that records each call and refuses every token (401)."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), _Refuse)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Refuse(http.server.BaseHTTPRequestHandler):
-    server: RefusingService
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.calls.append(
-            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
-        )
-        answer = json.dumps({"error": {"kind": "Unauthorized", "message": "no"}}).encode()
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def refusing_service() -> Iterator[RefusingService]:
-    server = RefusingService()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _running(pid: int) -> bool:
@@ -528,30 +657,35 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not PACKAGED.exists(), reason="broker/agent/agent.py is not written yet")
-def test_the_real_agent_starts_and_calls_the_service_with_the_node_token(
-    tmp_path: Path, refusing_service: RefusingService
+def test_the_real_agent_is_downloaded_started_and_calls_the_service_with_the_node_token(
+    tmp_path: Path,
 ) -> None:
-    """The script with the packaged agent and this machine's python: the agent reads the
-    token file and registers at the service URL for the cluster (refused: it exits 3)."""
-    text = script_for(tmp_path, service_url=refusing_service.url, agent_source=None)
+    """The script with the packaged agent and this machine's python: it downloads the agent
+    from the service, the agent reads the token file and registers at the service URL for
+    the cluster (refused: it exits 3)."""
+    text = script_for(tmp_path, agent_source=None)  # the service serves the packaged agent
+    route = route_of(tmp_path)
     search = [Path(sys.executable).parent, *map(Path, os.environ["PATH"].split(os.pathsep))]
 
     booted = run(text, tmp_path, path=search, expect_calls=0)
     assert booted.result.returncode == 0, booted.result.stderr
+    assert (booted.install_dir / "agent.py").read_bytes() == PACKAGED.read_bytes()
     pid = int((booted.install_dir / "agent.pid").read_text())
     try:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not refusing_service.calls or _running(pid)):
+        while time.monotonic() < deadline and (not route.posts or _running(pid)):
             time.sleep(0.05)
         assert not _running(pid), "the agent did not end after its token was refused"
     finally:
         if _running(pid):
             os.killpg(pid, signal.SIGKILL)  # its own session and group (setsid)
 
-    first = refusing_service.calls[0]
-    assert first["path"] == "/v1/agent/register"
+    assert route.gets == [f"Bearer {NODE_TOKEN}"]
+    first = route.posts[0]
+    assert first["path"] == f"/{service_for(tmp_path).rsplit('/', 1)[1]}/v1/agent/register"
     assert first["auth"] == f"Bearer {NODE_TOKEN}"
     assert json.loads(first["body"])["cluster_id"] == CLUSTER
     log = booted.log
+    assert "downloaded the agent" in log
     assert "refused the node token" in log
     assert NODE_TOKEN not in log

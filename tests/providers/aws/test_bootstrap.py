@@ -5,13 +5,12 @@ agent with the right arguments. A script over 16 KB is refused before any call."
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-from broker.agent.bootstrap import embedded_agent
+from broker.agent.bootstrap import agent_sha256, pinned_agent
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
 from providers.errors import BootstrapTooLargeError, Reach
 from tests.agent.bootrun import AGENT, agent_argv, run, script_for
@@ -56,7 +55,7 @@ def test_every_node_boots_with_the_script_that_starts_the_agent(
     assert runs.calls == 1 and len(nodes) == 2
     received = [user_data(node.provider_id) for node in nodes]
     assert received == [script, script]  # botocore base64-encoded it; EC2 keeps the bytes
-    assert embedded_agent(script) == AGENT
+    assert pinned_agent(script) == agent_sha256(AGENT)  # what the node downloads
     booted = run(script, tmp_path)  # what the node runs
     assert booted.result.returncode == 0, booted.result.stderr
     (call,) = booted.calls
@@ -80,7 +79,8 @@ def test_a_script_over_16_kb_is_refused_before_any_call(aws: AwsWorld, tmp_path:
     provider = aws.provider()
     runs = record(provider, "RunInstances")
     cluster = f"bb-{uuid.uuid4().hex[:12]}"
-    script = script_for(tmp_path, cluster_id=cluster, agent_source=os.urandom(13_000))
+    # the script itself is under 4 KB (it downloads the agent): padded past the limit
+    script = script_for(tmp_path, cluster_id=cluster) + "#" * 16 * 1024
     assert len(script.encode()) > 16 * 1024
 
     with pytest.raises(BootstrapTooLargeError) as caught:

@@ -6,13 +6,12 @@ base64 is over 65,535 characters is refused before any call."""
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-from broker.agent.bootstrap import embedded_agent
+from broker.agent.bootstrap import agent_sha256, pinned_agent
 from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
 from providers.errors import BootstrapTooLargeError, Reach
 from tests.agent.bootrun import AGENT, agent_argv, run, script_for
@@ -62,7 +61,7 @@ def test_every_node_boots_with_the_script_that_starts_the_agent(
         shown = provider.compute.virtual_machines.get(RESOURCE_GROUP, node.provider_id)
         assert shown.properties is not None and shown.properties.os_profile is not None
         assert shown.properties.os_profile.custom_data is None
-    assert embedded_agent(script) == AGENT
+    assert pinned_agent(script) == agent_sha256(AGENT)  # what the node downloads
     booted = run(script, tmp_path)  # what cloud-init runs on the node
     assert booted.result.returncode == 0, booted.result.stderr
     (call,) = booted.calls
@@ -89,7 +88,8 @@ def test_a_script_over_the_custom_data_limit_is_refused_before_any_call(
 ) -> None:
     provider = azure.provider()
     cluster = f"bb-{uuid.uuid4().hex[:12]}"
-    script = script_for(tmp_path, cluster_id=cluster, agent_source=os.urandom(40_000))
+    # the script itself is under 4 KB (it downloads the agent): padded past the limit
+    script = script_for(tmp_path, cluster_id=cluster) + "#" * 50_000
     assert len(base64.b64encode(script.encode())) > 65_535
 
     with pytest.raises(BootstrapTooLargeError) as caught:
