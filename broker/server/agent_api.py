@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 
+from broker.agent.bootstrap import agent_sha256, packaged_agent
 from broker.runs import (
     artifact_complete,
     artifact_report,
@@ -29,6 +30,17 @@ from broker.tokens import Principal
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 Node = Annotated[Principal, Depends(node)]
 Doc = Annotated[dict[str, Any], Body()]
+
+
+@router.get("/agent.py", summary="The node agent's code, for a node's boot script")
+def agent_code(who: Node) -> Response:
+    """The exact bytes of the packaged agent (broker/agent/agent.py), whose SHA-256 every
+    boot script this service writes pins; a node token only (the code is not secret, but
+    only nodes need it)."""
+    code = packaged_agent()
+    digest = agent_sha256(code)
+    headers = {"ETag": f'"{digest}"', "X-Agent-SHA256": digest, "Cache-Control": "no-cache"}
+    return Response(content=code, media_type="text/x-python", headers=headers)
 
 
 @router.post("/register", summary="An agent names its node; its rank, env and command")
