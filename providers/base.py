@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from providers.errors import BootstrapTooLargeError, InvalidLaunchError, RegionNotConfiguredError
+from providers.quotas import QuotaReport
 from shapes.catalog import Catalog
 from shapes.model import Shape
 
@@ -182,4 +183,18 @@ class Provider(Protocol):
         """Every node that still exists and carries a ``broker-cluster`` tag, in every
         region the provider is configured for, whatever its ``broker`` (deployment) tag:
         the caller keeps only its own deployment's nodes."""
+        ...
+
+
+@runtime_checkable
+class QuotaSource(Protocol):
+    """A provider that can read its quotas (providers.quotas); the provisioner skips a plan
+    whose gang cannot fit in them, and tries one it cannot read as before."""
+
+    name: str
+
+    def quotas(self, region: str) -> QuotaReport:
+        """The quotas of ``region`` (and the project-wide ones) with their usage. What cannot
+        be read (a missing permission, a quota the cloud does not answer for) is a warning
+        in the report, never an exception; other failures are ProviderErrors."""
         ...

@@ -14,6 +14,14 @@ launch latency, errors consumed one per call, and non-atomic (partial) gangs::
     zones = { "use1-az4" = 0 }  # per-zone capacity
     partial = true              # on a shortfall create what fits, then raise CapacityError
     terminate_errors = ["server_error"]
+    [regions."us-east-1"]       # quota of a region, per market (left out: no limit)
+    quota_vcpus = { on-demand = 192, spot = 96 }
+    quota_gpus = { on-demand = 8 }
+    quota_readable = true       # false: reading it fails as a missing permission does
+
+A launch that would take a region's vCPUs or GPUs of its market past the quota is refused
+with a QuotaError (``QuotaExceeded``), as the clouds do; :meth:`SimProvider.quotas` reads the
+limits and what the live nodes use, so the provisioner can skip the region first.
 
 Every read-modify-write runs in ``BEGIN IMMEDIATE`` ... ``COMMIT``, so concurrent processes
 never double-allocate capacity or addresses, or consume a scripted error twice. Each write
@@ -65,11 +73,12 @@ from providers.errors import (
     ThrottledError,
     TransientError,
 )
+from providers.quotas import QuotaReport, QuotaUnit, ReportBuilder, sim_bucket
 from shapes.catalog import Catalog
 from shapes.model import Shape, parse_shape_id, shape_key
 
 if TYPE_CHECKING:
-    from providers.base import Provider
+    from providers.base import Provider, QuotaSource
 
 __all__ = [
     "DB_FILENAME",
@@ -78,6 +87,7 @@ __all__ = [
     "SimCall",
     "SimDefaults",
     "SimProvider",
+    "SimRegionQuota",
     "SimRule",
     "SimScenario",
     "SimShapeRule",
@@ -169,6 +179,20 @@ class SimRule:
         return self.zones.get(zone, self.capacity_nodes)
 
 
+Market = Literal["on-demand", "spot"]
+
+
+class SimRegionQuota(BaseModel):
+    """One ``[regions."<region>"]`` entry: the region's quota per market (a market left
+    out has none), and whether reading it works."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quota_vcpus: dict[Market, _Count] = Field(default_factory=dict)
+    quota_gpus: dict[Market, _Count] = Field(default_factory=dict)
+    quota_readable: StrictBool = True
+
+
 class SimScenario(BaseModel):
     """A scripted simulated cloud. The default scenario has plenty of capacity, no errors."""
 
@@ -176,6 +200,7 @@ class SimScenario(BaseModel):
 
     default: SimDefaults = Field(default_factory=SimDefaults)
     shapes: dict[_Pattern, SimShapeRule] = Field(default_factory=dict)  # file order matters
+    regions: dict[str, SimRegionQuota] = Field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> SimScenario:
@@ -250,12 +275,16 @@ def _describe_problem(err: Mapping[str, Any], text: str) -> str:
         where += f"[{part}]" if isinstance(part, int) else ("." if where else "") + _toml_key(part)
     if err["type"] == "extra_forbidden":
         if len(loc) <= 1:
-            allowed = ["default", "shapes"]
+            allowed = list(SimScenario.model_fields)
         elif loc[0] == "default":
             allowed = list(SimDefaults.model_fields)
+        elif loc[0] == "regions":
+            allowed = list(SimRegionQuota.model_fields)
         else:
             allowed = list(SimShapeRule.model_fields)
         what = f"unknown key {loc[-1]!r} (known keys: {', '.join(allowed)})"
+    elif err["type"] == "literal_error" and loc and loc[0] == "regions":
+        what = f"unknown market {err['input']!r} (known markets: on-demand, spot)"
     elif err["type"] == "literal_error":
         what = f"unknown error kind {err['input']!r} (known kinds: {', '.join(ERROR_KINDS)})"
     elif err["type"] == "value_error":
@@ -503,6 +532,34 @@ class SimProvider:
     def list_tagged(self) -> list[Node]:
         return self._select(f"cluster IS NOT NULL AND {_ALIVE_SQL}", ())
 
+    def quotas(self, region: str) -> QuotaReport:
+        """The scenario's quotas of ``region`` with what its live nodes use (none: the
+        region has no limit); ``quota_readable = false`` reads as a missing permission."""
+        found = ReportBuilder(PROVIDER, region)
+        entry = self.scenario.regions.get(region)
+        if entry is None:
+            return found.report()
+        if not entry.quota_readable:
+            found.warn(f"the quotas of {region} could not be read: permission missing (simulated)")
+            return found.report()
+        with closing(self._connect()) as db:
+            used = self._usage(db, region)
+        for unit, limits in (
+            (QuotaUnit.VCPU, entry.quota_vcpus),
+            (QuotaUnit.GPU, entry.quota_gpus),
+        ):
+            for market, limit in sorted(limits.items()):
+                bucket = sim_bucket(market, unit)
+                found.add(
+                    bucket,
+                    f"simulated {market} {unit.value}s",
+                    unit,
+                    market,
+                    limit,
+                    used.get(bucket, 0.0),
+                )
+        return found.report()
+
     # -- for tests and `broker util` -------------------------------------------------------
 
     def all_nodes(self, include_terminated: bool = False) -> list[Node]:
@@ -573,6 +630,9 @@ class SimProvider:
         kind = self._consume(db, rule.errors_entry, "launch", rule.errors)
         if kind is not None:
             return [], _error(kind, f"scripted for {shape.id} in {request.zone}")
+        over = self._over_quota(db, shape, request.count)
+        if over is not None:
+            return [], _error("quota", over)
         capacity = rule.capacity(request.zone)
         free = max(capacity - self._alive_count(db, shape.key, request.zone), 0)
         if free >= request.count:
@@ -591,6 +651,46 @@ class SimProvider:
         if created:
             message += f"; {len(created)} created and left running (partial gang)"
         return created, _error("capacity", message)
+
+    def _usage(self, db: sqlite3.Connection, region: str) -> dict[str, float]:
+        """vCPUs and GPUs of the live nodes of ``region``, by quota bucket (market, unit)."""
+        used: dict[str, float] = {}
+        rows = db.execute(
+            f"SELECT shape_id, COUNT(*) AS n FROM nodes WHERE region = ? AND {_ALIVE_SQL} "
+            "GROUP BY shape_id",
+            (region,),
+        )
+        for row in rows.fetchall():
+            shape = self.catalog.get(row["shape_id"])
+            if shape is None:
+                continue
+            market = shape.provisioning.value
+            for unit, each in ((QuotaUnit.VCPU, shape.vcpus), (QuotaUnit.GPU, shape.gpus_per_node)):
+                bucket = sim_bucket(market, unit)
+                used[bucket] = used.get(bucket, 0.0) + each * row["n"]
+        return used
+
+    def _over_quota(self, db: sqlite3.Connection, shape: Shape, count: int) -> str | None:
+        """Why a gang of ``count`` x ``shape`` would exceed its region's quota, or None."""
+        entry = self.scenario.regions.get(shape.region)
+        if entry is None:
+            return None
+        market = shape.provisioning.value
+        used = self._usage(db, shape.region)
+        for unit, limits, each in (
+            (QuotaUnit.VCPU, entry.quota_vcpus, shape.vcpus),
+            (QuotaUnit.GPU, entry.quota_gpus, shape.gpus_per_node),
+        ):
+            limit = limits.get(market)  # type: ignore[call-overload]
+            if limit is None:
+                continue
+            in_use = used.get(sim_bucket(market, unit), 0.0)
+            if in_use + count * each > limit:
+                return (
+                    f"{count} x {shape.id} need {count * each} {unit.value}s; {market} quota "
+                    f"of {shape.region} is {limit}, {in_use:g} in use"
+                )
+        return None
 
     def _select(self, where: str, params: tuple[str, ...]) -> list[Node]:
         with closing(self._connect()) as db:
@@ -758,4 +858,7 @@ def _node(row: sqlite3.Row) -> Node:
 if TYPE_CHECKING:
 
     def _implements_provider(sim: SimProvider) -> Provider:
+        return sim
+
+    def _implements_quotas(sim: SimProvider) -> QuotaSource:
         return sim

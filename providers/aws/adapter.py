@@ -78,14 +78,16 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
+    ProviderUnavailableError,
     RegionConfigError,
 )
 from providers.polling import Backoff
+from providers.quotas import AWS_QUOTAS, QuotaReport, QuotaUnit, ReportBuilder, aws_quota
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
 if TYPE_CHECKING:
-    from providers.base import Provider
+    from providers.base import Provider, QuotaSource
 
 __all__ = ["LIVE_STATES", "AwsProvider", "client_config"]
 
@@ -177,6 +179,7 @@ class AwsProvider:
         self._zones: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         self._images: dict[str, str] = {}
         self._strategies: dict[tuple[str, str], frozenset[str]] = {}
+        self._type_vcpus: dict[str, float] = {}
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -282,6 +285,70 @@ class AwsProvider:
         account = str(identity.get("Account", ""))
         regions = self.config.regions
         return True, (f"account …{account[-4:]}, {len(regions)} region(s): {', '.join(regions)}")
+
+    def quotas(self, region: str) -> QuotaReport:
+        """The GPU families' vCPU quotas of ``region`` (Service Quotas ``GetServiceQuota``,
+        providers.quotas.AWS_QUOTAS) with their usage: the vCPUs of the pending and running
+        instances counted against each (``DescribeInstances``). A quota that cannot be read
+        is a warning; a missing permission stops the reading at the first refusal."""
+        found = ReportBuilder(PROVIDER, region)
+        try:
+            usage = self._quota_usage(region)
+        except ProviderError as exc:
+            found.warn(f"running instances in {region} could not be listed: {_unread(exc)}")
+            return found.report()
+        service = self._client("service-quotas", region)
+        for quota in AWS_QUOTAS:
+            try:
+                answer = call(service, "get_service_quota", ServiceCode="ec2", QuotaCode=quota.code)
+            except ProviderError as exc:
+                found.warn(f"{quota.code} ({quota.name}) could not be read: {_unread(exc)}")
+                if isinstance(exc, ProviderUnavailableError):
+                    break  # no permission for one: none of the others either
+                continue
+            value = answer.get("Quota", {}).get("Value")
+            if not isinstance(value, int | float):
+                found.warn(f"{quota.code} ({quota.name}): Service Quotas gave no value")
+                continue
+            found.add(
+                quota.code,
+                quota.name,
+                QuotaUnit.VCPU,
+                quota.market.value,
+                float(value),
+                usage.get(quota.code, 0.0),
+            )
+        return found.report()
+
+    def _quota_usage(self, region: str) -> dict[str, float]:
+        """vCPUs of the pending and running instances per quota code (AWS_QUOTAS)."""
+        ec2 = self.client(region)
+        states = {"Name": "instance-state-name", "Values": ["pending", "running"]}
+        used: dict[str, float] = {}
+        for page in pages(ec2, "describe_instances", Filters=[states]):
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    kind = str(instance.get("InstanceType", ""))
+                    spot = instance.get("InstanceLifecycle") == "spot"
+                    quota = aws_quota(kind, Provisioning.SPOT if spot else Provisioning.ON_DEMAND)
+                    if quota is not None:
+                        vcpus = self._vcpus(ec2, kind)
+                        used[quota.code] = used.get(quota.code, 0.0) + vcpus
+        return used
+
+    def _vcpus(self, ec2: Any, instance_type: str) -> float:
+        """The vCPUs EC2 counts for a type: the catalog's, else DescribeInstanceTypes'."""
+        known = self._type_vcpus.get(instance_type)
+        if known is None:
+            shape = next((s for s in self.catalog.shapes if s.instance_type == instance_type), None)
+            if shape is not None:
+                known = float(shape.vcpus)
+            else:
+                types = call(ec2, "describe_instance_types", InstanceTypes=[instance_type])
+                info = (types.get("InstanceTypes") or [{}])[0].get("VCpuInfo", {})
+                known = float(info.get("DefaultVCpus", 0))
+            self._type_vcpus[instance_type] = known
+        return known
 
     # -- launch internals ------------------------------------------------------------------
 
@@ -615,7 +682,20 @@ class AwsProvider:
             log.warning("could not clean placement groups in %s: %s", region, exc)
 
 
+def _unread(exc: ProviderError) -> str:
+    """Why a quota could not be read, in a few words (a refusal says what is missing)."""
+    if isinstance(exc, ProviderUnavailableError):
+        return (
+            f"permission missing ({exc.code}: {exc.message}); allow servicequotas:"
+            "GetServiceQuota and ec2:DescribeInstances to let the broker skip doomed regions"
+        )
+    return f"{exc.code}: {exc.message}"
+
+
 if TYPE_CHECKING:
 
     def _implements_provider(aws: AwsProvider) -> Provider:
+        return aws
+
+    def _implements_quotas(aws: AwsProvider) -> QuotaSource:
         return aws

@@ -96,17 +96,27 @@ from providers.errors import (
     InvalidLaunchError,
     NotConfiguredError,
     ProviderError,
+    ProviderUnavailableError,
     Reach,
     RegionConfigError,
 )
 from providers.polling import Backoff
+from providers.quotas import (
+    AZURE_CORES,
+    AZURE_QUOTA_FAMILIES,
+    AZURE_SPOT_CORES,
+    QuotaReport,
+    QuotaUnit,
+    ReportBuilder,
+    bucket_key,
+)
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from providers.base import Provider
+    from providers.base import Provider, QuotaSource
 
 __all__ = ["TAG_SHAPE", "TAG_TOKEN", "AzureProvider", "compute_client", "vm_base_name"]
 
@@ -339,6 +349,35 @@ class AzureProvider:
             f"subscription …{self.config.subscription_id[-4:]}, resource group "
             f"{self.resource_group}, {len(regions)} region(s): {', '.join(regions)}"
         )
+
+    def quotas(self, region: str) -> QuotaReport:
+        """The vCPU quotas of ``region`` (``usage.list(location)``): the GPU VM families of
+        providers.quotas.AZURE_QUOTA_FAMILIES, ``cores`` and ``lowPriorityCores``, each with
+        its current value. A refused read is a warning."""
+        found = ReportBuilder(PROVIDER, region)
+        wanted = {bucket_key(f): f for f in AZURE_QUOTA_FAMILIES.values()}
+        for name in (AZURE_CORES, AZURE_SPOT_CORES):
+            wanted[bucket_key(name)] = name
+        try:
+            usages = list(self._call(lambda: list(self.compute.usage.list(region))))
+        except ProviderError as exc:
+            found.warn(f"the usage of {region} could not be read: {_unread(exc)}")
+            return found.report()
+        for usage in usages:
+            name = str(getattr(usage.name, "value", "") or "")
+            if bucket_key(name) not in wanted or usage.limit is None:
+                continue
+            words = str(getattr(usage.name, "localized_value", "") or name)
+            spot = bucket_key(name) == bucket_key(AZURE_SPOT_CORES)
+            found.add(
+                name,
+                words,
+                QuotaUnit.VCPU,
+                "spot" if spot else "on-demand",
+                float(usage.limit),
+                float(usage.current_value or 0),
+            )
+        return found.report()
 
     # -- launch internals ------------------------------------------------------------------
 
@@ -811,6 +850,16 @@ class AzureProvider:
             self._delete_placement_group(str(group.name))
 
 
+def _unread(exc: ProviderError) -> str:
+    """Why the usage could not be read, in a few words (a refusal says what is missing)."""
+    if isinstance(exc, ProviderUnavailableError):
+        return (
+            f"permission missing ({exc.code}: {exc.message}); allow Microsoft.Compute/"
+            "locations/usages/read to let the broker skip doomed regions"
+        )
+    return f"{exc.code}: {exc.message}"
+
+
 def _node_state(vm: Any) -> NodeState:
     provisioning = _provisioning(vm)
     power = _power(vm)
@@ -829,4 +878,7 @@ def _node_state(vm: Any) -> NodeState:
 if TYPE_CHECKING:
 
     def _implements_provider(azure: AzureProvider) -> Provider:
+        return azure
+
+    def _implements_quotas(azure: AzureProvider) -> QuotaSource:
         return azure

@@ -87,19 +87,21 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
+    ProviderUnavailableError,
     RegionConfigError,
 )
 from providers.gcp.config import GcpConfig
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.gcp.errors import operation_error as _operation_error
 from providers.polling import Backoff
+from providers.quotas import ANY_MARKET, GLOBAL, QuotaReport, QuotaUnit, ReportBuilder
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
 
-    from providers.base import Provider
+    from providers.base import Provider, QuotaSource
 
 __all__ = [
     "ACCELERATORS",
@@ -426,6 +428,54 @@ class GcpProvider:
             f"project {project.name or self.config.project}{where}, "
             f"{len(self.config.regions)} region(s): {regions}"
         )
+
+    def quotas(self, region: str) -> QuotaReport:
+        """The GPU and CPU quotas of ``region`` (``regions.get``) and the project's
+        ``*_ALL_REGIONS`` ones (``projects.get``, region ``global``), each with its usage.
+        A refused or failed read is a warning (the other one is still made)."""
+        found = ReportBuilder(PROVIDER, region)
+        reads: tuple[tuple[type[Any], dict[str, str], str], ...] = (
+            (compute_v1.RegionsClient, {"region": region}, region),
+            (compute_v1.ProjectsClient, {}, GLOBAL),
+        )
+        for kind, where, scope in reads:
+            try:
+                answer = self._call(
+                    self._client(kind).get, project=self.config.project, timeout=15, **where
+                )
+            except ProviderError as exc:
+                what = f"region {region}" if scope == region else "project-wide"
+                found.warn(f"{what} quotas could not be read: {_unread(exc)}")
+                continue
+            for quota in answer.quotas:
+                metric = str(quota.metric)
+                global_ = metric.endswith("_ALL_REGIONS")
+                if global_ != (scope == GLOBAL):
+                    continue
+                base = metric.removesuffix("_ALL_REGIONS")
+                if base.endswith("GPUS"):
+                    unit = QuotaUnit.GPU
+                elif base.endswith("CPUS"):
+                    unit = QuotaUnit.VCPU
+                else:
+                    continue  # disks, addresses, ...: not what a GPU gang is refused for
+                market = (
+                    ANY_MARKET
+                    if global_
+                    else "spot"
+                    if metric.startswith("PREEMPTIBLE_")
+                    else "on-demand"
+                )
+                found.add(
+                    metric,
+                    metric,  # GCP gives no other name
+                    unit,
+                    market,
+                    float(quota.limit),
+                    float(quota.usage),
+                    region=scope,
+                )
+        return found.report()
 
     # -- launch internals ------------------------------------------------------------------
 
@@ -843,7 +893,20 @@ class GcpProvider:
             log.warning("could not clean resource policies in %s: %s", region, exc)
 
 
+def _unread(exc: ProviderError) -> str:
+    """Why quotas could not be read, in a few words (a refusal says what is missing)."""
+    if isinstance(exc, ProviderUnavailableError):
+        return (
+            f"permission missing ({exc.code}: {exc.message}); allow compute.regions.get and "
+            "compute.projects.get to let the broker skip doomed regions"
+        )
+    return f"{exc.code}: {exc.message}"
+
+
 if TYPE_CHECKING:
 
     def _implements_provider(gcp: GcpProvider) -> Provider:
+        return gcp
+
+    def _implements_quotas(gcp: GcpProvider) -> QuotaSource:
         return gcp
