@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from broker.api import Broker
 from broker.server import console as console_module
 from broker.server.console import LINK_SECONDS, size, sync_rows
 from providers.storage.base import StorageError
 from providers.storage.file import FileStore, _unb64
+from tests.server.conftest import BrokerServer, wait_for
+from tests.server.screenshots import CHROMEDRIVER, chrome, sign_in, status
+from tests.server.test_artifacts_e2e import launch as e2e_launch
+from tests.server.test_artifacts_e2e import submit as e2e_submit
 from tests.server.test_console import Console
 
 Files = dict[str, bytes]
@@ -373,3 +380,44 @@ def test_a_download_path_names_its_host_nowhere_else(console: Console) -> None:
     href = hrefs(page_of(browser, cluster_id))[0]
     location = browser.get(href).headers["location"]
     assert urlsplit(location).netloc == "" and location.startswith("/v1/blobs/")
+
+
+# -- in a real browser --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium (as tests/server/test_console_browser.py); skipped without its
+    driver, except in CI."""
+    if not CHROMEDRIVER.exists() and not os.environ.get("CI"):
+        pytest.skip(f"{CHROMEDRIVER} is missing: apt-get install chromium chromium-driver")
+    driver = chrome(tmp_path / "chrome")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_in_a_browser_the_panel_shows_and_a_link_downloads(
+    chromium: webdriver.Chrome, server: BrokerServer
+) -> None:
+    page = chromium
+    token = server.token("acme")
+    command = 'echo "weights of rank $NODE_RANK" > "$OUTPUT_PATH/model.txt"'
+    cluster_id = e2e_submit(server, token, e2e_launch(command, gpus=4))
+    wait_for(lambda: status(server, token, cluster_id) == "COMPLETED", timeout=60)
+    sign_in(page, server.url, token)
+    page.get(f"{server.url}/experiments/{cluster_id}")
+    cells = [str(e.text) for e in page.find_elements(By.CSS_SELECTOR, "#artifacts table td")]
+    assert "checkpoints/rank-0/model.txt" in cells and "18 B" in cells
+    link = page.find_element(By.CSS_SELECTOR, "#artifacts a.download")
+    href = str(link.get_attribute("href"))
+    assert "/artifacts/download?" in href and "/v1/blobs" not in page.page_source
+    got = page.execute_async_script(  # the browser's own request, with its session cookie
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {credentials: 'same-origin'})"
+        ".then(r => r.text().then(t => done([r.status, r.redirected, t])))"
+        ".catch(e => done(['error', false, String(e)]));",
+        href,
+    )
+    assert got == [200, True, "weights of rank 0\n"]
