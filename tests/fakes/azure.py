@@ -12,7 +12,9 @@ explicitly (``connection_verify``). It answers:
 - network interfaces: GET (the private IP), DELETE;
 - proximity placement groups: PUT, GET, list, DELETE (refused while a VM uses the group);
 - resource SKUs (``$filter=location eq '...'``) and the public Retail Prices API
-  (``/api/retail/prices``, paged with ``NextPageLink``), both seeded from the bundled catalog.
+  (``/api/retail/prices``, paged with ``NextPageLink``), both seeded from the bundled catalog;
+- usages of a location (``usage.list``): cores, lowPriorityCores and the GPU families, their
+  current value counted from the live VMs, limits from ``quota_limits``.
 
 Faults are injected per operation, VM size and zone (:meth:`FakeArm.inject`): a Failed
 long-running operation that leaves the VM ``Failed`` with its NIC and disk, a synchronous
@@ -74,6 +76,32 @@ _OP = re.compile(
     r"^/subscriptions/[^/]+/providers/microsoft\.compute/locations/[^/]+/operations/(?P<id>[^/]+)$"
 )
 _SKUS = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.compute/skus$")
+_USAGES = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.compute/locations/(?P<loc>[^/]+)/usages$"
+)
+DEFAULT_QUOTA = 100_000  # vCPUs of a quota no test set: never what stops a gang
+# Size -> its quota family, as `az vm list-usage` and resource SKUs name it (real casing).
+QUOTA_FAMILIES = {
+    "Standard_NC6s_v3": "standardNCSv3Family",
+    "Standard_NC12s_v3": "standardNCSv3Family",
+    "Standard_NC24s_v3": "standardNCSv3Family",
+    "Standard_NC24rs_v3": "standardNCSv3Family",
+    "Standard_NC4as_T4_v3": "Standard NCASv3_T4 Family",
+    "Standard_NC8as_T4_v3": "Standard NCASv3_T4 Family",
+    "Standard_NC16as_T4_v3": "Standard NCASv3_T4 Family",
+    "Standard_NC64as_T4_v3": "Standard NCASv3_T4 Family",
+    "Standard_NC24ads_A100_v4": "StandardNCADSA100v4Family",
+    "Standard_NC48ads_A100_v4": "StandardNCADSA100v4Family",
+    "Standard_NC96ads_A100_v4": "StandardNCADSA100v4Family",
+    "Standard_NC40ads_H100_v5": "StandardNCadsH100v5Family",
+    "Standard_NC80adis_H100_v5": "StandardNCadsH100v5Family",
+    "Standard_ND40rs_v2": "standardNDSv2Family",
+    "Standard_ND96amsr_A100_v4": "standardNDAMSv4_A100Family",
+    "Standard_ND96asr_v4": "Standard NDASv4_A100 Family",
+    "Standard_ND96isr_H100_v5": "standardNDSH100v5Family",
+    "Standard_ND96isr_H200_v5": "standardNDISRH200V5Family",
+    "Standard_ND96isr_MI300X_v5": "standardNDISv5MI300XFamily",
+}
 
 
 @dataclass
@@ -297,6 +325,10 @@ class FakeArm:
         self.price_auth: list[str | None] = []  # Authorization headers seen by the prices API
         self.cascade_failed = True  # False: deleting a Failed VM leaves its NIC and disk
         self.poll_hint_ms = 1
+        # Quotas per location: usage name -> limit (cores, lowPriorityCores, a family);
+        # ``usage.list`` adds what the live VMs use to ``quota_usage``.
+        self.quota_limits: dict[str, dict[str, float]] = {}
+        self.quota_usage: dict[str, dict[str, float]] = {}
         self.lock = threading.RLock()
         self._ips = itertools.count(4)
         self._workdir = workdir
@@ -349,6 +381,8 @@ class FakeArm:
             self.skus = default_skus()
             self.prices = default_prices()
             self.cascade_failed = True
+            self.quota_limits.clear()
+            self.quota_usage.clear()
 
     def inject(self, op: str, code: str = "", **kwargs: Any) -> Fault:
         fault = Fault(op, code, **kwargs)
@@ -426,6 +460,8 @@ class FakeArm:
             return self._operation(m["id"])
         if (m := _SKUS.match(path)) is not None:
             return self._skus(request)
+        if (m := _USAGES.match(path)) is not None:
+            return self._usages(m["loc"])
         m = _VM.match(path)
         if m is None or m["sub"] != self.subscription.lower():
             return error(404, "NotFound", f"no route for {request.path}")
@@ -808,6 +844,48 @@ class FakeArm:
             del self.ppgs[(rg, key)]
             return ok({})
         return ok(self._ppg_json(rg, key))
+
+    # -- quotas -------------------------------------------------------------------------------
+
+    def _usages(self, location: str) -> Response:
+        """``usage.list(location)``: every family the catalog sells plus cores and
+        lowPriorityCores, current value = the live VMs' vCPUs (Spot ones count only against
+        lowPriorityCores) + ``quota_usage``, limit from ``quota_limits`` (else DEFAULT_QUOTA)."""
+        if (refused := self._sync_fault("usages", location=location)) is not None:
+            return refused
+        vcpus = {
+            s["name"]: int(next(c["value"] for c in s["capabilities"] if c["name"] == "vCPUs"))
+            for s in self.skus.get(location, [])
+            if s.get("resourceType") == "virtualMachines"
+        }
+        names = {"cores": "Total Regional vCPUs", "lowPriorityCores": "Total Regional Spot vCPUs"}
+        for family in QUOTA_FAMILIES.values():
+            names[family.replace(" ", "")] = family.removesuffix("Family").strip() + " Family vCPUs"
+        used = dict.fromkeys(names, 0.0)
+        for vm in self.vms.values():
+            if vm.body.get("location") != location or vm.state == "Deleting":
+                continue
+            size = vm.body["properties"]["hardwareProfile"]["vmSize"]
+            n = float(vcpus.get(size, 0))
+            if vm.body["properties"].get("priority") == "Spot":
+                used["lowPriorityCores"] += n
+            else:
+                used["cores"] += n
+                family = QUOTA_FAMILIES.get(size, "").replace(" ", "")
+                if family:
+                    used[family] += n
+        limits = self.quota_limits.get(location, {})
+        extra = self.quota_usage.get(location, {})
+        value = [
+            {
+                "unit": "Count",
+                "currentValue": int(used[name] + extra.get(name, 0.0)),
+                "limit": int(limits.get(name, DEFAULT_QUOTA)),
+                "name": {"value": name, "localizedValue": words},
+            }
+            for name, words in names.items()
+        ]
+        return ok({"value": value})
 
     # -- catalog APIs -------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """A stateful fake of the Compute Engine REST API (plus the Billing Catalog SKU list and an
 OAuth token endpoint) for driving the real ``google-cloud-compute`` clients offline.
 
-Modelled: projects.get, regions.get, zones.list, machineTypes (per zone and aggregated),
+Modelled: projects.get and regions.get (with quotas: ``quota_limits``, usage from the live
+VMs' GPUs and vCPUs), zones.list, machineTypes (per zone and aggregated),
 acceleratorTypes (per zone and aggregated), instances bulkInsert / insert / get / list /
 aggregatedList / delete, zone and region operations get / wait (an operation stays RUNNING for
 ``op_polls`` reads), resourcePolicies insert / get / list / delete (refused while a live VM
@@ -85,6 +86,17 @@ OP_ERRORS: dict[str, tuple[int | None, str, str | None]] = {
     "op-internal": (500, "INTERNAL_ERROR", None),
 }
 OTHER_FAULTS = ("stuck", "never-running", "dies", "deleted")
+# Accelerator type -> the regional quota metric its GPUs count against (Compute's names).
+QUOTA_METRICS = {
+    "nvidia-h100-80gb": "NVIDIA_H100_GPUS",
+    "nvidia-h100-mega-80gb": "NVIDIA_H100_MEGA_GPUS",
+    "nvidia-h200-141gb": "NVIDIA_H200_GPUS",
+    "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
+    "nvidia-a100-80gb": "NVIDIA_A100_80GB_GPUS",
+    "nvidia-l4": "NVIDIA_L4_GPUS",
+    "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
+    "nvidia-tesla-v100": "NVIDIA_V100_GPUS",
+}
 CUSTOM = ("sync", "op")  # any status and reason/code, given to inject()
 
 
@@ -141,6 +153,10 @@ class FakeGce:
     api_key: str | None = None  # an API key the SKU list accepts instead of a bearer token
     sku_requests: list[dict[str, str]] = field(default_factory=list)  # auth, pageToken, ...
     deleted_policies: list[str] = field(default_factory=list)
+    # Quotas: region (or "global") -> metric -> limit. Usage is what the live VMs use (GPUs
+    # by their accelerators' metric, PREEMPTIBLE_ for spot; vCPUs as CPUS) plus ``quota_usage``.
+    quota_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    quota_usage: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -378,14 +394,60 @@ class FakeGce:
     def _project(self, request: Request) -> Any:
         self.calls.append(("projectsGet", "", {}))
         self._raise_sync(self._fault("projectsGet", None, None))
-        quotas = [{"metric": "GPUS_ALL_REGIONS", "limit": 1000.0, "usage": 0.0}]
-        return {"name": self.project, "id": "4242", "quotas": quotas}
+        limits = {"GPUS_ALL_REGIONS": 1000.0, "CPUS_ALL_REGIONS": 5000.0}
+        limits.update(self.quota_limits.get("global", {}))
+        return {"name": self.project, "id": "4242", "quotas": self._quotas("global", limits)}
 
     def _region(self, request: Request, region: str) -> Any:
+        self.calls.append(("regionsGet", region, {}))
+        self._raise_sync(self._fault("regionsGet", None, None))
         zones = [self._url(f"zones/{z}") for z, r in sorted(self.zones.items()) if r == region]
         if not zones:
             raise HttpError(404, "notFound", f"region {region} not found")
-        return {"name": region, "zones": zones, "quotas": [], "status": "UP"}
+        limits = {"CPUS": 2400.0, "PREEMPTIBLE_CPUS": 2400.0, "SSD_TOTAL_GB": 40960.0}
+        limits.update(self.quota_limits.get(region, {}))
+        quotas = self._quotas(region, limits)
+        return {"name": region, "zones": zones, "quotas": quotas, "status": "UP"}
+
+    def _quotas(self, where: str, limits: dict[str, float]) -> list[dict[str, Any]]:
+        """Quota entries as Compute shows them: metric, limit, usage (live VMs + extra)."""
+        used = self._quota_used(where)
+        extra = self.quota_usage.get(where, {})
+        return [
+            {"metric": m, "limit": limit, "usage": used.get(m, 0.0) + extra.get(m, 0.0)}
+            for m, limit in sorted(limits.items())
+        ]
+
+    def _quota_used(self, where: str) -> dict[str, float]:
+        used: dict[str, float] = {}
+
+        def add(metric: str, amount: float) -> None:
+            used[metric] = used.get(metric, 0.0) + amount
+
+        for (zone, _), vm in self.instances.items():
+            if vm.get("_deleting") or (where != "global" and self.zones.get(zone) != where):
+                continue
+            spot = vm.get("scheduling", {}).get("provisioningModel") == "SPOT"
+            machine = self.machine_types.get(zone, {}).get(_last(vm["machineType"]), {})
+            accels = [
+                (a["guestAcceleratorType"], a["guestAcceleratorCount"])
+                for a in machine.get("accelerators", [])
+            ] + [
+                (_last(a["acceleratorType"]), a["acceleratorCount"])
+                for a in vm.get("guestAccelerators", [])
+            ]
+            for accel, n in accels:
+                if where == "global":
+                    add("GPUS_ALL_REGIONS", float(n))
+                else:
+                    metric = QUOTA_METRICS.get(accel, accel.upper().replace("-", "_") + "_GPUS")
+                    add(("PREEMPTIBLE_" if spot else "") + metric, float(n))
+            cpus = float(machine.get("guestCpus", 0))
+            if where == "global":
+                add("CPUS_ALL_REGIONS", cpus)
+            else:
+                add("PREEMPTIBLE_CPUS" if spot else "CPUS", cpus)
+        return used
 
     def _zones(self, request: Request) -> Any:
         return {
