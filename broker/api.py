@@ -247,7 +247,9 @@ class Broker:
         from providers.storage.factory import open_store
 
         named = (("endpoint", section.endpoint), ("region", section.region))
-        store: ArtifactStore = open_store(url, options={k: v for k, v in named if v})
+        store: ArtifactStore = open_store(
+            url, options={k: v for k, v in named if v}, environ=self.settings.credentials
+        )
         return store
 
     @cached_property

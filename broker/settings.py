@@ -16,6 +16,11 @@ environment (``BROKER_*``, ``XDG_*``). Everything below the edge takes these as 
 - ``BROKER_URL`` and ``BROKER_TOKEN``: a broker service (``broker serve``) and an API token of
   it; when the URL is set, the CLI's cluster commands call that service instead of the local
   store. The token is never part of a repr or a message.
+- credentials our own code reads (the clouds' SDKs read theirs themselves):
+  ``BROKER_GCP_API_KEY`` (the GCP Billing Catalog, ``broker catalog refresh``),
+  ``GOOGLE_APPLICATION_CREDENTIALS`` (a gs:// artifact store's signing key file),
+  ``AZURE_STORAGE_KEY`` / ``AZURE_STORAGE_CONNECTION_STRING`` (an az:// artifact store). They
+  are kept in ``credentials`` (never in a repr) and handed to the providers as parameters.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ MAX_GPUS = 72  # the launch-file format's limit for every compute mode
 DEFAULT_BURST_MAX_GPUS = 48  # "Burst experiments are currently limited to a maximum of 48 GPUs"
 DEFAULT_LEASE_SECONDS = 120.0
 STATE_DB_FILENAME = "broker.sqlite"  # the SQLite store inside the state directory
+CREDENTIAL_VARS = (
+    "BROKER_GCP_API_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
 
 
 def _home_dir(env: Mapping[str, str], xdg: str, fallback: str) -> Path:
@@ -54,6 +65,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     service_url: str | None = None  # BROKER_URL: the CLI's cluster commands call this service
     service_token: str | None = field(default=None, repr=False)  # BROKER_TOKEN: never shown
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)  # CREDENTIAL_VARS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +94,7 @@ class Settings:
             lease_seconds=_lease(env.get("BROKER_LEASE_SECONDS", "")),
             service_url=env.get("BROKER_URL", "").strip() or None,
             service_token=env.get("BROKER_TOKEN", "").strip() or None,
+            credentials={k: env[k] for k in CREDENTIAL_VARS if env.get(k, "").strip()},
         )
 
 

@@ -7,6 +7,7 @@ only when a command asks for it (``--provider sim``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -76,13 +77,20 @@ def open_provider(
 
 
 def refresh_document(
-    name: str, *, config: BrokerConfig, bundled: Catalog, today: date
+    name: str,
+    *,
+    config: BrokerConfig,
+    bundled: Catalog,
+    today: date,
+    credentials: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A fresh catalog document (shapes/data format) from the cloud's live APIs."""
+    """A fresh catalog document (shapes/data format) from the cloud's live APIs.
+    ``credentials``: the credential variables the edge read (``broker.settings``), e.g. the
+    GCP Billing Catalog's API key."""
     spec, section = _enabled(name, config)
     if spec.refresh is None:
         raise _not_configured(name, f"{name} has no live catalog in this version")
-    return spec.refresh(section, bundled, today)
+    return spec.refresh(section, bundled, today, credentials or {})
 
 
 def sim_exists(state_dir: Path) -> bool:

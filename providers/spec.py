@@ -13,7 +13,7 @@ Section models are strict: a value of the wrong type is refused, never coerced
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
@@ -57,15 +57,15 @@ class CloudSpec(Generic[C]):
 
     ``open(section, catalog)`` builds the adapter (a :class:`providers.base.Provider`;
     ``health()`` on it, if it has one, is what ``broker providers`` shows);
-    ``refresh(section, bundled, today)`` builds a live catalog document (None: this cloud
-    has no live refresh); ``quota_bucket(shape)`` names the quota a shape draws on within
+    ``refresh(section, bundled, today, credentials)`` builds a live catalog document
+    (``credentials``: the edge's credential variables; None: this cloud has no live refresh); ``quota_bucket(shape)`` names the quota a shape draws on within
     its region and market (None: one bucket per GPU model, the default rule).
     """
 
     name: str
     section: type[C]
     open: Callable[[C, Catalog], Provider]
-    refresh: Callable[[C, Catalog | None, date], dict[str, Any]] | None = None
+    refresh: Callable[[C, Catalog | None, date, Mapping[str, str]], dict[str, Any]] | None = None
     quota_bucket: Callable[[Shape], str] | None = None
 
     def __post_init__(self) -> None:

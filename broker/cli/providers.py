@@ -73,7 +73,11 @@ def cmd_catalog_refresh(args: argparse.Namespace, settings: Settings) -> int:
     else:
         say(f"refreshing the {args.provider} catalog from its live APIs ...")
         doc = refresh_document(
-            args.provider, config=config, bundled=load_bundled_catalog(), today=date.today()
+            args.provider,
+            config=config,
+            bundled=load_bundled_catalog(),
+            today=date.today(),
+            credentials=settings.credentials,
         )
     from providers.refresh import refuse_failing
 

@@ -3,6 +3,7 @@ opened or refreshed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ def _open(config: AwsConfig, catalog: Catalog) -> Provider:
     return AwsProvider(config, catalog)
 
 
-def _refresh(config: AwsConfig, bundled: Catalog | None, today: date) -> dict[str, Any]:
+def _refresh(
+    config: AwsConfig, bundled: Catalog | None, today: date, _credentials: Mapping[str, str]
+) -> dict[str, Any]:
     from providers.aws.catalog import build_catalog_document
 
     return build_catalog_document(None, config, bundled=bundled, today=today)

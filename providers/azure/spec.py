@@ -3,6 +3,7 @@ packages load when Azure is opened or refreshed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,9 @@ def _open(config: AzureConfig, catalog: Catalog) -> Provider:
     return AzureProvider(config, catalog)
 
 
-def _refresh(config: AzureConfig, bundled: Catalog | None, today: date) -> dict[str, Any]:
+def _refresh(
+    config: AzureConfig, bundled: Catalog | None, today: date, _credentials: Mapping[str, str]
+) -> dict[str, Any]:
     from providers.azure.catalog import build_catalog_document
 
     return build_catalog_document(config, bundled=bundled, today=today)

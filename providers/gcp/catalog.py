@@ -35,7 +35,6 @@ an error message (Compute Engine still uses Application Default Credentials).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
@@ -255,7 +254,7 @@ def _effective(sku: Any) -> date | None:
 
 def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The Billing Catalog API key of the environment (:data:`API_KEY_ENV`), or None."""
-    key = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
+    key = ({} if environ is None else environ).get(API_KEY_ENV, "").strip()
     return key or None
 
 
@@ -324,12 +323,11 @@ def build_catalog_document(
 ) -> dict[str, Any]:
     """The GCP catalog document (``shapes/data/gcp.json`` format) for ``config.regions``.
 
-    ``api_key``: the Billing Catalog is read with it instead of ``credentials`` (None: the
-    environment's, :func:`api_key_from_env`, if any). Raises a ProviderError when Compute
-    Engine or the Billing Catalog cannot be read."""
+    ``api_key``: the Billing Catalog is read with it instead of ``credentials`` (the edge
+    reads it from ``BROKER_GCP_API_KEY``: :func:`api_key_from_env` of its credentials).
+    Raises a ProviderError when Compute Engine or the Billing Catalog cannot be read."""
     from google.cloud import billing_v1, compute_v1
 
-    api_key = api_key if api_key is not None else api_key_from_env()
     machine_client, accelerator_client, billing_client = _clients(config, credentials, api_key)
     regions = set(config.regions)
     machines: dict[str, Any] = {}  # name -> MachineType (first seen)

@@ -4,6 +4,7 @@ loads when GCP is opened or refreshed. Compute Engine counts GPUs per model (spo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +22,13 @@ def _open(config: GcpConfig, catalog: Catalog) -> Provider:
     return GcpProvider(config, catalog)
 
 
-def _refresh(config: GcpConfig, bundled: Catalog | None, today: date) -> dict[str, Any]:
-    from providers.gcp.catalog import build_catalog_document
+def _refresh(
+    config: GcpConfig, bundled: Catalog | None, today: date, credentials: Mapping[str, str]
+) -> dict[str, Any]:
+    from providers.gcp.catalog import api_key_from_env, build_catalog_document
 
-    return build_catalog_document(config, bundled=bundled, today=today)
+    api_key = api_key_from_env(credentials)
+    return build_catalog_document(config, bundled=bundled, today=today, api_key=api_key)
 
 
 SPEC = CloudSpec(name="gcp", section=GcpConfig, open=_open, refresh=_refresh)

@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
@@ -78,7 +77,7 @@ class AzureStore:
         if url.scheme != "az":
             raise ValueError(f"not an Azure store: {url.text}")
         self._url = url
-        env = os.environ if environ is None else environ
+        env = {} if environ is None else environ  # the edge's credential variables
         key_text, from_string = account_key, None
         if key_text is None:
             key_text = env.get("AZURE_STORAGE_KEY") or None

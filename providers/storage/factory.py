@@ -29,9 +29,17 @@ OPTIONS: Mapping[str, frozenset[str]] = {
 }
 
 
-def open_store(url: str, *, options: Mapping[str, str] | None = None) -> ArtifactStore:
+def open_store(
+    url: str,
+    *,
+    options: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ArtifactStore:
     """The store ``url`` names (ConfigError for a bad URL, an option its scheme does not
-    take, or missing credentials a backend can tell at once)."""
+    take, or missing credentials a backend can tell at once). ``environ``: the credential
+    variables the edge read (``broker.settings.CREDENTIAL_VARS``); nothing here reads the
+    process environment."""
+    env = environ or {}
     parsed = parse_store_url(url)
     given = {k: v for k, v in (options or {}).items() if v}
     unknown = sorted(set(given) - OPTIONS[parsed.scheme])
@@ -51,12 +59,13 @@ def open_store(url: str, *, options: Mapping[str, str] | None = None) -> Artifac
         return GcsStore(
             parsed,
             endpoint=given.get("endpoint"),
-            credentials_file=given.get("credentials_file"),
+            credentials_file=given.get("credentials_file")
+            or env.get("GOOGLE_APPLICATION_CREDENTIALS"),
         )
     if parsed.scheme == "az":
         from providers.storage.azure import AzureStore
 
-        return AzureStore(parsed, endpoint=given.get("endpoint"))
+        return AzureStore(parsed, endpoint=given.get("endpoint"), environ=env)
     from providers.storage.file import FileStore
 
     return FileStore(parsed, public_url=given.get("public_url"))

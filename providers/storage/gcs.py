@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -100,7 +99,7 @@ class GcsStore:
             return self._credentials
 
     def _load_credentials(self) -> Any:
-        path = self._credentials_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        path = self._credentials_file  # GOOGLE_APPLICATION_CREDENTIALS, read at the edge
         if not path:
             raise ConfigError(
                 f"{self.url}: GCS signed URLs need a service account's key file: set "

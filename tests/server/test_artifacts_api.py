@@ -217,6 +217,7 @@ def test_another_organisation_sees_no_artifacts(svc: Service_) -> None:
 
 
 def test_missing_datasets_and_artifacts_are_refused_at_submit(svc: Service_) -> None:
+    svc.broker.service_url = BASE  # a service whose nodes run the command (nothing runs here)
     reply = svc.submit(
         launch_file(dataset_id_list=["imagenet"], input_artifact_id_list=["not-an-id"])
     )

@@ -28,9 +28,11 @@ def test_each_scheme_opens_its_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     gs = open_store("gs://bucket/p", options={"credentials_file": "/nowhere/sa.json"})
     assert isinstance(gs, GcsStore) and gs.endpoint == "https://storage.googleapis.com"
-    monkeypatch.setenv("AZURE_STORAGE_KEY", ACCOUNT_KEY)
-    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
-    az = open_store("az://acct/cont/p", options={"endpoint": "http://127.0.0.1:10000/acct"})
+    az = open_store(
+        "az://acct/cont/p",
+        options={"endpoint": "http://127.0.0.1:10000/acct"},
+        environ={"AZURE_STORAGE_KEY": ACCOUNT_KEY},  # what broker.settings read
+    )
     assert isinstance(az, AzureStore)
     assert (az.account, az.container, az.endpoint) == (
         "acct",

@@ -205,20 +205,21 @@ def test_token_is_fetched_once_and_refusals_are_named(gcs: GcsServer, store: Gcs
 def test_credentials_are_a_service_account_key(
     gcs: GcsServer, key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = parse_store_url("gs://b/p")
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    from providers.storage.base import ArtifactStore
+    from providers.storage.factory import open_store
+
+    def opened(env: dict[str, str]) -> ArtifactStore:  # the variables broker.settings read
+        return open_store("gs://b/p", options={"endpoint": gcs.endpoint}, environ=env)
+
     with pytest.raises(ConfigError, match="GOOGLE_APPLICATION_CREDENTIALS"):
-        GcsStore(url, endpoint=gcs.endpoint).upload("a", 1)
+        opened({}).upload("a", 1)
     user = tmp_path / "user.json"
     user.write_text(json.dumps({"type": "authorized_user", "refresh_token": "r"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user))
     with pytest.raises(ConfigError, match="not a service account's key file"):
-        GcsStore(url, endpoint=gcs.endpoint).upload("a", 1)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+        opened({"GOOGLE_APPLICATION_CREDENTIALS": str(user)}).upload("a", 1)
     with pytest.raises(ConfigError, match="cannot read the key file"):
-        GcsStore(url, endpoint=gcs.endpoint).upload("a", 1)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
-    from_env = GcsStore(url, endpoint=gcs.endpoint)
+        opened({"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json")}).upload("a", 1)
+    from_env = opened({"GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
     assert "X-Goog-Signature" in from_env.upload("a", 1).requests[0].url
     assert "PRIVATE" not in repr(from_env) and repr(from_env).startswith("GcsStore('gs://b/p'")
 

@@ -314,15 +314,29 @@ def test_every_page_of_skus_is_read(gcp: GcpWorld) -> None:
 def test_an_api_key_from_the_environment_reads_the_billing_catalog(
     gcp: GcpWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from broker.settings import Settings
+    from providers.gcp.catalog import api_key_from_env
+
     gcp.fake.api_key = API_KEY
-    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    settings = Settings.from_env({API_KEY_ENV: API_KEY})  # the edge reads the environment
+    assert API_KEY not in repr(settings)
+
+    def refresh(gcp: GcpWorld) -> dict[str, Any]:  # as the gcp spec's refresh passes it on
+        return build_catalog_document(
+            gcp_config(gcp.server.url),
+            bundled=gcp.catalog,
+            today=TODAY,
+            credentials=FakeCredentials(),
+            api_key=api_key_from_env(settings.credentials),
+        )
+
     doc = refresh(gcp)
     assert doc["instance_types"]
     assert {r["auth"] for r in gcp.fake.sku_requests} == {"key"}
     assert {r["key"] for r in gcp.fake.sku_requests} == {API_KEY}
     assert API_KEY not in json.dumps(doc)
     # a refused key: a typed error that does not repeat it
-    monkeypatch.setenv(API_KEY_ENV, API_KEY[:-1] + "X")
+    settings = Settings.from_env({API_KEY_ENV: API_KEY[:-1] + "X"})
     with pytest.raises(ProviderError) as caught:
         refresh(gcp)
     shown = f"{caught.value} {caught.value!r} {caught.value.args}"
