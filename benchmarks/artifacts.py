@@ -23,8 +23,11 @@ Targets (``--check`` exits 1 if one is missed), floors set after measuring on th
 a third of what was measured so that a busy machine still passes and a regression of the
 sync path (a call per file become several, a part buffered in memory, a store call per
 part) does not:
-  - file:// one large file: at least 50 MB/s.   - file:// small files: at least 100 files/s.
-  - S3 (moto) one large file: at least 20 MB/s. - S3 (moto) small files: at least 40 files/s.
+  - file:// one large file: at least 50 MB/s.   - file:// small files: at least 25 files/s.
+  - S3 (moto) one large file: at least 20 MB/s. - S3 (moto) small files: at least 25 files/s.
+  Small files measured ~61 files/s on both stores (a one-run calibration, 200 files), well
+  under the 100 files/s first proposed: each file costs an ``artifact_upload`` call to the
+  service and its own PUT, one at a time, ~16 ms on this machine.
 Every process is started here and stopped here (the server by SIGTERM, then its simulated
 node processes; moto's thread with this script); everything is on 127.0.0.1, every wait is
 bounded, nothing imports from ``tests/``, and the working tree is never written.
@@ -61,9 +64,9 @@ DEADLINE = 600.0  # seconds one cluster may take, submit to its final report
 MB = 1_000_000
 TARGETS: Mapping[tuple[str, str], float] = {  # (store, workload) -> floor
     ("file", "large"): 50.0,  # MB/s
-    ("file", "small"): 100.0,  # files/s
+    ("file", "small"): 25.0,  # files/s: measured ~61 (a service call and a PUT per file)
     ("s3", "large"): 20.0,
-    ("s3", "small"): 40.0,
+    ("s3", "small"): 25.0,
 }
 
 
