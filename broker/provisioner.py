@@ -48,6 +48,7 @@ from broker.errors import (
 )
 from broker.lease import LeaseKeeper, new_owner_id
 from broker.lifecycle import FailReason, Status
+from broker.quotas import QuotaGate, describe_shortfalls
 from broker.ranking import Plan, order_zones
 from broker.scopes import BlockScope
 from broker.state import (
@@ -72,7 +73,7 @@ from providers.base import (
     Node,
     Provider,
 )
-from providers.errors import ProviderError, Reach, TransientError
+from providers.errors import GlobalQuotaError, ProviderError, QuotaError, Reach, TransientError
 from shapes.model import Shape
 
 Progress = Callable[[str], None]
@@ -149,6 +150,7 @@ class _Run:
     unusable: dict[str, ProviderError] = field(default_factory=dict)  # cloud -> why
     skipped: Counter[str] = field(default_factory=Counter)  # cloud -> plans skipped
     skips: Counter[str] = field(default_factory=Counter)  # cause -> plans/zones not asked
+    quota: list[str] = field(default_factory=list)  # plans skipped for quota, with the numbers
 
     def skip(self, cause: str, count: int = 1) -> None:
         """A plan (or, cause ``zone blocked``, one zone of it) passed over without a launch
@@ -184,6 +186,7 @@ class Provisioner:
         self.clock = clock
         self.sleep = sleep
         self.say: Progress = progress or (lambda _msg: None)
+        self.quotas = QuotaGate(store, clock=clock, say=self.say)  # broker.quotas
         self.owner = owner or new_owner_id()
         self._attempts_made = 0  # numbering of attempts, across cycles, of the current run
         self._attempts_this_run = 0
@@ -230,6 +233,14 @@ class Provisioner:
             provider = self._usable(shape, backend, run)
             if provider is None:
                 continue
+            short = self.quotas.shortfalls(provider, shape, plan.nodes)
+            if short:  # the cloud would refuse the gang: no launch call
+                why = describe_shortfalls(short)
+                self.say(f"skip {shape.id}: quota: {why}")
+                run.reasons.append(FailReason.QUOTA_EXCEEDED.value)
+                run.quota.append(f"{shape.id}: {why}")
+                run.skip("quota")
+                continue
             for zone in order_zones(shape):
                 zscope = BlockScope.zone_of(backend, shape, zone)
                 if zscope.key in run.blocked:
@@ -249,6 +260,8 @@ class Provisioner:
                 reach = outcome.reach
                 if reach is Reach.REQUEST:
                     return self._fail(cluster, outcome.reason, str(outcome))
+                if isinstance(outcome, QuotaError | GlobalQuotaError):
+                    self.quotas.refresh(provider, shape.region)  # usage moved: read again
                 if reach is Reach.CALL:
                     self._block(zscope, outcome, self.policy.transient_block, run)
                 elif reach is Reach.ZONE:
@@ -280,6 +293,9 @@ class Provisioner:
                 detail = "no cloud could be used: " + "; ".join(
                     f"{b}: {e.message}" for b, e in sorted(run.unusable.items())
                 )
+        if run.quota:  # the numbers of the first plan skipped for quota
+            more = f" (and {len(run.quota) - 1} more)" if len(run.quota) > 1 else ""
+            detail += f"; skipped for quota: {run.quota[0]}{more}"
         if run.skips:  # by cause and count, read back by describe (broker.views.skips_in)
             detail += f"; {skip_summary(run.skips)}"
         return self._fail(cluster, reason, detail)

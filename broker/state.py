@@ -212,6 +212,21 @@ artifact_syncs = Table(  # per rank and kind: what the agent's syncs sent (broke
     Column("updated_at", Float, nullable=False),
 )
 
+quota_readings = Table(  # the clouds' quotas as last read (broker.quotas): a short-lived cache
+    "quota_readings",
+    metadata,
+    Column("provider", String(32), primary_key=True),  # the adapter's name: aws, ..., sim
+    Column("region", String(64), primary_key=True),  # or "global"
+    Column("bucket", String(128), primary_key=True),  # "" marks the read of a whole region
+    Column("name", String(255)),
+    Column("unit", String(8)),
+    Column("market", String(16)),
+    Column("quota_limit", Float),
+    Column("usage", Float),
+    Column("note", Text),  # the region marker: what could not be read, and why
+    Column("read_at", Float, nullable=False),
+)
+
 leases = Table(
     "leases",
     metadata,
@@ -1145,6 +1160,36 @@ class Store:
         with self._tx() as conn:
             query = delete(blocks) if key is None else delete(blocks).where(blocks.c.scope == key)
             return int(conn.execute(query).rowcount)
+
+    # -- quota readings (broker.quotas) ------------------------------------------------------
+
+    def save_quotas(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Upsert quota rows (keys: the columns of ``quota_readings``), in one transaction."""
+        cols = quota_readings.c
+        with self._tx() as conn:
+            for row in rows:
+                conn.execute(
+                    delete(quota_readings).where(
+                        cols.provider == row["provider"],
+                        cols.region == row["region"],
+                        cols.bucket == row["bucket"],
+                    )
+                )
+                conn.execute(insert(quota_readings).values(**row))
+
+    def quota_rows(
+        self, *, provider: str | None = None, regions: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Cached quota rows (all, or of one provider and some regions), oldest reads too:
+        the caller decides what is fresh enough."""
+        cols = quota_readings.c
+        query = select(quota_readings).order_by(cols.provider, cols.region, cols.bucket)
+        if provider is not None:
+            query = query.where(cols.provider == provider)
+        if regions is not None:
+            query = query.where(cols.region.in_(list(regions)))
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     # -- aggregates (for /metrics: no cluster id, no organisation) ----------------------------
 
