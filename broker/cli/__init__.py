@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "blocks": ("clusters", "cmd_blocks"),
     "unblock": ("clusters", "cmd_unblock"),
     "providers": ("providers", "cmd_providers"),
+    "quotas": ("quotas", "cmd_quotas"),
     "catalog": ("providers", "cmd_catalog"),
     "serve": ("server", "cmd_serve"),
     "token": ("server", "cmd_token"),

@@ -382,6 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
         "credential chain. Credentials are never printed.",
     )
     _json(pr)
+    qu = sub.add_parser(
+        "quotas",
+        help="the clouds' GPU quotas: limit, in use, free (read live)",
+        description="Read the quotas GPU gangs draw on, live, from each enabled cloud (or "
+        "--provider, sim included) in its configured regions (or --region), and show limit, "
+        "in use and free per quota. The readings are kept for a few minutes: `broker "
+        "provision` skips a plan whose gang does not fit without asking the cloud, and "
+        "`broker quote --explain` names those plans. A quota that cannot be read (a missing "
+        "permission) is a warning; its cloud is tried as before.",
+    )
+    qu.add_argument("--provider", action="append", metavar="P", help="aws, gcp, azure or sim")
+    qu.add_argument("--region", action="append", metavar="R", help="this region only")
+    qu.add_argument(
+        "--cached", action="store_true", help="show the kept readings and their age (no call)"
+    )
+    _json(qu)
     cat = sub.add_parser("catalog", help="manage the local shape catalog")
     csub = cat.add_subparsers(
         dest="catalog_command", metavar="COMMAND", required=True, parser_class=_Parser

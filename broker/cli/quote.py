@@ -111,11 +111,16 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     if not result.plans and not args.explain:
         result = broker.quote(request, explain=True)  # so the refusal can say why
     blocks = broker.blocks() if args.explain else []
+    if args.explain:  # plans the cached quota readings rule out (broker.cli.quotas)
+        from broker.cli.quotas import print_quota_skips, quota_skips, quota_skips_document
+
+        skips = quota_skips(broker, result.plans)
     limit = None if args.limit == 0 else args.limit
     if args.json:
         if args.explain:
             doc = quote_document(result, limit=limit)
             doc["blocked"] = blocks_document(blocks)["blocks"]
+            doc["quota_skips"] = quota_skips_document(skips)
             emit_json(doc)
         else:
             sys.stdout.write(quote_json(result, limit=limit) + "\n")
@@ -159,6 +164,8 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
         print("\nExcluded:")
         for e in result.ranking.excluded:
             print(f"  {e.shape_id}: {e.reason}")
+    if args.explain:
+        print_quota_skips(skips)
     if not result.plans:
         print_refusal(result.ranking.excluded)
         if not args.explain and not result.ranking.priority_used:
