@@ -57,15 +57,14 @@ def _targets(args: argparse.Namespace, broker: Broker) -> list[tuple[str, list[s
                 )
             ]
         )
-    config = broker.config
-    chosen = named or list(config.broker.providers)
+    chosen = named or list(broker.config.broker.providers)
     targets: list[tuple[str, list[str]]] = []
     for name in chosen:
-        if name == SIM:
+        if name == SIM:  # no configuration needed
             scenario = broker.sim_scenario
             regions = sorted(scenario.regions) if scenario is not None else []
         else:
-            regions = sorted(config.regions(name) or ())
+            regions = sorted(broker.config.regions(name) or ())
         if args.region:
             regions = list(dict.fromkeys(args.region))
         targets.append((name, regions))
@@ -165,6 +164,11 @@ def cmd_quotas(args: argparse.Namespace, settings: Settings) -> int:
         )
         return Exit.INVALID
     reports = _cached(broker, targets) if args.cached else _read_live(broker, targets)
+    unusable = [r for r in reports if r.region == "-"]
+    if unusable and len(unusable) == len(reports):  # not one provider could be opened
+        for r in unusable:
+            say(f"broker: error: {r.warnings[0]}")
+        return Exit.INVALID
     now = broker.clock()
     doc = quotas_document(reports, now)
     if args.json:
