@@ -25,10 +25,10 @@ from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from broker.settings import STATE_DB_FILENAME
 from broker.views import skips_in
-from providers.quotas import QuotaReport, QuotaUnit, ReportBuilder
+from providers.quotas import QuotaReport, QuotaUnit, ReportBuilder, needs
 from providers.sim import SimProvider
 from shapes.catalog import load_bundled_catalog
-from tests.conftest import FakeClock, run_broker
+from tests.conftest import FakeClock, make_shape, run_broker
 from tests.fakes.gcp import FakeServer
 from tests.providers.gcp.conftest import cli_env
 
@@ -217,6 +217,49 @@ def test_broker_quotas_without_a_configured_cloud_says_what_to_do(
 ) -> None:
     assert main(["quotas"]) == 2
     assert "no cloud is configured here" in capsys.readouterr().err
+    assert main(["quotas", "--provider", "aws"]) == 2
+    err = capsys.readouterr().err
+    assert "aws cannot be used" in err and "not enabled" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("provider", "instance_type", "spot", "nodes", "wanted"),
+    [
+        ("aws", "p5.48xlarge", False, 2, [("L-417A185B", 128.0)]),
+        ("aws", "p6-b200.48xlarge", False, 1, [("L-417A185B", 64.0)]),
+        ("aws", "p5en.48xlarge", True, 1, [("L-C4BD4855", 64.0)]),
+        ("aws", "p4d.24xlarge", True, 1, [("L-7212CCBC", 64.0)]),
+        ("aws", "g6e.xlarge", True, 3, [("L-3819A6DF", 192.0)]),
+        ("aws", "p6-b200.48xlarge", True, 1, []),  # no documented spot code: unknown
+        ("aws", "m5.large", False, 1, []),
+        ("gcp", "a3-megagpu-8g", True, 2, [("PREEMPTIBLE_NVIDIA_H100_MEGA_GPUS", 16.0)]),
+        ("gcp", "n1-standard-8+t4x1", False, 2, [("NVIDIA_T4_GPUS", 16.0)]),
+        ("gcp", "c3-standard-8", False, 1, []),
+        ("azure", "Standard_ND96isr_H100_v5", False, 2, [("standardNDSH100v5Family", 128.0)]),
+        ("azure", "Standard_ND96isr_H100_v5", True, 1, [("lowPriorityCores", 64.0)]),
+        ("azure", "Standard_NV36ads_A10_v5", False, 1, []),  # not in the table: cores only
+    ],
+)
+def test_which_quota_a_gang_draws_on(
+    provider: str, instance_type: str, spot: bool, nodes: int, wanted: list[tuple[str, float]]
+) -> None:
+    shape = make_shape(
+        instance_type,
+        provider=provider,
+        region="r1",
+        provisioning="spot" if spot else "on-demand",
+        zones=("z1",),
+    )
+    found = [(n.bucket, n.amount) for n in needs(provider, shape, nodes) if n.region == "r1"]
+    if provider == "azure" and not spot:
+        assert found[-1] == ("cores", 8.0 * 8 * nodes)  # every on-demand VM: regional vCPUs
+        found = found[:-1]
+    assert found == wanted
+    every = [n for n in needs(provider, shape, nodes) if n.region == "global"]
+    want_global = [("GPUS_ALL_REGIONS", 8.0 * nodes)] if provider == "gcp" and wanted else []
+    assert [(n.bucket, n.amount) for n in every] == want_global
+    other = "gcp" if provider != "gcp" else "aws"
+    assert needs(other, shape, nodes) == []  # another cloud's quotas never apply
 
 
 @pytest.fixture
