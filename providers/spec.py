@@ -58,8 +58,9 @@ class CloudSpec(Generic[C]):
     ``open(section, catalog)`` builds the adapter (a :class:`providers.base.Provider`;
     ``health()`` on it, if it has one, is what ``broker providers`` shows);
     ``refresh(section, bundled, today, credentials)`` builds a live catalog document
-    (``credentials``: the edge's credential variables; None: this cloud has no live refresh); ``quota_bucket(shape)`` names the quota a shape draws on within
-    its region and market (None: one bucket per GPU model, the default rule).
+    (``credentials``: the edge's credential variables; None: this cloud has no live
+    refresh); ``quota_bucket(shape)`` names the quota a shape draws on within its region
+    and market (None: one bucket per GPU model, the default rule).
     """
 
     name: str
