@@ -195,9 +195,7 @@ class AzureStore:
         if plan.kind != "parts":
             return
         name = full_key(self._url, plan.key)
-        body = "".join(
-            f"<Latest>{escape(block_id(n))}</Latest>" for n in range(1, len(plan.requests) + 1)
-        )
+        body = "".join(f"<Latest>{escape(block_id(n))}</Latest>" for n in range(1, plan.parts + 1))
         xml = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{body}</BlockList>'
         http(
             "PUT",

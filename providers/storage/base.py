@@ -91,6 +91,12 @@ class UploadPlan:
     requests: tuple[SignedRequest, ...]
     upload_id: str | None = None  # "parts": what complete() and abort() need
 
+    @property
+    def parts(self) -> int:
+        """How many parts (or chunks) the object goes in: from its size and part size, so a
+        plan rebuilt from what a node sent back (without the URLs) counts the same."""
+        return max(1, -(-self.size // self.part_size)) if self.part_size > 0 else 1
+
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -188,8 +188,7 @@ class FileStore:
         if plan.kind != "parts" or plan.upload_id is None:
             return
         folder = self._upload_dir(plan.upload_id)
-        count = max(1, -(-plan.size // plan.part_size))
-        parts = [folder / str(i) for i in range(count)]
+        parts = [folder / str(i) for i in range(plan.parts)]
         missing = [i for i, p in enumerate(parts) if not p.is_file()]
         if missing:
             raise StorageError(f"{plan.key}: parts {missing[:10]} were never sent")

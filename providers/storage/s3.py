@@ -152,10 +152,9 @@ class S3Store:
         if plan.kind != "parts":
             return
         what = f"{self.url}: complete {plan.key!r}"
-        if len(etags) != len(plan.requests) or not all(etags):
+        if len(etags) != plan.parts or not all(etags):
             raise StorageError(
-                f"{what}: {len(plan.requests)} parts were sent, "
-                f"{sum(1 for e in etags if e)} ETags given"
+                f"{what}: {plan.parts} parts were sent, {sum(1 for e in etags if e)} ETags given"
             )
         parts = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(etags, start=1)]
         try:

@@ -319,3 +319,53 @@ def test_an_inputs_failure_fails_the_experiment_failed_inputs(svc: Service_) -> 
         time.sleep(0.05)
     ended = svc.broker.get(c.id)
     assert ended.reason == "FailedInputs" and "4.0 GB needed" in (ended.detail or "")
+
+
+def test_a_multi_part_upload_to_s3_completes_through_the_agent_calls(
+    svc: Service_, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node sends the plan back without trusting its URLs: the store counts the parts
+    from the size (a plan rebuilt with no requests once failed S3's complete)."""
+    import urllib.request
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from providers.storage.base import parse_store_url
+    from providers.storage.s3 import S3Store
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "t"), ("AWS_SECRET_ACCESS_KEY", "t")):
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="artifacts-test"
+        )
+        store = S3Store(
+            parse_store_url("s3://artifacts-test/pre"), endpoint_url=endpoint, region="us-east-1"
+        )
+        svc.broker.__dict__["artifact_store"] = store
+        c = svc.running()
+        body = bytes(range(256)) * (48 * 1024)  # 12 MiB: 5 + 5 + 2 MiB
+        code, answer = c.call(
+            "artifact_upload", rank=0, kind="checkpoints", path="m.pt", size=len(body)
+        )
+        plan = answer["plan"]
+        assert code == 200 and plan["kind"] == "parts" and len(plan["requests"]) == 3
+        etags = []
+        for i, request in enumerate(plan["requests"]):
+            part = body[i * plan["part_size"] : (i + 1) * plan["part_size"]]
+            put = urllib.request.Request(request["url"], part, request["headers"], method="PUT")
+            with urllib.request.urlopen(put, timeout=30) as sent:
+                etags.append(sent.headers["ETag"])
+        code, done = c.call(
+            "artifact_complete", rank=0, kind="checkpoints", path="m.pt", plan=plan, etags=etags
+        )
+        assert code == 200, done
+        (obj,) = store.list(f"acme/experiments/{c.id}/")
+        assert obj.size == len(body)
+    finally:
+        server.stop()
