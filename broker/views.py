@@ -48,7 +48,13 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
     from broker.ranking import order_zones  # loaded with the quote already
 
     s = plan.shape
-    zones = order_zones(s)
+    price = plan.price_per_hour
+    if s.zone_prices:  # priced by zone: the order tried, and the price in each
+        zones = order_zones(s)
+        zone_prices: list[float] | None = [plan.price_in_zone(z) for z in zones]
+        top = plan.price_per_hour_max
+    else:
+        zones, zone_prices, top = list(s.zones), None, price
     return {
         "rank": rank_no,
         "shape_id": s.id,
@@ -62,12 +68,11 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
         "gpus_billed": plan.gpus_billed,
         "provisioning": s.provisioning.value,
         "price_per_node_hour": s.price_per_node_hour,
-        "price_per_hour": plan.price_per_hour,
-        "price_per_hour_max": plan.price_per_hour_max,
-        "estimated_cost": plan.price_per_hour * quote.request.hours,
+        "price_per_hour": price,
+        "price_per_hour_max": top,
+        "estimated_cost": price * quote.request.hours,
         "zones": zones,  # in the order the provisioner tries them
-        # the plan's price in each of those zones, where it varies by zone
-        "zone_prices_per_hour": [plan.price_in_zone(z) for z in zones] if s.zone_prices else None,
+        "zone_prices_per_hour": zone_prices,  # the plan's price in each (None: one price)
     }
 
 

@@ -80,7 +80,8 @@ def _run(argv: list[str], as_json: bool) -> int:
     from shapes.errors import BrokerError, Exit
 
     try:
-        args = build_parser().parse_args(argv)
+        only = argv[0] if argv and argv[0] in COMMANDS else None  # build just that one
+        args = build_parser(only).parse_args(argv)
     except UsageError as exc:
         if as_json:
             return fail_with(str(exc), Exit.INVALID, True)

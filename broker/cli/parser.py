@@ -172,7 +172,30 @@ def _image(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """What :func:`build_parser` hands out for a command it was told to leave out: every
+    call (add_argument, add_argument_group, add_subparsers, ...) does nothing, cheaply."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OnlyOne:
+    """The subparsers action, keeping the full definition of one command only."""
+
+    def __init__(self, real: Any, only: str) -> None:
+        self._real, self._only = real, only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name == self._only:
+            return self._real.add_parser(name, **kwargs)
+        return _Skipped()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a command the caller knows is being run), only
+    that command's subparser is built: ``broker quote`` must start in about the time Python
+    takes, and building all 30 subparsers costs ~12 ms (benchmarks/run.py)."""
     parser = _Parser(
         prog="broker",
         description=(
@@ -184,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     from broker import __version__
 
     parser.add_argument("--version", action="version", version=f"burst-broker {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    if only is not None:
+        sub = _OnlyOne(sub, only)
 
     q = sub.add_parser(
         "quote",
