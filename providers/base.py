@@ -140,8 +140,8 @@ def check_bootstrap(script: str | None, provider: str) -> None:
     if size > limit:
         raise BootstrapTooLargeError(
             f"the node bootstrap script is {size:,} bytes as {provider} counts it; "
-            f"{_BOOTSTRAP_HOOKS[provider]} takes at most {limit:,}: the node agent it "
-            "carries is too large for this cloud",
+            f"{_BOOTSTRAP_HOOKS[provider]} takes at most {limit:,} (the script fetches the "
+            "agent from the service; a very long service URL is what makes it grow)",
             code="BootstrapTooLarge",
             provider=provider,
         )

@@ -1,7 +1,8 @@
 """The burst-broker node agent: runs a cluster's command on one node for the broker service.
 
 One module, Python standard library only, runnable as ``python3 -I agent.py`` on Python 3.8
-or newer: the bootstrap copies it to each node, nothing is installed there. The contract is
+or newer: the boot script downloads it from the service (checking its SHA-256) onto each
+node, nothing is installed there. The contract is
 docs/agent-protocol.md; in brief, every call is ``POST <service>/v1/agent/<name>`` with a
 JSON body and ``Authorization: Bearer <node token>``:
 
