@@ -357,9 +357,12 @@ def request_body(
     if experiment is not None:
         values = dict(experiment)
         image = values.pop("image", None)  # a request field, not a launch-file key
+        max_hours = values.pop("max_hours", None)  # the same
         body["launch_file"] = launch_text(values, request)
         if image is not None:
             body["image"] = image
+        if max_hours is not None:
+            body["max_hours"] = max_hours
         del body["gpus"], body["priority"]
     return {k: v for k, v in body.items() if v not in (None, [], False)}
 

@@ -50,7 +50,18 @@ def node_env(
         "STRONG_CYCLE_COUNT": str(cluster.cycle),
         **ARTIFACT_PATHS,
     }
+    limit = max_hours_of(cluster)
+    if limit is not None:  # the time allotted to this cycle (absent: unlimited)
+        env["STRONG_CYCLE_TIME_MS"] = str(round(limit * 3_600_000))
     return env
+
+
+def max_hours_of(cluster: ClusterRecord) -> float | None:
+    """The experiment's run-time limit in hours (``max_hours``), None when unlimited."""
+    value = (cluster.experiment or {}).get("max_hours")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    return float(value)
 
 
 def export_lines(env: dict[str, str]) -> str:

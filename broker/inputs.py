@@ -41,6 +41,7 @@ class RequestInputs:
     max_price_per_hour: float | None = None
     hours: float = 1.0
     image: str | None = None  # the command's container image ("": on the host); None: default
+    max_hours: float | None = None  # run-time limit per cycle: then STOPPED "run-time limit"
     names: dict[str, str] = field(default_factory=dict)  # field -> how the edge spells it
 
 
@@ -59,6 +60,18 @@ def _close(word: str, choices: Sequence[str]) -> str:
         return ""
     original = next(c for c in choices if c.lower() == close[0])
     return f"; did you mean {original}?"
+
+
+def _max_hours(value: float, spelled: str) -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest([Diagnostic(field="max_hours", message=f"{spelled} must be a number")])
+    if not 0 < value <= 24 * 365:
+        raise InvalidRequest(
+            [Diagnostic(field="max_hours", message=f"{spelled} must be > 0 and at most 8760")]
+        )
+    return float(value)
 
 
 def shape_filter(inputs: RequestInputs, catalog: Catalog) -> ShapeFilter:
@@ -172,6 +185,8 @@ def build_request(
         experiment = result.experiment_or_raise().model_dump(mode="json")
         if inputs.image is not None:
             experiment["image"] = inputs.image
+        if inputs.max_hours is not None:
+            experiment["max_hours"] = _max_hours(inputs.max_hours, name("max_hours", "max_hours"))
         return request, experiment
     if inputs.image is not None:
         raise InvalidRequest(
@@ -180,6 +195,16 @@ def build_request(
                     field="image",
                     message=f"{name('image', 'image')} is the container a launch file's command "
                     f"runs in: give {name('launch_file', 'a launch file')} too",
+                )
+            ]
+        )
+    if inputs.max_hours is not None:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="max_hours",
+                    message=f"{name('max_hours', 'max_hours')} limits how long a launch file's "
+                    f"command runs: give {name('launch_file', 'a launch file')} too",
                 )
             ]
         )

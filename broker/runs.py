@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.errors import ConflictError, InvalidRequest, NotFoundError
 from broker.lifecycle import TERMINAL, Status
-from broker.state import AgentRecord, ClusterRecord
+from broker.state import AgentRecord, ClusterRecord, TransitionRecord
 
 if TYPE_CHECKING:
     from broker.api import Broker
@@ -393,6 +393,27 @@ def outcome(cluster: ClusterRecord, agents: Sequence[AgentRecord]) -> Ending | N
     return None
 
 
+def over_time(
+    cluster: ClusterRecord, history: Sequence[TransitionRecord], now: float
+) -> Ending | None:
+    """STOPPED "run-time limit" when this cycle has been RUNNING for ``max_hours``."""
+    from broker.env import max_hours_of
+
+    limit = max_hours_of(cluster)
+    if limit is None:
+        return None
+    since = [t.at for t in history if t.cycle == cluster.cycle and t.status is Status.RUNNING]
+    if not since or now - since[-1] < limit * 3600:
+        return None
+    ran = (now - since[-1]) / 3600
+    return Ending(
+        cluster.id,
+        Status.STOPPED,
+        None,
+        f"run-time limit: max_hours {limit:g} reached (ran {ran:.2f} h in cycle {cluster.cycle})",
+    )
+
+
 def lost_agents(
     cluster: ClusterRecord, agents: Sequence[AgentRecord], now: float, policy: RunPolicy
 ) -> Ending | None:
@@ -431,6 +452,7 @@ __all__ = [
     "lost_agents",
     "needs_inputs",
     "outcome",
+    "over_time",
     "register",
     "started",
 ]

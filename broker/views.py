@@ -357,6 +357,7 @@ def report_document(r: ClusterReport) -> Document:
             "command": experiment["command"],
             "image": experiment.get("image") or None,
             "datasets": list(experiment.get("dataset_id_list") or ()),
+            "max_hours": experiment.get("max_hours"),  # per cycle; None: unlimited
         }
     return doc
 

@@ -164,6 +164,14 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
 
 def _image(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--max-hours",
+        type=positive,
+        metavar="H",
+        help="run-time limit of each cycle: at the limit the command is signalled, artifacts "
+        "get their final sync and the cluster ends STOPPED (run-time limit); the nodes see "
+        "STRONG_CYCLE_TIME_MS",
+    )
+    p.add_argument(
         "--image",
         metavar="IMAGE",
         help="run the launch file's command in this container image on every node "

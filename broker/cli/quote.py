@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from shapes.catalog import Catalog, ShapeFilter
 
 
-CLI_NAMES = {"gpu": "--gpu", "gpus": "--gpus", "launch_file": "FILE.isc", "image": "--image"}
+CLI_NAMES = {
+    "gpu": "--gpu",
+    "gpus": "--gpus",
+    "launch_file": "FILE.isc",
+    "image": "--image",
+    "max_hours": "--max-hours",
+}
 
 
 def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
@@ -44,6 +50,7 @@ def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
         max_price_per_hour=args.max_price_per_hour,
         hours=getattr(args, "hours", 1.0),
         image=getattr(args, "image", None),
+        max_hours=getattr(args, "max_hours", None),
         names=CLI_NAMES,
     )
 

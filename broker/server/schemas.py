@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from broker.inputs import RequestInputs
 
 MAX_LAUNCH_FILE = 64 * 1024  # characters: a launch file is a few hundred bytes
-API_NAMES = {"gpu": "gpu", "gpus": "gpus", "launch_file": "launch_file", "image": "image"}
+API_NAMES = {
+    "gpu": "gpu",
+    "gpus": "gpus",
+    "launch_file": "launch_file",
+    "image": "image",
+    "max_hours": "max_hours",
+}
 
 
 def _listify(value: object) -> object:
@@ -37,6 +43,15 @@ class RequestBody(BaseModel):
     provisioning: Literal["spot", "on-demand"] | None = None
     max_price_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     hours: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    max_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=8760,
+        allow_inf_nan=False,
+        description="Run-time limit of each cycle, in hours: at the limit the command is "
+        'signalled, artifacts get their final sync and the cluster ends STOPPED ("run-time '
+        'limit"). Nodes see it as STRONG_CYCLE_TIME_MS.',
+    )
     image: str | None = Field(
         default=None,
         max_length=512,
@@ -60,6 +75,7 @@ class RequestBody(BaseModel):
             max_price_per_hour=self.max_price_per_hour,
             hours=self.hours,
             image=self.image,
+            max_hours=self.max_hours,
             names=API_NAMES,
         )
 

@@ -214,8 +214,22 @@ def test_the_remote_cli_sends_image_and_hours_as_fields() -> None:
     from broker.cli.remote import body_from_args
 
     parser = build_parser()
-    args = parser.parse_args(["run", "examples/hello.isc", "--image", "", "--hours", "2"])
+    args = parser.parse_args(
+        ["run", "examples/hello.isc", "--image", "", "--hours", "2", "--max-hours", "1.5"]
+    )
     body = body_from_args(args)
     assert body["image"] == "" and body["hours"] == 2.0 and "launch_file" in body
+    assert body["max_hours"] == 1.5
     args = parser.parse_args(["provision", "--gpus", "8"])
     assert "image" not in body_from_args(args) and "hours" not in body_from_args(args)
+
+
+def test_strong_cycle_time_ms_is_the_run_time_limit_and_absent_without_one(
+    tmp_path: Path,
+) -> None:
+    broker = sim_broker(tmp_path, "")
+    request = QuoteRequest(rank=RankRequest(gpus=8))
+    limited = broker.provision(request, experiment={"command": "x", "max_hours": 1.5})
+    unlimited = broker.provision(request, experiment={"command": "x"})
+    assert broker.env(limited.id, 0)["STRONG_CYCLE_TIME_MS"] == "5400000"
+    assert "STRONG_CYCLE_TIME_MS" not in broker.env(unlimited.id, 0)

@@ -146,3 +146,35 @@ def test_a_service_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
         assert log_lines(second, token, cluster_id, 0) == [f"tick {i}" for i in range(1, 7)]
     finally:
         second.stop()
+
+
+def test_a_run_time_limit_stops_the_command_after_its_final_sync(server: BrokerServer) -> None:
+    token = server.token("acme")
+    command = (
+        "trap 'echo got TERM; echo saved > \"$OUTPUT_PATH/at-stop.txt\"; exit 0' TERM; "
+        'echo "allotted $STRONG_CYCLE_TIME_MS ms"; while true; do sleep 0.1; done'
+    )
+    body = {"launch_file": launch_file(command, gpus=4), "max_hours": 0.001}  # 3.6 s
+    reply = server.call("/v1/clusters", "POST", token=token, body=body)
+    assert reply.status == 202, reply.body
+    cluster_id = str(reply.json()["cluster_id"])
+    final = ended(server, token, cluster_id, timeout=60)
+    assert final["status"] == "STOPPED", final
+    assert final["detail"].startswith("run-time limit: max_hours 0.001 reached"), final
+    lines = [x for x in log_lines(server, token, cluster_id, 0) if "[burst-agent]" not in x]
+    assert lines[0] == "allotted 3600 ms" and "got TERM" in lines
+    got = server.call(f"/v1/clusters/{cluster_id}/artifacts", token=token).json()
+    assert [a["path"] for a in got["artifacts"]] == ["checkpoints/rank-0/at-stop.txt"]
+    assert final["run"]["max_hours"] == 0.001
+    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
+
+
+def test_max_hours_needs_a_launch_file_and_a_sane_value(server: BrokerServer) -> None:
+    token = server.token("acme")
+    for body, fragment in (
+        ({"gpus": 4, "max_hours": 1}, "max_hours limits how long a launch file's command runs"),
+        ({"launch_file": launch_file("true", gpus=4), "max_hours": 0}, "greater than 0"),
+        ({"launch_file": launch_file("true", gpus=4), "max_hours": 9000}, "less than or equal"),
+    ):
+        reply = server.call("/v1/clusters", "POST", token=token, body=body)
+        assert reply.status == 422 and fragment in reply.body.decode(), reply.body
