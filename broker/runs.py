@@ -248,6 +248,9 @@ def exited(
         exit_reason=str(reason),
         exit_tail=tail,
     )
+    # Read the status again now that the exit is written: read before, a cluster that turned
+    # RUNNING meanwhile (after the provisioner read the agents) would be decided by no one.
+    cluster = broker.store.get(cluster.id)
     if cluster.status is not Status.RUNNING:
         return {"state": "done"}, None  # starting (the provisioner decides) or ending
     return {"state": "done"}, outcome(cluster, broker.store.agents(cluster.id, cluster.cycle))

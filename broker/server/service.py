@@ -184,9 +184,10 @@ class Service:
         threading.Thread(target=run, name=f"broker-finish-{ending.cluster_id}", daemon=True).start()
 
     def watch_runs(self) -> None:
-        """Fail RUNNING clusters whose agents went silent (NodeLost); stop those past their
-        run-time limit (``max_hours``: STOPPED "run-time limit", after the final sync)."""
-        from broker.runs import command_of, lost_agents, over_time
+        """End RUNNING clusters whose agents' exits decided their end (a safety net: the exit
+        call decides it at once), fail those whose agents went silent (NodeLost), and stop
+        those past their run-time limit (``max_hours``: STOPPED "run-time limit")."""
+        from broker.runs import command_of, lost_agents, outcome, over_time
 
         now = self.broker.clock()
         policy = self.broker.run_policy
@@ -196,8 +197,10 @@ class Service:
                 if command_of(cluster) is None:
                     continue
                 agents = self.broker.store.agents(cluster.id, cluster.cycle)
-                ending = lost_agents(cluster, agents, now, policy) or over_time(
-                    cluster, self.broker.store.transitions(cluster.id), now
+                ending = (
+                    outcome(cluster, agents)
+                    or lost_agents(cluster, agents, now, policy)
+                    or over_time(cluster, self.broker.store.transitions(cluster.id), now)
                 )
                 if ending is not None:
                     self.finish(ending)

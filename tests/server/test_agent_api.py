@@ -133,6 +133,22 @@ def test_a_rank_exiting_non_zero_fails_the_cluster_with_its_rank_code_and_lines(
     )
 
 
+def test_exits_nobody_decided_are_decided_by_the_watch_loop(run: Run) -> None:
+    """The exit call decides the end at once; should a race leave a RUNNING cluster whose
+    every rank exited 0 undecided (an exit read STARTING just before RUNNING was recorded),
+    the service's watch loop ends it."""
+    run.register_all()
+    store = run.broker.store
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+        store.update_agent(  # as the exit call writes it, without its decision
+            run.cluster_id, 1, n.rank, exited_at=time.time(), exit_code=0, exit_reason="exited"
+        )
+    assert run.broker.get(run.cluster_id).status is Status.RUNNING
+    run.service.watch_runs()
+    run.wait_status(Status.COMPLETED)
+
+
 def test_an_image_pull_failure_is_its_own_reason(run: Run) -> None:
     run.register_all()
     run.call(
