@@ -50,6 +50,7 @@ class FailReason(StrEnum):
     ERROR = "Error"  # the command exited non-zero on a rank
     FAILED_IMAGE_PULL = "FailedImagePull"  # a node could not pull the experiment's image
     FAILED_INPUTS = "FailedInputs"  # a node could not get its datasets or input artifacts
+    PREEMPTED = "Preempted"  # the cloud took a spot node back (its notice, via the agent)
 
 
 def can_move(current: Status, target: Status) -> bool:

@@ -417,6 +417,34 @@ def over_time(
     )
 
 
+def preempted(broker: Broker, node: Principal, body: Mapping[str, Any]) -> Ending | None:
+    """A rank's cloud gave its preemption notice: the gang cannot go on (a node is about to
+    go), so the cluster ends FAILED ``Preempted``; the agents are told to stop and their
+    final syncs run in the notice window. (Recovery onto a new gang is issue 16's next step:
+    until then every experiment has ``max_recoveries`` 0.) None when it is already ending."""
+    from broker.lifecycle import FailReason
+
+    cluster = _cluster_for(broker, node, body.get("cluster_id"))
+    rank = _rank_of(cluster, body)
+    if cluster.status not in (Status.STARTING, Status.RUNNING):
+        return None
+    cloud, action = str(body.get("cloud") or "the cloud")[:20], str(body.get("action") or "")
+    when = body.get("not_before")
+    at = ""
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        import time as _time
+
+        at = f", not before {_time.strftime('%H:%M:%S', _time.gmtime(when))} UTC"
+    node_of = next((n for n in cluster.nodes if n.rank == rank), None)
+    where = f" ({node_of.provider_id} in {cluster.zone})" if node_of is not None else ""
+    return Ending(
+        cluster.id,
+        Status.FAILED,
+        FailReason.PREEMPTED.value,
+        f"rank {rank}{where}: {cloud} preemption notice{': ' + action[:20] if action else ''}{at}",
+    )
+
+
 def lost_agents(
     cluster: ClusterRecord, agents: Sequence[AgentRecord], now: float, policy: RunPolicy
 ) -> Ending | None:
@@ -456,6 +484,7 @@ __all__ = [
     "needs_inputs",
     "outcome",
     "over_time",
+    "preempted",
     "register",
     "started",
 ]

@@ -21,6 +21,7 @@ from broker.runs import (
     heartbeat,
     inputs,
     logs,
+    preempted,
     register,
     started,
 )
@@ -72,6 +73,15 @@ def agent_exit(body: Doc, who: Node, request: Request) -> dict[str, Any]:
     if ending is not None:
         service.finish(ending)
     return answer
+
+
+@router.post("/preempted", summary="This rank's cloud gave its preemption notice")
+def agent_preempted(body: Doc, who: Node, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    ending = preempted(service.broker, who, body)
+    if ending is not None:
+        service.finish(ending)  # agents hear "stop" and sync within the notice window
+    return {"state": "stop"}  # the gang ends either way (already ending: the same)
 
 
 @router.post("/inputs", summary="Signed GETs of the files to download before the command")

@@ -149,6 +149,23 @@ def test_exits_nobody_decided_are_decided_by_the_watch_loop(run: Run) -> None:
     run.wait_status(Status.COMPLETED)
 
 
+def test_a_preemption_notice_ends_the_gang_preempted(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    code, answer = run.call(
+        "preempted", rank=1, cloud="aws", action="terminate", not_before=1_800_000_000
+    )
+    assert code == 200 and answer["state"] == "stop"
+    run.wait_status(Status.FAILED)
+    cluster = run.broker.get(run.cluster_id)
+    assert cluster.reason == "Preempted"
+    assert cluster.detail is not None and cluster.detail.startswith("rank 1 (")
+    assert "aws preemption notice: terminate, not before 08:00:00 UTC" in cluster.detail
+    code, answer = run.call("preempted", rank=1, cloud="aws", action="terminate")
+    assert code == 401  # ended: its node token is revoked
+
+
 def test_an_image_pull_failure_is_its_own_reason(run: Run) -> None:
     run.register_all()
     run.call(
