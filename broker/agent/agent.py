@@ -31,8 +31,10 @@ sync, so the service does not take a busy node for a lost one.
 from __future__ import annotations
 
 import argparse
+import calendar
 import collections
 import contextlib
+import email.utils
 import http.client
 import json
 import os
@@ -588,10 +590,22 @@ class Syncer:
             self.final_seconds = seconds
         self.final.set()
 
-    def _run(self) -> None:
+    def again(self, seconds: float) -> None:
+        """Another final sync of every kind within ``seconds``, after one that ended already
+        (the one a preemption notice started while the command went on)."""
+        budget = Budget()
+        budget.at = time.monotonic() + seconds
+        self.budget, self.final_seconds = budget, seconds
+        self.done.clear()
+        self.thread = threading.Thread(
+            target=self._run, args=(False,), name="artifact-sync", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, periodic: bool = True) -> None:
         try:
             due = {kind: time.monotonic() + every for kind, (every, _) in self.dirs.items()}
-            while not self.final.is_set():
+            while periodic and not self.final.is_set():
                 kind = min(due, key=lambda k: due[k])
                 wait = due[kind] - time.monotonic()
                 if wait > 0:
@@ -893,13 +907,16 @@ class Spool:
         self._cond = threading.Condition()
         self._wake_at = 1
 
-    def put(self, line: str) -> None:
+    def put(self, line: str, last: bool = True) -> None:
+        """A line to send; ``last``: also one of the last lines (not the agent's own lines
+        while the command runs: ``last_lines`` stay the command's)."""
         with self._cond:
             if len(self._lines) >= self.cap:
                 self._lines.popleft()
                 self.dropped += 1
             self._lines.append(line)
-            self._last.append(line)
+            if last:
+                self._last.append(line)
             if len(self._lines) >= self._wake_at:
                 self._cond.notify_all()
 
@@ -1144,6 +1161,264 @@ def _dataset_id(value: object) -> bool:
     )
 
 
+# -- preemption notices -------------------------------------------------------------------
+
+# Each cloud's metadata endpoint as nodes reach it (``--metadata-url`` replaces it).
+METADATA_URLS = {
+    "aws": "http://169.254.169.254",
+    "gcp": "http://metadata.google.internal",
+    "azure": "http://169.254.169.254",
+}
+# How long each cloud leaves between its notice and the end, when the notice gives no time.
+NOTICE_WINDOW = {"aws": 120.0, "gcp": 30.0, "azure": 30.0}
+NOTICE_MARGIN = 5.0  # seconds kept free before the end: the sync stops this long before it
+NOTICE_REPORT_FIRST = 3.0  # seconds `preempted` may take before the sync starts regardless
+METADATA_POLL = 5.0  # seconds between two polls (AWS, Azure)
+METADATA_TIMEOUT = 10.0  # seconds a metadata request may take (a long poll: its wait more)
+IMDS_TOKEN_TTL = 21_600  # seconds an IMDSv2 token lives; renewed 5 minutes before it expires
+IMDS_V1_STATUSES = (403, 404, 405)  # token PUT answers that mean "use IMDSv1" (as AWS SDKs do)
+GCP_WAIT = 60  # timeout_sec of a GCP wait_for_change
+AZURE_FIRST_TIMEOUT = 130.0  # the first Scheduled Events call may take up to 2 minutes
+
+
+class Notice:
+    """A preemption notice: ``key`` tells one notice from another (each is reported once),
+    ``action`` is the cloud's word for what comes, ``not_before`` the end as unix seconds
+    (None when the cloud does not say)."""
+
+    def __init__(self, key: str, action: str, not_before: float | None) -> None:
+        self.key = key
+        self.action = action
+        self.not_before = not_before
+        self.seen = time.time()
+
+
+class MetadataError(Exception):
+    """A metadata answer that is not what the cloud sends (or none)."""
+
+
+class Watcher:
+    """Watches the cloud's preemption notice from the instance metadata endpoint, in daemon
+    threads, and hands each new notice to ``on_notice`` (once per notice). Never raises:
+    any error is logged (once until the endpoint answers again) and retried with backoff."""
+
+    def __init__(
+        self, cloud: str, base: str, poll: float, on_notice: Callable[[Notice], None]
+    ) -> None:
+        self.cloud = cloud
+        self.base = base.rstrip("/")
+        self.poll = poll
+        self.on_notice = on_notice
+        # No proxy (the endpoint is link-local) and no redirects.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._failing: dict[str, str] = {}
+        self._imds_token: str | None = None
+        self._imds_token_until = 0.0
+        self._imds_v1 = False
+        self._vm_name: str | None = None
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        loops: list[tuple[str, Callable[[], None]]]
+        if self.cloud == "aws":
+            loops = [("aws", self._aws)]
+        elif self.cloud == "gcp":
+            loops = [("gcp-preempted", self._gcp_preempted), ("gcp-maintenance", self._gcp_maint)]
+        else:
+            loops = [("azure", self._azure)]
+        log(f"watching {self.cloud} preemption notices at {self.base}")
+        for name, step in loops:
+            thread = threading.Thread(target=self._loop, args=(name, step), daemon=True)
+            thread.name = "preemption-" + name
+            thread.start()
+            self.threads.append(thread)
+
+    def _loop(self, name: str, step: Callable[[], None]) -> None:
+        """``step`` over and over; a failure is logged once, then retried with backoff."""
+        backoff = Backoff()
+        while True:
+            try:
+                step()
+            except Exception as error:  # the watcher must never end the agent
+                known = isinstance(error, MetadataError)
+                message = str(error) if known else f"{type(error).__name__}: {error}"
+                if self._failing.get(name) is None:
+                    log(f"preemption watch ({name}): {message}; retrying quietly with backoff")
+                self._failing[name] = message
+                backoff.sleep()
+                continue
+            if self._failing.pop(name, None) is not None:
+                log(f"preemption watch ({name}): the metadata endpoint answers again")
+            backoff = Backoff()
+
+    def _notice(self, notice: Notice) -> None:
+        with self._lock:
+            if notice.key in self._seen:
+                return
+            self._seen.add(notice.key)
+        self.on_notice(notice)
+
+    def get(
+        self, path: str, headers: dict[str, str], method: str = "GET", timeout: float = 0.0
+    ) -> tuple[int, bytes, str]:
+        """The status, body and ETag of one metadata request; a 2xx or a 4xx comes back,
+        anything else (no answer, a 5xx, a redirect) is an error."""
+        request = urllib.request.Request(
+            self.base + path, method=method, headers=headers, data=b"" if method == "PUT" else None
+        )
+        try:
+            with self._opener.open(request, timeout=timeout or METADATA_TIMEOUT) as response:
+                etag = response.headers.get("ETag") or ""
+                return int(response.status), response.read(64 * 1024), str(etag)
+        except urllib.error.HTTPError as error:
+            if 400 <= error.code < 500:
+                return error.code, error.read(4096), ""
+            raise MetadataError(f"{method} {path}: HTTP {error.code}") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise MetadataError(f"{method} {path}: {_reason(error)}") from None
+
+    # AWS: IMDSv2 spot/instance-action.
+
+    def _aws(self) -> None:
+        headers: dict[str, str] = {}
+        if not self._imds_v1:
+            if self._imds_token is None or time.monotonic() >= self._imds_token_until:
+                self._aws_token()
+            if self._imds_token is not None:
+                headers["X-aws-ec2-metadata-token"] = self._imds_token
+        status, body, _ = self.get("/latest/meta-data/spot/instance-action", headers)
+        if status == 401:  # the token expired early (or IMDSv1 is not allowed after all)
+            self._imds_token, self._imds_v1 = None, False
+            raise MetadataError("spot/instance-action: HTTP 401 (a new token is needed)")
+        if status == 200:
+            self._notice(aws_notice(body))
+        elif status != 404:
+            raise MetadataError(f"spot/instance-action: HTTP {status}")
+        time.sleep(self.poll)
+
+    def _aws_token(self) -> None:
+        ttl = {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)}
+        status, body, _ = self.get("/latest/api/token", ttl, method="PUT")
+        if status in IMDS_V1_STATUSES:
+            log(f"IMDSv2 token refused (HTTP {status}): reading the metadata with IMDSv1")
+            self._imds_v1 = True
+            return
+        token = body.decode("ascii", "replace").strip()
+        if status != 200 or not token or any(c.isspace() or not c.isprintable() for c in token):
+            raise MetadataError(f"PUT /latest/api/token: HTTP {status}, no token")
+        self._imds_token = token
+        self._imds_token_until = time.monotonic() + IMDS_TOKEN_TTL - 300
+
+    # GCP: instance/preempted and instance/maintenance-event, long-polled.
+
+    def _gcp_preempted(self) -> None:
+        self._gcp_wait("preempted", lambda v: "preempt" if v == "TRUE" else None, ("TRUE", "FALSE"))
+
+    def _gcp_maint(self) -> None:
+        def action(value: str) -> str | None:
+            return "host_maintenance" if value == "TERMINATE_ON_HOST_MAINTENANCE" else None
+
+        self._gcp_wait("maintenance-event", action, None)
+
+    def _gcp_wait(
+        self, key: str, action: Callable[[str], str | None], values: tuple[str, ...] | None
+    ) -> None:
+        """Follows one key: a plain GET for its value and ETag, then waits for changes from
+        that ETag (``last_etag``: a change between two waits is not missed)."""
+        headers = {"Metadata-Flavor": "Google"}
+        etag = ""
+        while True:
+            path = f"/computeMetadata/v1/instance/{key}"
+            timeout = METADATA_TIMEOUT
+            if etag:
+                query = {"wait_for_change": "true", "timeout_sec": GCP_WAIT, "last_etag": etag}
+                path += "?" + urllib.parse.urlencode(query)
+                timeout += GCP_WAIT
+            asked = time.monotonic()
+            status, body, fresh = self.get(path, headers, timeout=timeout)
+            if status == 404 and values is None:
+                time.sleep(GCP_WAIT)  # no such key here: look again now and then
+                return
+            if status != 200:
+                raise MetadataError(f"instance/{key}: HTTP {status}")
+            value = body.decode("utf-8", "replace").strip()
+            if values is not None and value not in values:
+                raise MetadataError(f"instance/{key}: {value[:40]!r} is not {values}")
+            what = action(value)
+            if what is not None:
+                self._notice(Notice(f"gcp:{key}:{value}", what, None))
+            if not fresh or (fresh == etag and time.monotonic() - asked < 1.0):
+                time.sleep(self.poll)  # no ETag, or no wait: poll instead of spinning
+            etag = fresh
+
+    # Azure: Scheduled Events.
+
+    def _azure(self) -> None:
+        headers = {"Metadata": "true"}
+        if self._vm_name is None:
+            path = "/metadata/instance/compute/name?api-version=2021-02-01&format=text"
+            try:
+                status, body, _ = self.get(path, headers)
+            except MetadataError:
+                status, body = 0, b""
+            name = body.decode("utf-8", "replace").strip() if status == 200 else ""
+            if name and name.isprintable():
+                self._vm_name = name
+        path = "/metadata/scheduledevents?api-version=2020-07-01"
+        status, body, _ = self.get(path, headers, timeout=AZURE_FIRST_TIMEOUT)
+        if status != 200:
+            raise MetadataError(f"scheduledevents: HTTP {status}")
+        for notice in azure_notices(body, self._vm_name):
+            self._notice(notice)
+        time.sleep(self.poll)
+
+
+def aws_notice(body: bytes) -> Notice:
+    """The notice in IMDS ``spot/instance-action``: ``{"action": ..., "time": ...}``."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise MetadataError("spot/instance-action: the answer is not JSON") from None
+    action = document.get("action") if isinstance(document, dict) else None
+    if not isinstance(action, str) or not action:
+        raise MetadataError("spot/instance-action: no action in the answer")
+    when = document.get("time")
+    not_before = None
+    if isinstance(when, str):
+        with contextlib.suppress(ValueError):
+            not_before = float(calendar.timegm(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ")))
+    return Notice(f"aws:{action}:{when}", action[:40], not_before)
+
+
+def azure_notices(body: bytes, vm_name: str | None) -> list[Notice]:
+    """The ``Preempt`` events of a Scheduled Events document for this VM (any, when its name
+    could not be read)."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise MetadataError("scheduledevents: the answer is not JSON") from None
+    events = document.get("Events") if isinstance(document, dict) else None
+    if not isinstance(events, list):
+        raise MetadataError("scheduledevents: no Events list in the answer")
+    found: list[Notice] = []
+    for event in events:
+        if not isinstance(event, dict) or event.get("EventType") != "Preempt":
+            continue
+        resources = event.get("Resources")
+        if vm_name is not None and not (isinstance(resources, list) and vm_name in resources):
+            continue
+        not_before = None
+        stamp = event.get("NotBefore")
+        if isinstance(stamp, str) and stamp:
+            parsed = email.utils.parsedate_tz(stamp)  # "Mon, 19 Sep 2016 18:29:47 GMT"
+            if parsed is not None:
+                not_before = float(email.utils.mktime_tz(parsed))
+        found.append(Notice(f"azure:{event.get('EventId')}", "preempt", not_before))
+    return found
+
+
 class Agent:
     """One node's agent: register, run, report (see the module's docstring)."""
 
@@ -1161,6 +1436,8 @@ class Agent:
         self.log_lock = threading.Lock()  # one logs call at a time (seq)
         self.syncer: Syncer | None = None
         self.refused: TokenRefused | None = None  # by a call of the heartbeat thread
+        self.watcher: Watcher | None = None
+        self.notice_end: float | None = None  # when a noticed preemption ends the node (unix)
 
     def ask(self, name: str, body: dict[str, Any], budget: Budget | None = None) -> dict[str, Any]:
         """``name`` after ``register``: the answer; CallRefused when refused (and, with a
@@ -1269,6 +1546,11 @@ class Agent:
         self.rank = plan.rank
         _who = f"burst-agent[{self.args.cluster} rank {plan.rank}]"
         log(f"running {plan.command[:200]!r}" + (f" in {plan.image}" if plan.image else ""))
+        if self.args.cloud != "none":
+            self.watcher = Watcher(
+                self.args.cloud, self.args.metadata_url, self.args.metadata_poll, self.preempted
+            )
+            self.watcher.start()
         root = self.args.root
         try:
             host_env = reroot(plan.env, root)
@@ -1474,6 +1756,7 @@ class Agent:
         self.call("started", {"pid": self.command.pid})
         if self.syncer is not None:
             self.syncer.start()
+            self.sync_before_the_end()  # a notice came during the inputs
         code = self.supervise(self.command, spool, send_logs=True)
         self.forget_pid()
         last_lines = spool.last_lines()  # the command's, before the final sync's lines
@@ -1488,8 +1771,14 @@ class Agent:
         syncer = self.syncer
         if syncer is None or not syncer.started:
             return
+        left = self.time_left()
+        if left is not None:
+            seconds = min(seconds, left)
         log(f"final sync of the artifacts (at most {seconds:g}s)")
-        syncer.finish(seconds)
+        if syncer.done.is_set():  # a preemption notice's sync ended already: send what changed
+            syncer.again(seconds)
+        else:
+            syncer.finish(seconds)
         with self.heartbeating():
             while not syncer.done.wait(0.1):
                 left = syncer.budget.left()
@@ -1500,6 +1789,60 @@ class Agent:
             self.say(line)
         syncer.summary.clear()
         self.flush_logs()
+
+    def preempted(self, notice: Notice) -> None:
+        """A preemption notice (the watcher's thread): ``preempted`` to the service at once,
+        then the final sync of the artifacts, bounded by the time left, while the command
+        goes on (the service decides whether to stop it). If the service cannot be reached
+        within NOTICE_REPORT_FIRST seconds, the sync starts anyway and the call goes on
+        being retried."""
+        cloud = self.args.cloud
+        end = notice.not_before or notice.seen + NOTICE_WINDOW[cloud]
+        self.notice_end = end if self.notice_end is None else min(self.notice_end, end)
+        when = time.strftime("%H:%M:%SZ", time.gmtime(end))
+        said = "at" if notice.not_before else "by about"
+        text = f"preemption notice from {cloud} ({notice.action}): the node ends {said} {when}"
+        log(text)
+        self.spool.put(AGENT_LINE + text, last=False)
+        body = {"cloud": cloud, "action": notice.action, "not_before": notice.not_before}
+        first = Budget()
+        first.at = time.monotonic() + NOTICE_REPORT_FIRST
+        reported = True
+        try:
+            self.ask("preempted", body, first)
+        except Retryable:
+            reported = False
+        except CallRefused as error:
+            log(str(error))
+        except TokenRefused:
+            log("preempted: the service refused the node token")
+            return
+        self.sync_before_the_end()
+        if not reported:
+            try:
+                self.ask("preempted", body)
+            except (CallRefused, TokenRefused) as error:
+                log(f"preempted: {error}")
+
+    def time_left(self) -> float | None:
+        """Seconds a sync may still take before a noticed preemption (NOTICE_MARGIN kept
+        free, at least 1); None without a notice."""
+        if self.notice_end is None:
+            return None
+        return max(1.0, self.notice_end - NOTICE_MARGIN - time.time())
+
+    def sync_before_the_end(self) -> None:
+        """After a preemption notice, once the sync runs: its final sync now, bounded by the
+        time left (and ``final_sync_timeout``)."""
+        syncer, left = self.syncer, self.time_left()
+        if syncer is None or not syncer.started or left is None or self.plan is None:
+            return
+        if syncer.final.is_set():
+            syncer.finish(left)  # one runs already: it must end in time
+            return
+        seconds = min(self.plan.final_sync_timeout, left)
+        log(f"final sync of the artifacts before the preemption (at most {seconds:g}s)")
+        syncer.finish(seconds)
 
     def supervise(self, command: Command, spool: Spool, send_logs: bool) -> int:
         """Heartbeats (and log batches) until the command ended; its return code."""
@@ -1618,7 +1961,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_SPOOL_LINES,
         help="output lines kept while the service cannot take them (tuning and tests)",
     )
+    parser.add_argument(
+        "--cloud",
+        choices=("aws", "gcp", "azure", "none"),
+        default="none",
+        help="watch this cloud's preemption notice (default: none, no watch)",
+    )
+    parser.add_argument(
+        "--metadata-url",
+        help="the instance metadata endpoint (default: the cloud's; tests use a local one)",
+    )
+    parser.add_argument(
+        "--metadata-poll",
+        type=float,
+        default=METADATA_POLL,
+        help="seconds between two polls of the metadata (tuning and tests)",
+    )
     args = parser.parse_args(argv)
+    if args.metadata_url is None:
+        args.metadata_url = METADATA_URLS.get(args.cloud, "")
+    elif args.cloud == "none":
+        parser.error("--metadata-url needs --cloud")
+    else:
+        meta = urllib.parse.urlsplit(args.metadata_url)
+        if meta.scheme not in ("http", "https") or not meta.hostname:
+            parser.error(f"--metadata-url {args.metadata_url!r} is not an http(s) URL")
+    if not 0 < args.metadata_poll <= 3600:
+        parser.error("--metadata-poll must be more than 0 and at most 3600 seconds")
     parts = urllib.parse.urlsplit(args.service)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         parser.error(f"--service {args.service!r} is not an http(s) URL")
