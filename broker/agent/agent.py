@@ -20,6 +20,10 @@ JSON body and ``Authorization: Bearer <node token>``:
 4. When it ended: a final sync of every kind (bounded by ``final_sync_timeout``), then ``exit``
    with the exit code (or signal), the reason and the last lines of output.
 
+With ``--cloud aws|gcp|azure``, threads watch that cloud's preemption notice in the instance
+metadata (``--metadata-url``): on a notice, ``preempted`` at once, then a final sync within the
+time left, while the command goes on (the service decides whether to stop it).
+
 Connection errors and 5xx answers are retried with backoff (0.5 s doubling to 30 s) for as
 long as it takes. A "stop" state in any answer stops the command (SIGTERM to its process
 group, SIGKILL after ``stop_grace``); a 401 stops it too and ends the agent with exit code 3.

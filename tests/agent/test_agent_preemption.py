@@ -370,3 +370,61 @@ def test_the_watch_flags(tmp_path: Any) -> None:
         with pytest.raises(SystemExit) as raised:
             agent.parse_args([*base, *bad])
         assert raised.value.code == 2
+
+
+def preempt_when_started(stub: Stub, meta: Metadata) -> None:
+    def notice_soon(body: dict[str, Any], count: int, answer: Answer) -> None:
+        threading.Timer(0.5, meta.preempt).start()
+
+    stub.hooks["started"] = notice_soon
+
+
+def test_the_sync_does_not_wait_for_a_service_that_cannot_take_the_notice(
+    stubs: list[Stub], metadata: list[Metadata], blobs: Blobs, run_agent: Any
+) -> None:
+    meta = Metadata("aws")
+    metadata.append(meta)
+    stub = scenario(stubs, COMMAND)
+    uploads(stub, blobs)
+    preempt_when_started(stub, meta)
+
+    def busy(body: dict[str, Any], count: int, answer: Answer) -> Answer | None:
+        return (503, {"error": "busy"}) if count <= 4 else None
+
+    stub.hooks["preempted"] = busy
+    code, err = finish(run_agent(stub.url, *watch("aws", meta.url)))
+    assert code == 0, err
+    bodies = stub.bodies("preempted")
+    assert len(bodies) == 5 and all(b == bodies[0] for b in bodies)  # retried as it was
+    first_final = min(times(stub, "artifact_report", final=True))
+    assert first_final < times(stub, "preempted")[-1]  # the sync did not wait for it
+    assert blobs.objects == {"checkpoints/w.pt": b"w"}
+
+
+def test_stop_in_the_answer_stops_the_command_and_the_last_sync_sends_what_changed(
+    stubs: list[Stub], metadata: list[Metadata], blobs: Blobs, run_agent: Any
+) -> None:
+    meta = Metadata("gcp")
+    metadata.append(meta)
+    command = (
+        'printf 1 > "$CHECKPOINT_ARTIFACT_PATH/a.pt"; echo ready; '
+        "trap 'printf 2 > \"$CHECKPOINT_ARTIFACT_PATH/b.pt\"; exit 143' TERM; "
+        "sleep 20 & wait"
+    )
+    stub = scenario(stubs, command)
+    uploads(stub, blobs)
+    preempt_when_started(stub, meta)
+
+    def stop_after_sync(body: dict[str, Any], count: int, answer: Answer) -> Answer | None:
+        synced = [b for b in stub.bodies("artifact_report") if b["final"]]
+        return (200, {"state": "stop"}) if len(synced) == len(agent.KIND_DIRS) else None
+
+    stub.hooks["heartbeat"] = stop_after_sync
+    started = time.monotonic()
+    code, err = finish(run_agent(stub.url, *watch("gcp", meta.url)))
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    assert stub.exit()["reason"] == "stopped"
+    assert blobs.objects == {"checkpoints/a.pt": b"1", "checkpoints/b.pt": b"2"}
+    finals = [b for b in stub.bodies("artifact_report") if b["final"]]
+    assert len(finals) == 2 * len(agent.KIND_DIRS)  # the notice's, then the command's end
