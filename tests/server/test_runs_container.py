@@ -131,7 +131,12 @@ def test_the_command_runs_in_the_requested_image_with_gpus_network_and_mounts(
         assert all(Path(v.rsplit(":", 1)[0]).is_dir() for v in volumes)  # made by the agent
         env = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-e")
         assert env["NNODES"] == "2" and env["N_PROC"] == "4"
-    assert final["run"] == {"command": command, "image": image, "datasets": ["imagenet-1k"]}
+    assert final["run"] == {
+        "command": command,
+        "image": image,
+        "datasets": ["imagenet-1k"],
+        "max_hours": None,
+    }
     wait_for(lambda: agent_processes(srv.state_dir) == [], timeout=15)
 
 
