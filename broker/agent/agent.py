@@ -1222,7 +1222,12 @@ class Watcher:
         self._imds_token_until = 0.0
         self._imds_v1 = False
         self._vm_name: str | None = None
+        self._stopped = threading.Event()
         self.threads: list[threading.Thread] = []
+
+    def stop(self) -> None:
+        """End the watch (its threads end at their next pause)."""
+        self._stopped.set()
 
     def start(self) -> None:
         loops: list[tuple[str, Callable[[], None]]]
@@ -1242,7 +1247,7 @@ class Watcher:
     def _loop(self, name: str, step: Callable[[], None]) -> None:
         """``step`` over and over; a failure is logged once, then retried with backoff."""
         backoff = Backoff()
-        while True:
+        while not self._stopped.is_set():
             try:
                 step()
             except Exception as error:  # the watcher must never end the agent
@@ -1251,7 +1256,8 @@ class Watcher:
                 if self._failing.get(name) is None:
                     log(f"preemption watch ({name}): {message}; retrying quietly with backoff")
                 self._failing[name] = message
-                backoff.sleep()
+                self._stopped.wait(backoff.delay * random.uniform(0.75, 1.0))
+                backoff.delay = min(backoff.delay * 2, BACKOFF_MAX)
                 continue
             if self._failing.pop(name, None) is not None:
                 log(f"preemption watch ({name}): the metadata endpoint answers again")
@@ -1300,7 +1306,7 @@ class Watcher:
             self._notice(aws_notice(body))
         elif status != 404:
             raise MetadataError(f"spot/instance-action: HTTP {status}")
-        time.sleep(self.poll)
+        self._stopped.wait(self.poll)
 
     def _aws_token(self) -> None:
         ttl = {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)}
@@ -1333,7 +1339,7 @@ class Watcher:
         that ETag (``last_etag``: a change between two waits is not missed)."""
         headers = {"Metadata-Flavor": "Google"}
         etag = ""
-        while True:
+        while not self._stopped.is_set():
             path = f"/computeMetadata/v1/instance/{key}"
             timeout = METADATA_TIMEOUT
             if etag:
@@ -1343,7 +1349,7 @@ class Watcher:
             asked = time.monotonic()
             status, body, fresh = self.get(path, headers, timeout=timeout)
             if status == 404 and values is None:
-                time.sleep(GCP_WAIT)  # no such key here: look again now and then
+                self._stopped.wait(GCP_WAIT)  # no such key here: look again now and then
                 return
             if status != 200:
                 raise MetadataError(f"instance/{key}: HTTP {status}")
@@ -1354,7 +1360,7 @@ class Watcher:
             if what is not None:
                 self._notice(Notice(f"gcp:{key}:{value}", what, None))
             if not fresh or (fresh == etag and time.monotonic() - asked < 1.0):
-                time.sleep(self.poll)  # no ETag, or no wait: poll instead of spinning
+                self._stopped.wait(self.poll)  # no ETag, or no wait: poll, do not spin
             etag = fresh
 
     # Azure: Scheduled Events.
@@ -1376,7 +1382,7 @@ class Watcher:
             raise MetadataError(f"scheduledevents: HTTP {status}")
         for notice in azure_notices(body, self._vm_name):
             self._notice(notice)
-        time.sleep(self.poll)
+        self._stopped.wait(self.poll)
 
 
 def aws_notice(body: bytes) -> Notice:

@@ -23,7 +23,7 @@ import pytest
 
 from broker.agent import agent
 from tests.agent import test_agent
-from tests.agent.test_agent import CLUSTER, WAIT, Answer, Stub, finish, run_answer
+from tests.agent.test_agent import CLUSTER, WAIT, Answer, Stub, finish, run_answer, wait_until
 from tests.agent.test_agent_artifacts import NEVER, Blobs, uploads
 
 # test_agent's fixtures: its service stubs and agent processes, cleaned up after each test.
@@ -53,9 +53,10 @@ class Metadata:
     notice until :meth:`preempt`; ``garbage``: every answer is the next of GARBAGE instead.
     Records every request (method, path and query, lower-cased headers)."""
 
-    def __init__(self, cloud: str, garbage: bool = False) -> None:
+    def __init__(self, cloud: str, garbage: bool = False, imds_v1: bool = False) -> None:
         self.cloud = cloud
         self.garbage = garbage
+        self.imds_v1 = imds_v1  # AWS: the token PUT is refused (403), GETs need no token
         self.noticed_at: float | None = None  # unix time of the notice
         self.noticed_mono = 0.0  # and on time.monotonic()
         self.tokens: set[str] = set()
@@ -121,6 +122,8 @@ class Metadata:
         """IMDSv2 only: a token from PUT /latest/api/token (TTL header required), then every
         GET with X-aws-ec2-metadata-token; without it, 401."""
         text = {"Content-Type": "text/plain"}
+        if method == "PUT" and self.imds_v1:
+            return 403, b"", text
         if method == "PUT":
             ttl = headers.get("x-aws-ec2-metadata-token-ttl-seconds", "")
             if path != "/latest/api/token" or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
@@ -129,7 +132,7 @@ class Metadata:
             token = f"AQAEAtoken{len(self.tokens)}=="
             self.tokens.add(token)
             return 200, token.encode(), {**text, "X-aws-ec2-metadata-token-ttl-seconds": ttl}
-        if headers.get("x-aws-ec2-metadata-token") not in self.tokens:
+        if not self.imds_v1 and headers.get("x-aws-ec2-metadata-token") not in self.tokens:
             self.refused += 1
             return 401, b"", text
         if path == "/latest/meta-data/spot/instance-action" and self.noticed_at is not None:
@@ -428,3 +431,48 @@ def test_stop_in_the_answer_stops_the_command_and_the_last_sync_sends_what_chang
     assert blobs.objects == {"checkpoints/a.pt": b"1", "checkpoints/b.pt": b"2"}
     finals = [b for b in stub.bodies("artifact_report") if b["final"]]
     assert len(finals) == 2 * len(agent.KIND_DIRS)  # the notice's, then the command's end
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[agent.Watcher]]:
+    made: list[agent.Watcher] = []
+    yield made
+    for each in made:
+        each.stop()
+    for each in made:
+        for thread in each.threads:
+            thread.join(2.0)
+            assert not thread.is_alive()
+
+
+def test_imds_v1_when_the_token_is_refused_and_a_new_token_after_a_401(
+    metadata: list[Metadata], watchers: list[agent.Watcher]
+) -> None:
+    def in_process_watch(meta: Metadata) -> list[agent.Notice]:
+        """A Watcher of ``meta`` in this process (no agent), polling every 0.05 s."""
+        notices: list[agent.Notice] = []
+        watchers.append(agent.Watcher(meta.cloud, meta.url, 0.05, notices.append))
+        watchers[-1].start()
+        return notices
+
+    old = Metadata("aws", imds_v1=True)
+    metadata.append(old)
+    notices = in_process_watch(old)
+    time.sleep(0.3)
+    old.preempt()
+    wait_until(lambda: len(notices) == 1)
+    assert all("x-aws-ec2-metadata-token" not in h for m, _, h in old.requests if m == "GET")
+    assert [m for m, _, _ in old.requests].count("PUT") == 1  # IMDSv1 from then on
+
+    meta = Metadata("aws")
+    metadata.append(meta)
+    notices = in_process_watch(meta)
+    wait_until(lambda: len(meta.tokens) == 1)
+    time.sleep(0.2)
+    meta.tokens.clear()  # every token expired: the next GET is a 401
+    wait_until(lambda: len(meta.tokens) == 1)  # a new one
+    meta.preempt()
+    wait_until(lambda: len(notices) == 1)
+    time.sleep(0.3)
+    assert len(notices) == 1  # the notice stays up: handed over once
+    assert notices[0].action == "terminate" and notices[0].not_before is not None
