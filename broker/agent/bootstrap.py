@@ -18,7 +18,9 @@ agent):
    them, says so in the log and exits 1. An agent already in place with that SHA-256 (a
    reboot: GCE runs ``startup-script`` at every boot) is used without a download;
 4. starts ``python3 -I /opt/burst-broker/agent.py --service URL --cluster ID --token-file
-   /opt/burst-broker/node-token`` detached (``setsid nohup``, output appended to the log).
+   /opt/burst-broker/node-token --cloud CLOUD`` detached (``setsid nohup``, output appended to
+   the log); CLOUD (aws, gcp, azure or none) is read from the firmware's vendor
+   (``/sys/class/dmi/id/sys_vendor``), for the agent's preemption watcher.
 
 Every value goes into the script through :func:`shlex.quote`, after a check of its form
 (an http(s) URL without user, query or fragment; a cluster id ``bb-<hex>``; a node token
@@ -319,12 +321,23 @@ fi
 "$PY" -I -c '{fetch}' "$SERVICE{route}" "$AGENT_SHA256" "$DIR/{agent}" "$DIR/{token_file}" \\
     "$LOG" {window} || exit 1
 
+# Which cloud this is (for the agent's preemption watcher), from the firmware's vendor.
+CLOUD=none
+case "$(cat /sys/class/dmi/id/sys_vendor 2>/dev/null || true)" in
+    "Amazon EC2") CLOUD=aws ;;
+    Google*) CLOUD=gcp ;;
+    "Microsoft Corporation") CLOUD=azure ;;
+esac
+if [ "$CLOUD" = none ] && head -c 3 /sys/hypervisor/uuid 2>/dev/null | grep -qi '^ec2'; then
+    CLOUD=aws  # older Xen-based EC2 instances
+fi
+
 # Detached: its own session (setsid), output to the log.
 cd "$DIR"
 SETSID=
 if command -v setsid >/dev/null 2>&1; then SETSID=setsid; fi
 $SETSID nohup "$PY" -I "$DIR/{agent}" --service "$SERVICE" --cluster "$CLUSTER" \\
-    --token-file "$DIR/{token_file}" </dev/null >>"$LOG" 2>&1 &
+    --token-file "$DIR/{token_file}" --cloud "$CLOUD" </dev/null >>"$LOG" 2>&1 &
 echo "$!" >"$DIR/agent.pid"
 say "started the agent with $PY (pid $!) for $SERVICE"
 """

@@ -323,4 +323,26 @@ def agent_argv(install_dir: Path, service: str | None = None, cluster: str = CLU
         cluster,
         "--token-file",
         str(install_dir / "node-token"),
+        "--cloud",
+        host_cloud(),
     ]
+
+
+def host_cloud() -> str:
+    """What the boot script reads this machine to be (its firmware's vendor)."""
+    try:
+        vendor = Path("/sys/class/dmi/id/sys_vendor").read_text().strip()
+    except OSError:
+        vendor = ""
+    if vendor == "Amazon EC2":
+        return "aws"
+    if vendor.startswith("Google"):
+        return "gcp"
+    if vendor == "Microsoft Corporation":
+        return "azure"
+    try:
+        if Path("/sys/hypervisor/uuid").read_text()[:3].lower() == "ec2":
+            return "aws"
+    except OSError:
+        pass
+    return "none"
