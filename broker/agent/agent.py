@@ -1448,6 +1448,7 @@ class Agent:
         self.refused: TokenRefused | None = None  # by a call of the heartbeat thread
         self.watcher: Watcher | None = None
         self.notice_end: float | None = None  # when a noticed preemption ends the node (unix)
+        self.notice_reports: list[threading.Thread] = []  # their `preempted` calls
 
     def ask(self, name: str, body: dict[str, Any], budget: Budget | None = None) -> dict[str, Any]:
         """``name`` after ``register``: the answer; CallRefused when refused (and, with a
@@ -1815,24 +1816,23 @@ class Agent:
         log(text)
         self.spool.put(AGENT_LINE + text, last=False)
         body = {"cloud": cloud, "action": notice.action, "not_before": notice.not_before}
-        first = Budget()
-        first.at = time.monotonic() + NOTICE_REPORT_FIRST
-        reported = True
-        try:
-            self.ask("preempted", body, first)
-        except Retryable:
-            reported = False
-        except CallRefused as error:
-            log(str(error))
-        except TokenRefused:
-            log("preempted: the service refused the node token")
-            return
-        self.sync_before_the_end()
-        if not reported:
+        answered = threading.Event()
+
+        def report() -> None:
             try:
-                self.ask("preempted", body)
-            except (CallRefused, TokenRefused) as error:
-                log(f"preempted: {error}")
+                self.ask("preempted", body)  # retried as long as it takes
+            except CallRefused as error:
+                log(str(error))
+            except TokenRefused:
+                log("preempted: the service refused the node token")
+            finally:
+                answered.set()
+
+        thread = threading.Thread(target=report, name="preempted", daemon=True)
+        self.notice_reports.append(thread)
+        thread.start()
+        answered.wait(NOTICE_REPORT_FIRST)  # a slow or hung service does not hold the sync
+        self.sync_before_the_end()
 
     def time_left(self) -> float | None:
         """Seconds a sync may still take before a noticed preemption (NOTICE_MARGIN kept
@@ -1911,6 +1911,8 @@ class Agent:
             "last_lines": last_lines[-LAST_LINES:],
         }
         log(f"the command ended: {reason}, exit code {exit_code}, signal {signum}")
+        for thread in list(self.notice_reports):  # the service hears of a notice before exit
+            thread.join()
         self.call("exit", body)
         return EXIT_OK
 

@@ -391,16 +391,21 @@ def test_the_sync_does_not_wait_for_a_service_that_cannot_take_the_notice(
     uploads(stub, blobs)
     preempt_when_started(stub, meta)
 
+    first: list[float] = []
+
     def busy(body: dict[str, Any], count: int, answer: Answer) -> Answer | None:
-        return (503, {"error": "busy"}) if count <= 4 else None
+        first.append(time.monotonic())
+        return (503, {"error": "busy"}) if time.monotonic() - first[0] < 4.0 else None
 
     stub.hooks["preempted"] = busy
     code, err = finish(run_agent(stub.url, *watch("aws", meta.url)))
     assert code == 0, err
     bodies = stub.bodies("preempted")
-    assert len(bodies) == 5 and all(b == bodies[0] for b in bodies)  # retried as it was
+    assert len(bodies) >= 3 and all(b == bodies[0] for b in bodies)  # retried as it was
     first_final = min(times(stub, "artifact_report", final=True))
-    assert first_final < times(stub, "preempted")[-1]  # the sync did not wait for it
+    answered = times(stub, "preempted")[-1]
+    assert first_final < answered  # the sync did not wait for it
+    assert answered < times(stub, "exit")[0]  # but the exit report did
     assert blobs.objects == {"checkpoints/w.pt": b"w"}
 
 
