@@ -708,7 +708,7 @@ class Broker:
         """Before its nodes go: give a running command ``stop_grace`` to stop and its
         artifacts their final sync (``final_sync_timeout``): agents hear "stop" on their next
         call, signal the command, sync, and report its exit. An agent that stopped calling
-        (silent for ``heartbeat_timeout``) is not waited for."""
+        (silent for three heartbeats: it keeps beating while it syncs) is not waited for."""
         from broker.runs import command_of
 
         if command_of(cluster) is None:
@@ -717,13 +717,14 @@ class Broker:
         deadline = (
             self.clock() + policy.stop_grace + policy.final_sync_timeout + policy.heartbeat_every
         )
+        silent = min(policy.heartbeat_timeout, 3 * policy.heartbeat_every + 1)
         while self.clock() < deadline:
             now = self.clock()
             agents = self.store.agents(cluster.id, cluster.cycle)
             if all(
                 a.exited_at is not None
                 or a.started_at is None
-                or now - (a.heartbeat_at or a.started_at) > policy.heartbeat_timeout
+                or now - (a.heartbeat_at or a.started_at) > silent
                 for a in agents
             ):
                 return

@@ -515,9 +515,11 @@ class Provisioner:
             )
             for rank, n in enumerate(nodes)
         ]
+        recorded = False  # the cluster's record names the nodes: whoever stops it removes them
         try:
             if self.agent is not None:  # RUNNING once every rank's command has started
                 self.store.record_nodes(cluster.id, ranked)
+                recorded = True
                 failure = self._await_agents(cluster.id, len(ranked))
                 if failure is not None:
                     return self._agents_failed(cluster, provider, record, calls, nodes, failure)
@@ -525,9 +527,10 @@ class Provisioner:
                 cluster.id, Status.RUNNING, now=self.clock(), expect={Status.STARTING}, nodes=ranked
             )
         except ConflictError as exc:  # stopped while we launched: give the nodes back
-            # Stopped while its agents were starting: whoever stopped it winds it down (its
-            # agents are told to stop the command first); killing the nodes here would not.
-            ending = isinstance(exc, _EndedWhileStarting)
+            # Stopped while its agents were starting (or just as they all had started, before
+            # RUNNING was recorded): whoever stopped it winds it down (its agents are told to
+            # stop the command and sync first); killing the nodes here would cut that short.
+            ending = recorded or isinstance(exc, _EndedWhileStarting)
             removed = 0 if ending else self._cleanup_quietly(cluster.id, provider, tag)
             self._finish(
                 record,
