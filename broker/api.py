@@ -24,7 +24,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from broker.errors import ConflictError, InvalidRequest, NoShape, NotFoundError, StoreError
+from broker.diagnostics import Diagnostic
+from broker.errors import (
+    ConflictError,
+    CreditsExhausted,
+    InvalidRequest,
+    NoShape,
+    NotFoundError,
+    StoreError,
+)
 from broker.lifecycle import TERMINAL, Status
 from broker.quote import Quote, QuoteRequest, quote
 from broker.scopes import Block, blocked_shapes, blocked_zones, read_blocks_sqlite
@@ -34,6 +42,7 @@ from shapes.model import Shape
 
 if TYPE_CHECKING:
     from broker.artifacts import Artifact
+    from broker.credits import CreditStatus
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
     from broker.runs import Ending, RunPolicy
@@ -62,14 +71,16 @@ class Usage(NamedTuple):
     cost: float
 
 
-def accrue(history: Sequence[TransitionRecord], now: float) -> Usage:
-    """GPU-hours and cost from entering STARTING to leaving TERMINATING, every cycle."""
+def accrue(history: Sequence[TransitionRecord], now: float, since: float | None = None) -> Usage:
+    """GPU-hours and cost from entering STARTING to leaving TERMINATING, every cycle (only
+    the part after ``since`` when given: spend against credits granted then)."""
     gpu_hours = cost = 0.0
     for i, t in enumerate(history):
         if t.status not in BILLED:
             continue
         end = history[i + 1].at if i + 1 < len(history) else now
-        hours = max(0.0, end - t.at) / 3600.0
+        start = t.at if since is None else max(t.at, since)
+        hours = max(0.0, end - start) / 3600.0
         gpu_hours += hours * (t.gpus_billed or 0)
         cost += hours * (t.price_per_hour or 0.0)
     return Usage(gpu_hours, cost)
@@ -435,6 +446,7 @@ class Broker:
             missing = missing_inputs(self.artifact_store, self.org, experiment)
             if missing:
                 raise InvalidRequest(missing)
+        self._check_credits(ranked.plans[0].price_per_hour)
         if experiment is not None and experiment.get("image") is None:
             default = self.config.node.image  # the configuration's [node] image
             if default is not None:
@@ -583,6 +595,43 @@ class Broker:
             accrue(history, self.clock()),
             self.store.syncs(cluster.id),
         )
+
+    # -- credits ------------------------------------------------------------------------------
+
+    def set_credits(self, org: str, usd: float) -> None:
+        """Grant ``org`` ``usd`` of credits from now on (replacing an earlier grant)."""
+        import math
+
+        from broker.tokens import check_org
+
+        if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd):
+            raise InvalidRequest([Diagnostic(field="usd", message="must be a number")])
+        if usd < 0:
+            raise InvalidRequest([Diagnostic(field="usd", message=f"must be >= 0, got {usd}")])
+        self.store.set_credits(check_org(org), float(usd), now=self.clock())
+
+    def credit_status(self, org: str | None = None) -> list[CreditStatus]:
+        """The credits of ``org`` (this broker's organisation when None), or of every
+        organisation with a grant (an unscoped broker, ``org`` None)."""
+        from broker.credits import credit_status
+
+        who = org or self.org
+        orgs = [who] if who is not None else sorted(self.store.credits())
+        found = [credit_status(self.store, o, self.clock()) for o in orgs]
+        return [s for s in found if s is not None]
+
+    def _check_credits(self, first_hour: float) -> None:
+        if self.org is None:
+            return  # local use: no organisation, no credits
+        from broker.credits import credit_status
+
+        status = credit_status(self.store, self.org, self.clock())
+        if status is not None and first_hour > status.remaining:
+            raise CreditsExhausted(
+                f"organisation {self.org!r} has ${max(status.remaining, 0):,.2f} of credits left "
+                f"(${status.granted:,.2f} granted, ${status.spent:,.2f} spent); the cheapest plan "
+                f"costs ${first_hour:,.2f} for its first hour"
+            )
 
     # -- artifacts ----------------------------------------------------------------------------
 

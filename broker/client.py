@@ -65,6 +65,7 @@ from broker.errors import (
     CleanupFailed,
     ConfigError,
     ConflictError,
+    CreditsExhausted,
     EnvError,
     Forbidden,
     InvalidRequest,
@@ -121,11 +122,13 @@ _BY_KIND: dict[str, type[BrokerError]] = {
         CatalogError,
         ServerExtraMissing,
         ServiceUnavailable,
+        CreditsExhausted,
     )
 }
 # HTTP status -> the class when the kind names none of the above
 _BY_STATUS: dict[int, type[BrokerError]] = {
     401: Unauthorized,
+    402: CreditsExhausted,
     403: Forbidden,
     404: NotFoundError,
     409: ConflictError,

@@ -194,6 +194,14 @@ class ServerExtraMissing(BrokerError):
     http_status = 500
 
 
+class CreditsExhausted(BrokerError):
+    """The organisation's remaining credits cannot pay for the request's first hour (the
+    message has the numbers)."""
+
+    exit_code = Exit.NO_CREDITS
+    http_status = 402
+
+
 class ServiceUnavailable(BrokerError):
     """The broker service (``broker serve``) cannot be reached: connection refused or reset,
     a timeout, a name that does not resolve. The message names the URL, never the token."""
@@ -235,6 +243,7 @@ __all__ = [
     "CleanupFailed",
     "ConfigError",
     "ConflictError",
+    "CreditsExhausted",
     "EnvError",
     "Exit",
     "Forbidden",

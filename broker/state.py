@@ -227,6 +227,14 @@ quota_readings = Table(  # the clouds' quotas as last read (broker.quotas): a sh
     Column("read_at", Float, nullable=False),
 )
 
+credits = Table(  # an organisation's grant: spend since granted_at counts against it
+    "credits",
+    metadata,
+    Column("org", String(64), primary_key=True),
+    Column("usd", Float, nullable=False),
+    Column("granted_at", Float, nullable=False),
+)
+
 leases = Table(
     "leases",
     metadata,
@@ -1358,6 +1366,23 @@ class Store:
                 update(agents).where(_agent_key(cluster_id, cycle, rank)).values(**changes)
             )
             return int(done.rowcount) == 1
+
+    def set_credits(self, org: str, usd: float, *, now: float) -> None:
+        """Grant ``org`` ``usd`` from ``now`` on (replacing any earlier grant)."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(credits).where(credits.c.org == org).values(usd=usd, granted_at=now)
+            )
+            if int(done.rowcount) == 0:
+                conn.execute(insert(credits).values(org=org, usd=usd, granted_at=now))
+
+    def credits(self, org: str | None = None) -> dict[str, tuple[float, float]]:
+        """Each organisation's grant (one, or every one): org -> (usd, granted_at)."""
+        query = select(credits)
+        if org is not None:
+            query = query.where(credits.c.org == org)
+        with self._read() as conn:
+            return {r["org"]: (r["usd"], r["granted_at"]) for r in conn.execute(query).mappings()}
 
     def record_sync(
         self,

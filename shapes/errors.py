@@ -22,6 +22,7 @@ class Exit(IntEnum):
     CONFLICT = 5  # someone else moved the cluster (stopped or released it meanwhile)
     UNAVAILABLE = 6  # the state store cannot be opened or reached
     EXPERIMENT_FAILED = 7  # `broker run`: the experiment's command failed (or its node)
+    NO_CREDITS = 8  # the organisation's credits cannot pay for the request's first hour
     SIGINT = 130  # interrupted by Ctrl-C (128 + SIGINT)
     SIGTERM = 143  # terminated by SIGTERM (128 + SIGTERM)
 

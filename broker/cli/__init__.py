@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("clusters", "cmd_logs"),
     "artifacts": ("clusters", "cmd_artifacts"),
     "datasets": ("datasets", "cmd_datasets"),
+    "credits": ("credits", "cmd_credits"),
     "release": ("clusters", "cmd_release"),
     "stop": ("clusters", "cmd_stop"),
     "delete": ("clusters", "cmd_delete"),

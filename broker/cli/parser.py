@@ -72,6 +72,14 @@ def positive(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (dollars of credits)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def count(text: str) -> int:
     try:
         return int(text)
@@ -368,6 +376,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     lg.add_argument("--tail", type=count, default=100, help="last N lines (100)")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _json(lg)
+
+    cr = sub.add_parser(
+        "credits",
+        help="organisation credits: grant them, see what is left",
+        description="Credits per organisation, in USD, in the local store. Spend since the "
+        "grant is the accounting of `broker describe`; a submission whose first hour costs "
+        "more than what is left is refused (exit 8, HTTP 402), and when nothing is left the "
+        "service stops the organisation's live experiments (STOPPED, credits exhausted).",
+    )
+    crs = cr.add_subparsers(
+        dest="credits_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    cs = crs.add_parser("set", help="grant ORG N USD from now on", description="Grant credits.")
+    cs.add_argument("--org", required=True)
+    cs.add_argument("--usd", type=non_negative_float, required=True, metavar="N")
+    _json(cs)
+    cw = crs.add_parser("show", help="granted, spent, left, burn rate", description="Show them.")
+    cw.add_argument("--org", help="one organisation (default: every one with a grant)")
+    _json(cw)
 
     ds = sub.add_parser(
         "datasets",

@@ -273,6 +273,12 @@ def delete(cluster_id: str, broker: OrgBroker) -> Response:
     return Response(status_code=204)
 
 
+@router.get("/credits", summary="The organisation's credits: granted, spent, left, burn rate")
+def get_credits(broker: OrgBroker) -> Document:
+    found = broker.credit_status()
+    return {"credits": found[0].to_json_dict() if found else None}
+
+
 @router.get("/util", summary="GPUs starting and running, and spend per hour, per provider")
 def util(broker: OrgBroker) -> Document:
     return util_document(broker.util())

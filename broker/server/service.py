@@ -207,11 +207,35 @@ class Service:
         except BrokerError as exc:
             log.warning("cannot watch runs: %s", exc)
 
+    def watch_credits(self) -> None:
+        """Stop every live experiment of an organisation whose credits ran out (all together:
+        broker.credits says why), STOPPED "credits exhausted"."""
+        from broker.credits import credit_status
+        from broker.lifecycle import LIVE
+        from broker.runs import Ending
+
+        now = self.broker.clock()
+        try:
+            for org in self.broker.store.credits():
+                status = credit_status(self.broker.store, org, now)
+                if status is None or status.remaining > 0:
+                    continue
+                detail = (
+                    f"credits exhausted: ${status.granted:,.2f} granted to {org!r}, "
+                    f"${status.spent:,.2f} spent"
+                )
+                for cluster in self.broker.store.list_clusters(LIVE, org=org):
+                    log.warning("cluster %s: %s", cluster.id, detail)
+                    self.finish(Ending(cluster.id, Status.STOPPED, None, detail))
+        except BrokerError as exc:
+            log.warning("cannot watch credits: %s", exc)
+
     # -- reconcile ------------------------------------------------------------------------------
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(self.options.reconcile_every):
             self.watch_runs()
+            self.watch_credits()
             self.reconcile_once()
 
     def reconcile_once(self) -> None:

@@ -649,3 +649,16 @@ def test_broker_help_and_quote_load_no_client() -> None:
         timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert "LOADED:\n" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_submission_the_credits_cannot_pay_exits_8_through_the_cli(
+    srv: BrokerServer, tmp_path: Path
+) -> None:
+    client, token = org_client(srv)
+    org = client.whoami()["org"]
+    srv.broker().set_credits(org, 0.01)  # the cheapest 4-GPU plan costs ~$0.25 an hour
+    remote = Cli(tmp_path / "remote", srv.url, token)
+    proc = remote("provision", "--gpus", "4", "--provider", "sim")
+    assert proc.returncode == 8, proc.stderr
+    assert f"organisation {org!r} has $0.01 of credits left" in proc.stderr
+    assert "Traceback" not in proc.stderr

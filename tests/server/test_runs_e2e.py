@@ -178,3 +178,28 @@ def test_max_hours_needs_a_launch_file_and_a_sane_value(server: BrokerServer) ->
     ):
         reply = server.call("/v1/clusters", "POST", token=token, body=body)
         assert reply.status == 422 and fragment in reply.body.decode(), reply.body
+
+
+def test_credits_refuse_a_first_hour_they_cannot_pay_and_stop_runs_when_gone(
+    server: BrokerServer,
+) -> None:
+    token = server.token("acme")
+    broker = server.broker()
+    broker.set_credits("acme", 1.0)  # a g5.12xlarge costs ~$5.67/h
+    reply = server.call(
+        "/v1/clusters", "POST", token=token, body={"launch_file": launch_file("true", gpus=4)}
+    )
+    assert reply.status == 402, reply.body
+    assert "has $1.00 of credits left" in reply.body.decode()
+    assert "for its first hour" in reply.body.decode()
+    broker.set_credits("acme", 100.0)
+    cluster_id = submit(server, token, "echo up; sleep 600", gpus=4)
+    wait_for(lambda: doc(server, token, cluster_id)["status"] == "RUNNING", timeout=30)
+    shown = server.call("/v1/credits", token=token).json()["credits"]
+    assert shown["granted_usd"] == 100.0 and shown["burn_per_hour"] > 5
+    broker.set_credits("acme", 0.0005)  # from now on: gone within a second of running
+    final = ended(server, token, cluster_id, timeout=60)
+    assert final["status"] == "STOPPED", final
+    assert final["detail"].startswith("credits exhausted: $0.00 granted to 'acme'"), final
+    assert server.call("/v1/credits", token=server.token("globex")).json()["credits"] is None
+    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
