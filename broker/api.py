@@ -498,6 +498,7 @@ class Broker:
             owner=self.owner,
             agent=agent,
             bootstrap=bootstrap,
+            drain=self._drain_agents,
         )
         running = provisioner.run(cluster.id, ranked.plans, skipped=skipped)
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
@@ -771,9 +772,8 @@ class Broker:
             now = self.clock()
             agents = self.store.agents(cluster.id, cluster.cycle)
             if all(
-                a.exited_at is not None
-                or a.started_at is None
-                or now - (a.heartbeat_at or a.started_at) > silent
+                a.exited_at is not None  # registered agents are waited for, started or not:
+                or now - (a.heartbeat_at or a.started_at or a.registered_at) > silent
                 for a in agents
             ):
                 return

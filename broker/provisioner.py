@@ -175,10 +175,12 @@ class Provisioner:
         owner: str | None = None,
         agent: AgentLaunch | None = None,
         bootstrap: str | None = None,
+        drain: Callable[[ClusterRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.agent = agent  # nodes start the node agent (sim: as local processes)
         self.bootstrap = bootstrap  # the boot script clouds run on each node
+        self.drain = drain  # before a failed start's nodes go: the other ranks stop and sync
         self.provider_for = provider_for
         self.backend_of = backend_of
         self.bucket_of = bucket_of
@@ -596,7 +598,13 @@ class Provisioner:
         )
         current = self.store.get(cluster.id)
         failed, removed = wind_down(
-            self.store, current, how, provider, clock=self.clock, sleep=self.sleep
+            self.store,
+            current,
+            how,
+            provider,
+            clock=self.clock,
+            sleep=self.sleep,
+            before_terminate=self.drain,  # the ranks still running stop, flush and sync
         )
         self._finish(
             record,

@@ -1468,9 +1468,10 @@ class Agent:
             return None
 
     def say(self, text: str) -> None:
-        """An agent line in the command's log (and on stderr)."""
+        """An agent line in the command's log (and on stderr); never among the last lines
+        an exit report carries (those are the command's: a failure's detail quotes them)."""
         log(text)
-        self.spool.put(AGENT_LINE + text)
+        self.spool.put(AGENT_LINE + text, last=False)
 
     def flush_logs(self) -> None:
         while self.spool.pending():
@@ -1611,7 +1612,7 @@ class Agent:
             return None
         self.say(reason)
         self.flush_logs()
-        return self.report("inputs_failed", None, self.spool.last_lines())
+        return self.report("inputs_failed", None, [AGENT_LINE + reason])
 
     def fetch_inputs(self, plan: Plan) -> str | None:
         """Every file of ``inputs`` in place under --root: None, or why not (one line)."""

@@ -16,20 +16,30 @@ if TYPE_CHECKING:
     LogSource = Broker | Client
 
 
+SETTLE = 1.5  # seconds: an ended cluster's agents flush their last lines around its end
+
+
 def follow(
     source: LogSource, cluster_id: str, rank: int, *, after: int = 0, wait: float = 10.0
 ) -> Iterator[LogPage]:
     """Pages of a rank's new lines (each call held up to ``wait`` s for one), until the
     cluster has ended and every line is out. ``source`` is a Broker or a Client."""
+    import time
+
     from broker.lifecycle import TERMINAL
 
+    settled = False  # an ended cluster's last batches may still be on their way: look once more
     while True:
         page = source.logs(cluster_id, rank, tail=1000, after=after, wait=wait)
         yield page
         if page.lines:
             after = page.lines[-1].id
+            settled = False
         elif page.cluster.status in TERMINAL:
-            return
+            if settled:
+                return
+            settled = True
+            time.sleep(SETTLE)
 
 
 def emit_json(doc: object) -> None:
