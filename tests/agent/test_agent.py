@@ -66,6 +66,15 @@ def run_answer(command: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A stand-in whose handler threads may outlive their test (a call cut short when the
+    agent is killed): such a connection error is expected, never a traceback on stderr in
+    whatever test runs next."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class Stub:
     """The service's /v1/agent/* endpoints, scripted: ``register`` answers are taken in turn
     (the last one repeats), ``hooks[name]`` may replace any answer; ``logs`` batches are
@@ -101,7 +110,7 @@ class Stub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = QuietServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
