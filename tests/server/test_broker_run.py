@@ -4,6 +4,7 @@ in-process service on loopback, real agent processes) and exits with its outcome
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,14 @@ def test_the_seeds_torchrun_example_needs_its_dataset_then_fails_honestly(tmp_pa
     proc = run(tmp_path, "examples/burst16.isc", "--provider", "sim")
     assert proc.returncode == 7, proc.stderr
     assert "FAILED (Error: rank" in proc.stderr and "command not found" in proc.stderr
-    assert "inputs: 1/1 files" in proc.stdout + proc.stderr  # the dataset arrived first
+    # The rank whose command failed had its dataset before it ran (rank 0, followed, may
+    # not have got that far: the gang stops when the first rank fails).
+    found = re.search(r"(bb-[0-9a-f]{12}) FAILED \(Error: rank (\d+) ended", proc.stderr)
+    assert found is not None, proc.stderr
+    logs = [sys.executable, "-m", "broker.cli", "logs", found[1], "--rank", found[2]]
+    shown = subprocess.run(logs, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "[burst-agent] inputs: 1/1 files" in shown.stdout, shown.stdout
 
 
 def test_a_real_cloud_without_a_service_is_refused_before_anything(tmp_path: Path) -> None:
