@@ -50,7 +50,10 @@ def page(browser: webdriver.Chrome) -> webdriver.Chrome:
 
 
 def text(driver: webdriver.Chrome, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    """The element's text, once the page that the URL already names has rendered it (the
+    URL changes before the new page's DOM is there)."""
+    found = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, css), timeout=10)
+    return str(found[0].text)
 
 
 def rows(driver: webdriver.Chrome, css: str) -> list[str]:
