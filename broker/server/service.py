@@ -187,6 +187,7 @@ class Service:
         """End RUNNING clusters whose agents' exits decided their end (a safety net: the exit
         call decides it at once), fail those whose agents went silent (NodeLost), and stop
         those past their run-time limit (``max_hours``: STOPPED "run-time limit")."""
+        from broker.env import max_hours_of
         from broker.runs import command_of, lost_agents, outcome, over_time
 
         now = self.broker.clock()
@@ -197,11 +198,9 @@ class Service:
                 if command_of(cluster) is None:
                     continue
                 agents = self.broker.store.agents(cluster.id, cluster.cycle)
-                ending = (
-                    outcome(cluster, agents)
-                    or lost_agents(cluster, agents, now, policy)
-                    or over_time(cluster, self.broker.store.transitions(cluster.id), now)
-                )
+                ending = outcome(cluster, agents) or lost_agents(cluster, agents, now, policy)
+                if ending is None and max_hours_of(cluster) is not None:  # history: one query
+                    ending = over_time(cluster, self.broker.store.transitions(cluster.id), now)
                 if ending is not None:
                     self.finish(ending)
         except BrokerError as exc:
