@@ -42,7 +42,7 @@ from shapes.model import Shape
 
 if TYPE_CHECKING:
     from broker.artifacts import Artifact
-    from broker.credits import CreditStatus
+    from broker.credits import CreditsSummary, CreditStatus
     from broker.provisioner import ProvisionPolicy
     from broker.reconcile import ReconcileReport
     from broker.runs import Ending, RunPolicy
@@ -700,6 +700,13 @@ class Broker:
             row["spend_per_hour"] += c.price_per_hour or 0.0
         return dict(out)
 
+    def util_credits(self) -> CreditsSummary:
+        """The credits part of ``util``: this organisation's (granted or not), or for an
+        unscoped broker every organisation's with a grant or a live cluster (bounded)."""
+        from broker.credits import util_credits
+
+        return util_credits(self.store, self.org, self.clock())
+
     # -- ending clusters ----------------------------------------------------------------------
 
     def release(self, cluster_id: str) -> ClusterRecord:
@@ -749,9 +756,79 @@ class Broker:
         return ended
 
     def finish(self, ending: Ending) -> ClusterRecord:
-        """End a cluster as its agents' reports decided (COMPLETED, FAILED Error, ...)."""
-        return self._end(
-            ending.cluster_id, ending.final, reason=ending.reason, detail=ending.detail
+        """End a cluster as its agents' reports decided (COMPLETED, FAILED Error, ...). A
+        lost node (Preempted, NodeLost) of an experiment with a recovery left winds the gang
+        down and makes the cluster PENDING as its next cycle instead (broker.recovery): a
+        worker of the service provisions it again."""
+        from broker.recovery import RECOVERABLE
+
+        detail = ending.detail
+        if ending.final is Status.FAILED and ending.reason in RECOVERABLE:
+            recovered, detail = self._recover(ending)
+            if recovered is not None:
+                return recovered
+        return self._end(ending.cluster_id, ending.final, reason=ending.reason, detail=detail)
+
+    def _recover(self, ending: Ending) -> tuple[ClusterRecord | None, str | None]:
+        """The cluster PENDING as its next cycle, its gang gone and the lost zone blocked;
+        or None and the FAILED detail when it has no recovery left (or is not an
+        experiment, or is not up any more)."""
+        from broker.recovery import (
+            exhausted_detail,
+            max_recoveries_of,
+            recoveries_made,
+            recovery_detail,
+        )
+        from broker.runs import command_of
+        from broker.teardown import WindDown, wind_down
+
+        cluster = self._find(ending.cluster_id)
+        if command_of(cluster) is None or cluster.status not in (Status.STARTING, Status.RUNNING):
+            return None, ending.detail
+        limit = max_recoveries_of(cluster)
+        used = recoveries_made(self.store.transitions(cluster.id))
+        if used >= limit:
+            return None, exhausted_detail(used, limit, ending.detail)
+        self._block_lost_zone(cluster, ending)
+        detail = recovery_detail(used, limit, ending.detail)
+        how = WindDown(
+            Status.PENDING,
+            self.owner,
+            self.policy.lease_seconds,
+            reason=ending.reason,
+            detail=detail,
+        )
+        recovered = wind_down(
+            self.store,
+            cluster,
+            how,
+            self._cluster_provider(cluster),
+            clock=self.clock,
+            sleep=self.sleep,
+            before_terminate=self._drain_agents,  # the command stops, artifacts get synced
+        )[0]
+        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())  # the old cycle's
+        if self.progress:
+            self.progress(f"{cluster.id}: {detail}; queued again as cycle {recovered.cycle}")
+        return recovered, None
+
+    def _block_lost_zone(self, cluster: ClusterRecord, ending: Ending) -> None:
+        """Keep the next cycle (and every other cluster) out of the zone that lost the node
+        for as long as a stockout blocks it."""
+        from broker.scopes import BlockScope
+
+        shape = self.catalog.get(cluster.shape_id) if cluster.shape_id else None
+        if shape is None or not cluster.zone:
+            return
+        backend = cluster.backend or shape.provider
+        now = self.clock()
+        until = now + self.policy.capacity_block
+        reason = (
+            f"{ending.reason} (a node of {cluster.id} was lost there) until "
+            f"{time.strftime('%H:%M:%S', time.gmtime(until))} UTC"
+        )
+        self.store.block(
+            BlockScope.zone_of(backend, shape, cluster.zone), reason=reason, until=until, now=now
         )
 
     def _drain_agents(self, cluster: ClusterRecord) -> None:

@@ -361,11 +361,14 @@ def request_body(
         values = dict(experiment)
         image = values.pop("image", None)  # a request field, not a launch-file key
         max_hours = values.pop("max_hours", None)  # the same
+        max_recoveries = values.pop("max_recoveries", None)  # the same
         body["launch_file"] = launch_text(values, request)
         if image is not None:
             body["image"] = image
         if max_hours is not None:
             body["max_hours"] = max_hours
+        if max_recoveries is not None:
+            body["max_recoveries"] = max_recoveries
         del body["gpus"], body["priority"]
     return {k: v for k, v in body.items() if v not in (None, [], False)}
 

@@ -42,6 +42,7 @@ class RequestInputs:
     hours: float = 1.0
     image: str | None = None  # the command's container image ("": on the host); None: default
     max_hours: float | None = None  # run-time limit per cycle: then STOPPED "run-time limit"
+    max_recoveries: int | None = None  # lost-node recoveries (None: 3 on spot, 0 on-demand)
     names: dict[str, str] = field(default_factory=dict)  # field -> how the edge spells it
 
 
@@ -72,6 +73,25 @@ def _max_hours(value: float, spelled: str) -> float:
             [Diagnostic(field="max_hours", message=f"{spelled} must be > 0 and at most 8760")]
         )
     return float(value)
+
+
+def _max_recoveries(value: int, spelled: str) -> int:
+    from broker.recovery import MAX_RECOVERIES
+
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(
+            [Diagnostic(field="max_recoveries", message=f"{spelled} must be a whole number")]
+        )
+    if not 0 <= value <= MAX_RECOVERIES:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="max_recoveries",
+                    message=f"{spelled} must be 0 to {MAX_RECOVERIES}, got {value}",
+                )
+            ]
+        )
+    return value
 
 
 def shape_filter(inputs: RequestInputs, catalog: Catalog) -> ShapeFilter:
@@ -187,6 +207,10 @@ def build_request(
             experiment["image"] = inputs.image
         if inputs.max_hours is not None:
             experiment["max_hours"] = _max_hours(inputs.max_hours, name("max_hours", "max_hours"))
+        if inputs.max_recoveries is not None:
+            experiment["max_recoveries"] = _max_recoveries(
+                inputs.max_recoveries, name("max_recoveries", "max_recoveries")
+            )
         return request, experiment
     if inputs.image is not None:
         raise InvalidRequest(
@@ -205,6 +229,17 @@ def build_request(
                     field="max_hours",
                     message=f"{name('max_hours', 'max_hours')} limits how long a launch file's "
                     f"command runs: give {name('launch_file', 'a launch file')} too",
+                )
+            ]
+        )
+    if inputs.max_recoveries is not None:
+        raise InvalidRequest(
+            [
+                Diagnostic(
+                    field="max_recoveries",
+                    message=f"{name('max_recoveries', 'max_recoveries')} says how often a launch "
+                    f"file's experiment is recovered after losing a node: give "
+                    f"{name('launch_file', 'a launch file')} too",
                 )
             ]
         )

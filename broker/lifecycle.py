@@ -1,7 +1,9 @@
 """The cluster lifecycle (after the MosaicML run lifecycle) and its accounting rules.
 
 PENDING -> QUEUED -> STARTING -> RUNNING -> TERMINATING -> COMPLETED | STOPPED | FAILED.
-A cluster that never got nodes may fail straight from PENDING, QUEUED or STARTING.
+A cluster that never got nodes may fail straight from PENDING, QUEUED or STARTING. A gang
+that lost a node with a recovery left goes TERMINATING -> PENDING as its next cycle
+(broker.recovery), so a follower never sees it end in between.
 GPU time is accrued from entering STARTING to leaving TERMINATING, at the shape's rate.
 """
 
@@ -30,7 +32,10 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     # STARTING -> QUEUED: an attempt failed and its nodes were cleaned up; try the next shape
     Status.STARTING: frozenset({Status.RUNNING, Status.QUEUED, Status.TERMINATING}),
     Status.RUNNING: frozenset({Status.TERMINATING}),
-    Status.TERMINATING: frozenset({Status.COMPLETED, Status.STOPPED, Status.FAILED}),
+    # TERMINATING -> PENDING: a lost node's gang, wound down, goes again (broker.recovery)
+    Status.TERMINATING: frozenset(
+        {Status.COMPLETED, Status.STOPPED, Status.FAILED, Status.PENDING}
+    ),
     Status.COMPLETED: frozenset({Status.PENDING}),  # restart
     Status.STOPPED: frozenset({Status.PENDING}),  # restart
     Status.FAILED: frozenset({Status.PENDING}),  # restart

@@ -4,7 +4,10 @@
    QUEUED/STARTING ones are wound down FAILED ``Orphaned``; a TERMINATING one is finished
    with the status and reason its wind-down had written down (NodeLost stays NodeLost).
 2. RUNNING gangs that lost a node (spot preemption, a crash) are wound down FAILED
-   ``NodeLost``: a gang with a hole is useless and the rest still bills.
+   ``NodeLost``: a gang with a hole is useless and the rest still bills. An experiment with a
+   recovery left is queued again as its next cycle instead (broker.recovery); the service
+   runs this every ``reconcile_every`` seconds, which bounds how long a vanished node goes
+   unnoticed when its agent could not say so.
 3. Every tagged node of this deployment that no live cluster owns is terminated, on every
    enabled cloud. One reconcile sweeps at a time (a named lease), so concurrent runs never
    double-count; a cluster someone else is already winding down is not a problem.
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from broker.errors import BrokerError, ConflictError
 from broker.lifecycle import FailReason, Status
+from broker.runs import Ending, command_of
 from broker.teardown import WindDown, wind_down
 from providers.base import TAG_BROKER, Node, NodeState
 from providers.errors import ProviderError
@@ -37,6 +41,7 @@ class ReconcileReport:
     terminated: list[Node] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)  # clusters whose owner's lease expired
     lost: list[str] = field(default_factory=list)  # RUNNING clusters that lost a node: FAILED
+    recovered: list[str] = field(default_factory=list)  # ... queued again as their next cycle
     problems: list[str] = field(default_factory=list)  # what could not be checked or removed
     skipped: list[str] = field(default_factory=list)  # work another reconcile is doing
 
@@ -85,7 +90,15 @@ class Reconciler:
         if not lost:
             return
         detail = ", ".join(f"rank {n.rank} ({n.provider_id})" for n in lost) + " gone"
-        self._end(cluster, self._how(Status.FAILED, FailReason.NODE_LOST.value, detail))
+        if command_of(cluster) is not None:  # an experiment: recovered if it has a recovery left
+            ended = self.broker.finish(
+                Ending(cluster.id, Status.FAILED, FailReason.NODE_LOST.value, detail)
+            )
+            if ended.status is Status.PENDING:
+                self.report.recovered.append(cluster.id)
+                return
+        else:
+            self._end(cluster, self._how(Status.FAILED, FailReason.NODE_LOST.value, detail))
         self.report.lost.append(cluster.id)
 
     def _settle(self, cluster: ClusterRecord) -> None:

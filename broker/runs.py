@@ -419,9 +419,9 @@ def over_time(
 
 def preempted(broker: Broker, node: Principal, body: Mapping[str, Any]) -> Ending | None:
     """A rank's cloud gave its preemption notice: the gang cannot go on (a node is about to
-    go), so the cluster ends FAILED ``Preempted``; the agents are told to stop and their
-    final syncs run in the notice window. (Recovery onto a new gang is issue 16's next step:
-    until then every experiment has ``max_recoveries`` 0.) None when it is already ending."""
+    go), so the cycle ends ``Preempted``: the agents are told to stop and their final syncs
+    run in the notice window; then the experiment is recovered as its next cycle or, with no
+    recovery left, FAILED (broker.recovery, via Broker.finish). None when already ending."""
     from broker.lifecycle import FailReason
 
     cluster = _cluster_for(broker, node, body.get("cluster_id"))

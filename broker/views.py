@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from broker.api import ClusterReport, LogPage
+    from broker.credits import CreditsSummary
     from broker.diagnostics import Diagnostic
     from broker.quote import Quote
     from broker.ranking import Plan
@@ -336,6 +337,8 @@ def cluster_document(c: ClusterRecord, attempts: Sequence[AttemptRecord] | None 
 
 def report_document(r: ClusterReport) -> Document:
     """``broker describe --json``: the cluster, its attempts, lifecycle and usage."""
+    from broker.recovery import max_recoveries_of, recoveries_made
+
     doc = cluster_document(r.cluster, r.attempts)
     doc["transitions"] = [
         {
@@ -358,6 +361,8 @@ def report_document(r: ClusterReport) -> Document:
             "image": experiment.get("image") or None,
             "datasets": list(experiment.get("dataset_id_list") or ()),
             "max_hours": experiment.get("max_hours"),  # per cycle; None: unlimited
+            "max_recoveries": max_recoveries_of(r.cluster),  # its own, else the default
+            "recoveries": recoveries_made(r.transitions),
         }
     return doc
 
@@ -394,8 +399,20 @@ def env_document(env: Mapping[str, str]) -> Document:
     return dict(env)
 
 
-def util_document(util: Mapping[str, Mapping[str, float]]) -> Document:
-    return {name: dict(row) for name, row in sorted(util.items())}
+def util_document(util: Mapping[str, Mapping[str, float]], credits: CreditsSummary) -> Document:
+    """``broker util --json`` and ``GET /v1/util``. ``providers``: per provider (or backend)
+    the clusters, GPUs starting and running, and spend per hour. ``credits``: one entry per
+    organisation (the caller's; a local, unscoped broker's lists every organisation with a
+    grant or a live cluster, ``credits_more`` counting those left out): ``has_grant`` false
+    means no grant, so no limit, and its USD figures and ``hours_left`` are null;
+    ``burn_per_hour`` is what its live clusters cost per hour now (those accounting bills:
+    STARTING, RUNNING, TERMINATING); ``hours_left`` is what is left at that rate, null when
+    nothing burns."""
+    return {
+        "providers": {name: dict(row) for name, row in sorted(util.items())},
+        "credits": [c.to_json_dict() for c in credits.orgs],
+        "credits_more": credits.more,
+    }
 
 
 def reconcile_document(report: ReconcileReport) -> Document:
@@ -406,6 +423,7 @@ def reconcile_document(report: ReconcileReport) -> Document:
         ],
         "settled": list(report.settled),
         "lost": list(report.lost),
+        "recovered": list(report.recovered),
         "problems": list(report.problems),
         "skipped": list(report.skipped),
     }

@@ -236,7 +236,12 @@ def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
     print("\nLifecycle:")
     for t in doc["transitions"]:
         note = f"  {t['reason']}" if t["reason"] else ""
+        if t["detail"] and t["status"] in ("PENDING", "TERMINATING", "FAILED", "STOPPED"):
+            note += f": {t['detail']}"  # each cycle's story: why it ended or went again
         print(f"  {_short(t['at'])}  cycle {t['cycle']}  {t['status']}{note}")
+    run = doc.get("run")
+    if run is not None and (run["recoveries"] or run["max_recoveries"]):
+        print(f"recoveries: {run['recoveries']} of {run['max_recoveries']} used")
     if doc["attempts"] or doc.get("skipped"):
         print("\nAttempts:")
         _print_attempts(doc)
@@ -382,6 +387,11 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             f"terminated {len(doc['terminated'])} orphaned node(s); "
             f"settled {len(doc['settled'])} cluster(s) whose owner's lease expired; "
             f"{len(doc['lost'])} running cluster(s) had lost a node (now FAILED NodeLost)"
+            + (
+                f"; {len(doc['recovered'])} experiment(s) queued again as their next cycle"
+                if doc["recovered"]
+                else ""
+            )
         )
         for n in doc["terminated"]:
             print(f"  terminated {n['provider_id']} ({n['shape_id']}, cluster {n['cluster_id']})")

@@ -72,6 +72,17 @@ def positive(text: str) -> float:
     return value
 
 
+def recoveries(text: str) -> int:
+    """A whole number of recoveries, 0 to 20."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= 20:  # broker.recovery.MAX_RECOVERIES (not imported: --help stays light)
+        raise argparse.ArgumentTypeError(f"must be 0 to 20, got {text!r}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (dollars of credits)."""
     value = _number(text)
@@ -178,6 +189,14 @@ def _image(p: argparse.ArgumentParser) -> None:
         help="run-time limit of each cycle: at the limit the command is signalled, artifacts "
         "get their final sync and the cluster ends STOPPED (run-time limit); the nodes see "
         "STRONG_CYCLE_TIME_MS",
+    )
+    p.add_argument(
+        "--max-recoveries",
+        type=recoveries,
+        metavar="N",
+        help="times the experiment is recovered when its gang loses a node (spot "
+        "preemption, a node gone): wound down and provisioned again as the next cycle, the "
+        "lost zone blocked, the latest checkpoints restored. Default: 3 on spot, 0 on on-demand",
     )
     p.add_argument(
         "--image",

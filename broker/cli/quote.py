@@ -30,6 +30,7 @@ CLI_NAMES = {
     "launch_file": "FILE.isc",
     "image": "--image",
     "max_hours": "--max-hours",
+    "max_recoveries": "--max-recoveries",
 }
 
 
@@ -51,6 +52,7 @@ def inputs_from_args(args: argparse.Namespace) -> RequestInputs:
         hours=getattr(args, "hours", 1.0),
         image=getattr(args, "image", None),
         max_hours=getattr(args, "max_hours", None),
+        max_recoveries=getattr(args, "max_recoveries", None),
         names=CLI_NAMES,
     )
 

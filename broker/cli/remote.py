@@ -62,6 +62,7 @@ def body_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "hours": getattr(args, "hours", None),
         "image": getattr(args, "image", None),  # "" (the host) is kept
         "max_hours": getattr(args, "max_hours", None),
+        "max_recoveries": getattr(args, "max_recoveries", None),
     }
     if args.launch_file is not None:
         body["launch_file"] = Path(args.launch_file).read_text(encoding="utf-8")

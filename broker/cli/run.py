@@ -116,7 +116,9 @@ def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
         sys.stdout.flush()
         cluster = page.cluster
         if cluster.status is not seen_status and cluster.status not in TERMINAL:
-            say(f"{cluster_id}: {cluster.status.value}")
+            recovering = cluster.status is Status.PENDING and cluster.detail
+            why = f" ({cluster.reason}: {cluster.detail})" if recovering else ""
+            say(f"{cluster_id}: {cluster.status.value}{why}")  # a recovery: why it goes again
             seen_status = cluster.status
     assert cluster is not None  # follow yields at least one page
     return cluster

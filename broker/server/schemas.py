@@ -16,6 +16,7 @@ API_NAMES = {
     "launch_file": "launch_file",
     "image": "image",
     "max_hours": "max_hours",
+    "max_recoveries": "max_recoveries",
 }
 
 
@@ -52,6 +53,15 @@ class RequestBody(BaseModel):
         'signalled, artifacts get their final sync and the cluster ends STOPPED ("run-time '
         'limit"). Nodes see it as STRONG_CYCLE_TIME_MS.',
     )
+    max_recoveries: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="How many times the experiment is recovered when its gang loses a node "
+        "(spot preemption, a node gone): the gang is wound down and provisioned again as the "
+        "next cycle, the lost zone blocked, the latest checkpoints restored. Default: 3 on a "
+        "spot shape, 0 on on-demand.",
+    )
     image: str | None = Field(
         default=None,
         max_length=512,
@@ -76,6 +86,7 @@ class RequestBody(BaseModel):
             hours=self.hours,
             image=self.image,
             max_hours=self.max_hours,
+            max_recoveries=self.max_recoveries,
             names=API_NAMES,
         )
 

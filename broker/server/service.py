@@ -171,8 +171,12 @@ class Service:
 
         def run() -> None:
             try:
-                self.broker.finish(ending)
-                self.counters.provision(f"run:{ending.reason or ending.final.value}")
+                ended = self.broker.finish(ending)
+                if ended.status is Status.PENDING:  # recovered: its next cycle needs a worker
+                    self.counters.provision(f"run:recovered:{ending.reason}")
+                    self.wake()
+                else:
+                    self.counters.provision(f"run:{ending.reason or ending.final.value}")
             except BrokerError as exc:
                 log.warning("cluster %s: cannot end it: %s", ending.cluster_id, exc)
             except Exception:  # a bug: say which cluster, keep the server up
@@ -250,7 +254,7 @@ class Service:
             log.warning("reconcile: %s", problem)
         for cluster_id in report.settled:
             self._requeue_orphan(cluster_id)
-        if report.settled:
+        if report.settled or report.recovered:
             self.wake()
 
     def _requeue_orphan(self, cluster_id: str) -> None:

@@ -30,7 +30,13 @@ def launch_file(command: str = "echo hello", gpus: int = 16) -> str:
 
 
 class Run:
-    def __init__(self, tmp_path: Path, gpus: int = 16) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        gpus: int = 16,
+        provisioning: str = "on-demand",
+        **fields: object,
+    ) -> None:
         self.broker = Broker(
             state_dir=tmp_path / "state",
             backend="sim",
@@ -43,7 +49,7 @@ class Run:
         self.user = self.broker.create_token("acme", name="u")[0]
         reply = self.client.post(
             "/v1/clusters",
-            json={"launch_file": launch_file(gpus=gpus), "provisioning": "on-demand"},
+            json={"launch_file": launch_file(gpus=gpus), "provisioning": provisioning, **fields},
             headers={"Authorization": f"Bearer {self.user}"},
         )
         assert reply.status_code == 202, reply.text
@@ -51,9 +57,18 @@ class Run:
         self.service.run_one(self.cluster_id)
         self.cluster = self.broker.get(self.cluster_id)
         assert self.cluster.status is Status.RUNNING
-        self.token = create_node_token(self.broker.store, self.cluster_id, "acme", now=time.time())[
-            0
-        ]
+        self.token = self.new_token()
+
+    def new_token(self) -> str:
+        """A node token of the cluster's current cycle (a new cycle's nodes get their own)."""
+        return create_node_token(self.broker.store, self.cluster_id, "acme", now=time.time())[0]
+
+    def next_cycle(self) -> None:
+        """A worker provisions the recovered cluster again; the test plays its new agents."""
+        self.service.run_one(self.cluster_id)
+        self.cluster = self.broker.get(self.cluster_id)
+        assert self.cluster.status is Status.RUNNING, self.cluster
+        self.token = self.new_token()
 
     def call(
         self, name: str, token: str | None = None, **body: object
