@@ -20,6 +20,10 @@ JSON body and ``Authorization: Bearer <node token>``:
 4. When it ended: a final sync of every kind (bounded by ``final_sync_timeout``), then ``exit``
    with the exit code (or signal), the reason and the last lines of output.
 
+With ``--output-copy FILE``, every line of the command's output (not the agent's own lines)
+is also appended to that local file as it is read, up to ``--output-copy-limit`` bytes (64 MiB;
+one line then says the copy stopped), for whatever on the node wants to follow it.
+
 With ``--cloud aws|gcp|azure``, threads watch that cloud's preemption notice in the instance
 metadata (``--metadata-url``): on a notice, ``preempted`` at once, then a final sync within the
 time left, while the command goes on (the service decides whether to stop it).
@@ -91,6 +95,7 @@ MANIFEST = "sync-manifest.json"  # in --state-dir
 MANIFEST_SAVE_EVERY = 2.0  # seconds between two writes of the manifest during a sync
 MAX_ERRORS = 5  # messages in one artifact_report
 AGENT_LINE = "[burst-agent] "  # the agent's own lines in the command's log
+OUTPUT_COPY_LIMIT = 64 * 1024 * 1024  # bytes --output-copy's file may reach
 
 # Each artifact kind's directory: the variables naming it (re-rooted), else the seed's path.
 KIND_DIRS = {
@@ -964,24 +969,92 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]
 
 
-def pump(stream: IO[bytes], spool: Spool) -> None:
-    """Read ``stream`` line by line into ``spool`` until EOF; a line longer than
-    MAX_LINE_CHARS keeps its beginning, the rest of it is skipped."""
+class OutputCopy:
+    """``--output-copy``: the command's lines appended to a local file as they are read
+    (each line one write: a reader following the file sees it at once) while the file stays
+    within ``limit`` bytes; the line that would take it past is replaced by one line saying
+    the copy stopped, the last one. A file that cannot be written is said once on stderr and
+    the copy stops; the command goes on either way."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        self.size = 0
+        self.stopped = False
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            try:
+                fd = self._open() if self._fd is None else self._fd
+                if fd is None:
+                    return
+                data = line.encode("utf-8", "replace") + b"\n"
+                if self.size + len(data) > self.limit:
+                    self.stopped = True
+                    note = f"{AGENT_LINE}output copy stopped: the file reached {self.limit} bytes"
+                    data = note.encode("utf-8") + b"\n"
+                    log(f"output copy: {self.path} reached {self.limit} bytes; the copy stops")
+                os.write(fd, data)
+                self.size += len(data)
+            except OSError as error:
+                self.stopped = True
+                log(f"output copy: cannot write {self.path}: {error}; the copy stops")
+            if self.stopped:
+                self._close()
+
+    def _open(self) -> int | None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.lseek(fd, 0, os.SEEK_END)
+        if self.size >= self.limit:  # full already (an earlier run): it stays as it is
+            os.close(fd)
+            self.stopped = True
+            log(f"output copy: {self.path} holds {self.size} bytes already: not copied")
+            return None
+        self._fd = fd
+        return fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+def pump(stream: IO[bytes], spool: Spool, copy: OutputCopy | None = None) -> None:
+    """Read ``stream`` line by line into ``spool`` (and ``copy``) until EOF; a line longer
+    than MAX_LINE_CHARS keeps its beginning, the rest of it is skipped."""
     skipping = False
     try:
         for raw in iter(lambda: stream.readline(4 * MAX_LINE_CHARS), b""):
             if not skipping:
-                spool.put(_decode(raw))
+                line = _decode(raw)
+                spool.put(line)
+                if copy is not None:
+                    copy.write(line)
             skipping = not raw.endswith(b"\n")
     except (OSError, ValueError) as error:
         log(f"reading the command's output failed: {error}")
     finally:
         spool.close()
+        if copy is not None:
+            copy.close()
 
 
 class Command:
     """A child process in its own process group (session), its merged stdout and stderr
-    pumped into a spool by a thread. ``on_kill`` runs when it is SIGKILLed (docker)."""
+    pumped into a spool (and ``copy``) by a thread. ``on_kill`` runs when it is SIGKILLed
+    (docker)."""
 
     def __init__(
         self,
@@ -990,6 +1063,7 @@ class Command:
         cwd: str,
         spool: Spool,
         on_kill: Callable[[], None] | None = None,
+        copy: OutputCopy | None = None,
     ) -> None:
         self.proc = subprocess.Popen(
             list(argv),
@@ -1005,7 +1079,9 @@ class Command:
         self.stopping = False
         self._timer: threading.Timer | None = None
         assert self.proc.stdout is not None
-        self.reader = threading.Thread(target=pump, args=(self.proc.stdout, spool), daemon=True)
+        self.reader = threading.Thread(
+            target=pump, args=(self.proc.stdout, spool, copy), daemon=True
+        )
         self.reader.start()
 
     def poll(self) -> int | None:
@@ -1449,6 +1525,9 @@ class Agent:
         self.watcher: Watcher | None = None
         self.notice_end: float | None = None  # when a noticed preemption ends the node (unix)
         self.notice_reports: list[threading.Thread] = []  # their `preempted` calls
+        self.output_copy: OutputCopy | None = None  # --output-copy: the command's lines
+        if args.output_copy:
+            self.output_copy = OutputCopy(args.output_copy, args.output_copy_limit)
 
     def ask(self, name: str, body: dict[str, Any], budget: Budget | None = None) -> dict[str, Any]:
         """``name`` after ``register``: the answer; CallRefused when refused (and, with a
@@ -1761,7 +1840,7 @@ class Agent:
             return self.report("stopped", None, [])
         spool = self.spool
         try:
-            self.command = Command(argv, env, self.args.root, spool, on_kill)
+            self.command = Command(argv, env, self.args.root, spool, on_kill, self.output_copy)
         except OSError as error:
             return self.report("spawn_failed", None, [f"cannot start {argv[0]}: {error}"])
         self.pidfile = self.state_file("command.pid", str(self.command.pid))
@@ -1990,6 +2069,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=METADATA_POLL,
         help="seconds between two polls of the metadata (tuning and tests)",
     )
+    parser.add_argument(
+        "--output-copy",
+        metavar="FILE",
+        help="also append every line of the command's output to this local file",
+    )
+    parser.add_argument(
+        "--output-copy-limit",
+        type=int,
+        default=OUTPUT_COPY_LIMIT,
+        metavar="BYTES",
+        help="the copy stops when the file would grow past this size (tuning and tests)",
+    )
     args = parser.parse_args(argv)
     if args.metadata_url is None:
         args.metadata_url = METADATA_URLS.get(args.cloud, "")
@@ -2006,6 +2097,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--service {args.service!r} is not an http(s) URL")
     if args.spool_lines < 1:
         parser.error("--spool-lines must be at least 1")
+    if args.output_copy_limit < 1024:
+        parser.error("--output-copy-limit must be at least 1024 bytes")
+    if args.output_copy is not None:
+        if not args.output_copy.strip():
+            parser.error("--output-copy needs a file name")
+        args.output_copy = os.path.abspath(args.output_copy)
     args.root = os.path.abspath(args.root)
     if args.state_dir is None:
         args.state_dir = os.path.join(args.root, "var", "lib", "burst-broker")
