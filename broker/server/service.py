@@ -6,7 +6,8 @@ the store), so two workers, in this process or another replica, never provision 
 cluster. A server that stops (SIGTERM) takes no new work and lets in-flight provisionings run
 for a grace period; what is still in flight then keeps its lease until it expires, and the
 reconcile loop of this or another server settles it and queues it again (a new cycle), so a
-restarted server picks up both submitted and half-provisioned clusters.
+restarted server picks up both submitted and half-provisioned clusters. The watch loop
+(runs, credits, reconcile) runs on one replica at a time: the holder of a named lease.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from broker.runs import Ending
 log = logging.getLogger("broker.server")
 
 REQUEUE_MAX_CYCLES = 5  # a cluster orphaned this often is left FAILED (something is wrong)
+WATCH_LEASE = "service-watch"  # the named lease of the replica running the watch loop
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Service:
         self._finishing: set[str] = set()
         self._busy_lock = threading.Lock()
         self.last_reconcile: float | None = None
+        self.leading = False  # this replica holds the watch lease (runs the watch loop)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -236,10 +239,48 @@ class Service:
     # -- reconcile ------------------------------------------------------------------------------
 
     def _reconcile_loop(self) -> None:
-        while not self._stop.wait(self.options.reconcile_every):
-            self.watch_runs()
-            self.watch_credits()
-            self.reconcile_once()
+        """Every ``reconcile_every`` seconds, on one replica at a time (the holder of the
+        named lease ``service-watch``): runs, credits, then a reconcile pass. The holder
+        renews it each pass; when it dies, another replica takes over once it expires."""
+        try:
+            while not self._stop.wait(self.options.reconcile_every):
+                if not self.lead():
+                    continue
+                self.watch_runs()
+                self.watch_credits()
+                self.reconcile_once()
+        finally:
+            self.resign()
+
+    def lead(self) -> bool:
+        """Take or renew the watch lease: True when this replica runs the watch loop now."""
+        broker = self.broker
+        now = broker.clock()
+        ttl = 2 * self.options.reconcile_every + broker.policy.lease_seconds
+        try:
+            holder = broker.store.take_lease(WATCH_LEASE, broker.owner, now=now, until=now + ttl)
+        except BrokerError as exc:
+            log.warning("cannot take the watch lease: %s", exc)
+            return False
+        if holder is not None:
+            if self.leading:
+                log.info("the watch loop moved to another replica (%s)", holder)
+            self.leading = False
+            return False
+        if not self.leading:
+            log.info("this replica runs the watch and reconcile loop now")
+        self.leading = True
+        return True
+
+    def resign(self) -> None:
+        """Give the watch lease up (a graceful stop): another replica takes it at once."""
+        if not self.leading:
+            return
+        self.leading = False
+        try:
+            self.broker.store.drop_lease(WATCH_LEASE, self.broker.owner)
+        except BrokerError as exc:
+            log.warning("cannot give the watch lease up: %s", exc)
 
     def reconcile_once(self) -> None:
         """One reconcile pass; clusters of the service orphaned while provisioning (their
