@@ -51,6 +51,7 @@ class Reconciler:
         self.broker = broker
         self.store = broker.store
         self.report = ReconcileReport()
+        self._present: dict[str, set[str]] = {}  # cloud -> its RUNNING nodes, this pass
 
     def run(self) -> ReconcileReport:
         now = self.broker.clock()
@@ -79,13 +80,23 @@ class Reconciler:
             final, self.broker.owner, self.broker.policy.lease_seconds, reason=reason, detail=detail
         )
 
+    def _running_nodes(self, cluster: ClusterRecord) -> set[str] | None:
+        """The ids of the RUNNING nodes of the cluster's cloud: one listing per cloud and
+        pass, however many gangs it runs (None: no cloud to ask)."""
+        name = cluster.backend or cluster.provider
+        if not name:
+            return None
+        if name not in self._present:
+            provider = self.broker.provider(name)
+            self._present[name] = {
+                n.provider_id for n in provider.list_tagged() if n.state is NodeState.RUNNING
+            }
+        return self._present[name]
+
     def _check_gang(self, cluster: ClusterRecord) -> None:
-        provider = self.broker._cluster_provider(cluster)
-        if provider is None:
+        present = self._running_nodes(cluster)
+        if present is None:
             return
-        present = {
-            n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
-        }
         lost = [n for n in cluster.nodes if n.provider_id not in present]
         if not lost:
             return
