@@ -26,8 +26,12 @@ def test_one_listing_per_cloud_for_every_running_gang(
         listed.append(1)
         return real_list()
 
+    def describe(cluster_id: str) -> list[Node]:
+        described.append(cluster_id)
+        return []
+
     monkeypatch.setattr(sim, "list_tagged", list_tagged)
-    monkeypatch.setattr(sim, "describe", lambda cid: described.append(cid) or [])
+    monkeypatch.setattr(sim, "describe", describe)
     assert broker.reconcile().lost == []
     assert described == []  # never one call per cluster
     assert len(listed) == 2  # the gangs' check, and the orphan sweep's own listing
