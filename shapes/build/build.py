@@ -27,7 +27,9 @@ spot, Azure's US regions, GCP's n1 shapes with attached T4/V100) are carried fro
 
 - AWS: the Price List Query API's on-demand prices (Linux, Shared tenancy, ``OnDemand``
   market option, so no CapacityBlock or reserved terms) for us-east-1, the only region the
-  extract's generator dumps; spot and the other regions are carried (below).
+  extract's generator dumps; the other regions' on-demand prices come from an older per-region
+  dump of the Price List offer files (``sources/aws_regions.json``, each such region entry
+  stamped with its own ``prices_as_of``); spot is carried (below).
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
         and abs(types[name]["regions"][region]["on_demand"] / entry["on_demand"] - 1) > STALE_CHANGE
     )
     suspect = set(carried.get("suspect", {}).get("on_demand", []))
+    dropped_stale: set[str] = set()  # stale types that had a carried on-demand price to drop
     for name, spec in sorted(carried["instance_types"].items()):
         for region, old in sorted(spec["regions"].items()):
             target = types.setdefault(name, {k: v for k, v in spec.items() if k != "regions"})
@@ -275,6 +278,8 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
             undated = [m for m in _MARKETS if m in old and m not in entry]
             if (name in stale or name in suspect) and "on_demand" in undated:
                 undated.remove("on_demand")
+                if name in stale:
+                    dropped_stale.add(name)
             for market in undated:
                 entry[market] = old[market]
             if undated:
@@ -301,10 +306,10 @@ def carry(doc: dict[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
             + "; ".join(f"{name} ({', '.join(regions)})" for name, regions in added.items())
             + "."
         )
-    if stale:
+    if dropped_stale:
         doc["notes"] += (
             " Carried on-demand prices dropped as stale (the dated source moved the type's "
-            f"price by more than {STALE_CHANGE:.0%}): {', '.join(stale)}."
+            f"price by more than {STALE_CHANGE:.0%}): {', '.join(sorted(dropped_stale))}."
         )
     if suspect:
         doc["notes"] += (
@@ -385,9 +390,15 @@ AWS_SIZES: dict[str, Size] = {
 }
 
 
-def build_aws(source: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str, Any]:
-    """On-demand from the dated extract (us-east-1); zones from the previous catalog (a
-    type it did not have gets every us-east-1 AZ it knew: offerings are not in the source)."""
+def build_aws(
+    source: Mapping[str, Any],
+    carried: Mapping[str, Any],
+    regional: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """On-demand from the dated extract (us-east-1), then from ``regional`` (the other
+    regions, older: each of its region entries carries its own ``prices_as_of``) where the
+    first has no row; zones from the previous catalog (a type it did not have gets every AZ
+    of the region it knew: offerings are not in the sources)."""
     meta = source["source"]
     known = carried["instance_types"]
     all_zones: dict[str, set[str]] = {}
@@ -406,6 +417,22 @@ def build_aws(source: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str
             raise BuildError(f"aws/{name}/{region}: no zones known")
         entry = {"zones": list(zones), "on_demand": row["on_demand"]}
         types.setdefault(name, {**AWS_SIZES[name].spec(), "regions": {}})["regions"][region] = entry
+    older: list[str] = []
+    if regional is not None:
+        as_of = regional["source"]["prices_as_of"]
+        for row in sorted(regional["rows"], key=lambda r: (r["instance_type"], r["region"])):
+            name, region = row["instance_type"], row["region"]
+            if region in types.get(name, {}).get("regions", {}):
+                continue  # the newer source has it
+            zones = known.get(name, {}).get("regions", {}).get(region, {}).get("zones")
+            if not zones:
+                raise BuildError(f"aws/{name}/{region}: no zones known (aws_regions.json)")
+            entry = {"zones": list(zones), "on_demand": row["on_demand"], "prices_as_of": as_of}
+            spec = types.setdefault(name, {**AWS_SIZES[name].spec(), "regions": {}})
+            spec["regions"][region] = entry
+            older.append(f"{name}/{region}")
+        for spec in types.values():
+            spec["regions"] = dict(sorted(spec["regions"].items()))
     return {
         "provider": "aws",
         "currency": "USD",
@@ -415,11 +442,31 @@ def build_aws(source: Mapping[str, Any], carried: Mapping[str, Any]) -> dict[str
             f"AWS Price List Query API on-demand prices (Linux, Shared tenancy, OnDemand "
             f"market: no CapacityBlock or reserved terms) for us-east-1 as generated in "
             f"{meta['repository']} {meta['path']} at commit {meta['commit']} "
-            f"(generated {meta['generated']}); built by shapes/build/build.py"
+            f"(generated {meta['generated']})"
+            + (
+                f"; other regions: AWS Price List offer files' on-demand prices as dumped per "
+                f"region by instances.vantage.sh and copied in {regional['source']['repository']} "
+                f"at commit {regional['source']['commit']} (generated "
+                f"{regional['source']['prices_as_of']}; those region entries carry that "
+                f"prices_as_of)"
+                if regional is not None
+                else ""
+            )
+            + "; built by shapes/build/build.py"
         ),
         "notes": (
-            "Dated on-demand prices exist for us-east-1 only (the source generates no other "
-            "region); p5e.48xlarge has no on-demand price in the source. No dated spot "
+            "On-demand prices of us-east-1 are the Price List Query API's of "
+            f"{meta['prices_as_of']}"
+            + (
+                f"; those of the {len(older)} region entries outside us-east-1 are older "
+                f"({regional['source']['prices_as_of']}, said by each entry's own prices_as_of): "
+                "a scraped per-region dump of the Price List offer files (instances.vantage.sh, "
+                f"as copied in {regional['source']['repository']}), whose us-east-1 prices equal "
+                "the Query API's"
+                if regional is not None and older
+                else "; no dated source covers the other regions"
+            )
+            + ". p5e.48xlarge has no on-demand price in either source. No dated spot "
             "price was found: every spot price is carried from the previous catalog, "
             "undated."
             + (
@@ -438,7 +485,12 @@ def build(provider: str) -> dict[str, Any]:
     source = load_source(provider)
     carried = json.loads((SOURCES / "carried.json").read_text())
     if provider == "aws":
-        doc = build_aws(source, carried["aws"])
+        regional = SOURCES / "aws_regions.json"
+        doc = build_aws(
+            source,
+            carried["aws"],
+            json.loads(regional.read_text()) if regional.exists() else None,
+        )
     elif provider == "gcp":
         zones = json.loads((HERE / "zones.json").read_text())["gcp"]
         doc = build_gcp(source, zones)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -136,26 +137,80 @@ def test_the_build_refuses_data_that_fails_a_sanity_check(
     assert "cross-region" in capsys.readouterr().err
 
 
-def test_aws_p4_p5_take_the_2025_price_cut_and_stale_carried_prices_are_dropped() -> None:
+def aws_sources() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    carried = json.loads((build_mod.SOURCES / "carried.json").read_text())["aws"]
+    regional = json.loads((build_mod.SOURCES / "aws_regions.json").read_text())
+    return copy.deepcopy(load_source("aws")), carried, regional
+
+
+def test_aws_p4_p5_take_the_2025_price_cut_in_every_region() -> None:
     aws = build("aws")
     types = aws["instance_types"]
     assert types["p5.48xlarge"]["regions"]["us-east-1"]["on_demand"] == 55.04
     assert types["p4d.24xlarge"]["regions"]["us-east-1"]["on_demand"] == 21.957642
-    # The previous catalog's P4/P5 on-demand prices predate the cut: none is carried.
+    # Outside us-east-1 the P4/P5 prices are the regional dump's, after the cut too
+    # (the previous catalog had p5.48xlarge at $98.32 in us-east-2, $127.82 in eu-west-2).
+    p5 = types["p5.48xlarge"]["regions"]
+    assert p5["us-east-2"]["on_demand"] == 55.04
+    assert p5["eu-west-2"]["on_demand"] == 71.552
     for name in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5en.48xlarge"):
+        cut = types[name]["regions"]["us-east-1"]["on_demand"]
         for region, entry in types[name]["regions"].items():
-            assert region == "us-east-1" or "on_demand" not in entry, (name, region)
-            assert entry["undated"] == ["spot"]  # spot stays, undated
-    assert "p5.48xlarge" in aws["notes"] and "stale" in aws["notes"]
-    # An unchanged price (g5) keeps its carried regions, marked undated.
+            assert entry.get("undated", []) in ([], ["spot"]), (name, region)  # spot: undated
+            assert entry["on_demand"] < 1.5 * cut, (name, region)
+    assert "stale" not in aws["notes"]  # nothing carried was stale any more
+    # An unchanged price (g5) is dated now; its spot stays carried, undated.
     g5 = types["g5.48xlarge"]["regions"]
-    assert g5["us-east-1"]["undated"] == ["spot"]
-    assert g5["us-west-2"]["undated"] == ["on_demand", "spot"]
+    assert g5["us-east-1"]["undated"] == ["spot"] and "prices_as_of" not in g5["us-east-1"]
+    assert g5["us-west-2"]["undated"] == ["spot"]
+    assert g5["us-west-2"]["prices_as_of"] == "2026-01-21"
     # A carried spot at on-demand is dropped by the sanity checks, and said.
     assert "euc1-az2" not in g5["eu-central-1"]["spot"]
     assert "g5.48xlarge/eu-central-1/euc1-az2 (spot-below-on-demand)" in aws["notes"]
     assert types["p6-b200.48xlarge"]["gpu"] == "B200"
     assert types["p5.4xlarge"]["regions"]["us-east-1"]["on_demand"] == 6.88
+
+
+def test_aws_regional_rows_carry_their_own_date_and_never_override_the_newer_source() -> None:
+    source, carried, regional = aws_sources()
+    as_of = regional["source"]["prices_as_of"]
+    assert as_of < source["source"]["prices_as_of"]  # older: hence the per-region date
+    # A us-east-1 row in the regional dump loses to the Query API's newer price.
+    regional["rows"].append({"instance_type": "g5.xlarge", "region": "us-east-1", "on_demand": 9.0})
+    doc = build_mod.build_aws(source, carried, regional)
+    types = doc["instance_types"]
+    assert types["g5.xlarge"]["regions"]["us-east-1"] == {
+        "zones": carried["instance_types"]["g5.xlarge"]["regions"]["us-east-1"]["zones"],
+        "on_demand": 1.006,
+    }
+    for row in regional["rows"][:-1]:
+        entry = types[row["instance_type"]]["regions"][row["region"]]
+        assert entry["on_demand"] == row["on_demand"] and entry["prices_as_of"] == as_of
+    assert f"{len(regional['rows']) - 1} region entries outside us-east-1" in doc["notes"]
+    assert regional["source"]["commit"] in doc["price_source"]
+
+
+def test_a_regional_row_where_no_zone_is_known_is_refused() -> None:
+    source, carried, regional = aws_sources()
+    regional["rows"].append(
+        {"instance_type": "g5.xlarge", "region": "ap-southeast-2", "on_demand": 1.3}
+    )
+    with pytest.raises(BuildError, match=re.escape("aws/g5.xlarge/ap-southeast-2: no zones known")):
+        build_mod.build_aws(source, carried, regional)
+
+
+def test_without_the_regional_dump_stale_carried_prices_are_dropped() -> None:
+    """The previous catalog's P4/P5 on-demand prices predate the mid-2025 cut: where no
+    dated source has a price, none is carried."""
+    source, carried, _ = aws_sources()
+    doc = build_mod.carry(build_mod.build_aws(source, carried), carried)
+    types = doc["instance_types"]
+    for name in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5en.48xlarge"):
+        for region, entry in types[name]["regions"].items():
+            assert region == "us-east-1" or "on_demand" not in entry, (name, region)
+    assert "dropped as stale" in doc["notes"] and "p5.48xlarge" in doc["notes"]
+    g5 = types["g5.48xlarge"]["regions"]
+    assert g5["us-west-2"]["undated"] == ["on_demand", "spot"]
 
 
 def test_suspect_carried_prices_are_dropped_and_said() -> None:
