@@ -96,6 +96,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from broker.artifacts import Artifact
+    from broker.credits import CreditsSummary
     from broker.quote import QuoteRequest
 
 Progress = Callable[[str], None]
@@ -965,10 +966,24 @@ class Client:
         doc = self._get("/v1/util")
 
         def build(d: Any) -> dict[str, dict[str, float]]:
-            return {str(k): {str(f): float(v) for f, v in row.items()} for k, row in d.items()}
+            rows = d["providers"].items()
+            return {str(k): {str(f): float(v) for f, v in row.items()} for k, row in rows}
 
         util: dict[str, dict[str, float]] = self._read(build, doc, "util")
         return util
+
+    def util_credits(self) -> CreditsSummary:
+        """``GET /v1/util``'s credits: the organisation's credits left and burn rate."""
+        from broker.credits import CreditsSummary, OrgCredits
+
+        doc = self._get("/v1/util")
+
+        def build(d: Any) -> CreditsSummary:
+            orgs = tuple(OrgCredits.from_json_dict(c) for c in d["credits"])
+            return CreditsSummary(orgs, int(d["credits_more"]))
+
+        credits: CreditsSummary = self._read(build, doc, "util")
+        return credits
 
     # -- ending clusters --------------------------------------------------------------------------
 

@@ -403,7 +403,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
-    doc = util_document(_open(settings).util())
+    target = _open(settings)
+    doc = util_document(target.util(), target.util_credits())
     if args.json:
         emit_json(doc)
         return Exit.OK
@@ -415,14 +416,39 @@ def cmd_util(args: argparse.Namespace, settings: Settings) -> int:
             int(u["gpus_running"]),
             money(u["spend_per_hour"]),
         )
-        for name, u in doc.items()
+        for name, u in doc["providers"].items()
     ]
-    if not rows:
+    if rows:
+        headers = ["PROVIDER", "CLUSTERS", "GPUS STARTING", "GPUS RUNNING", "$/H"]
+        print(table(headers, rows, {1, 2, 3, 4}))
+    else:
         print("no cluster is starting or running")
-        return Exit.OK
-    headers = ["PROVIDER", "CLUSTERS", "GPUS STARTING", "GPUS RUNNING", "$/H"]
-    print(table(headers, rows, {1, 2, 3, 4}))
+    for entry in doc["credits"]:
+        print(credits_line(entry))
+    if doc["credits_more"]:
+        print(
+            f"credits: {doc['credits_more']} more organisation(s) not shown "
+            "(`broker credits show` lists every grant)"
+        )
     return Exit.OK
+
+
+def credits_line(c: Document) -> str:
+    """One organisation's credits for people, from a ``util`` document's ``credits`` entry."""
+    burn = c["burn_per_hour"]
+    burning = f"burning {money(burn)}/h" if burn > 0 else "nothing burning now"
+    if not c["has_grant"]:
+        return f"credits: {c['org']} has no grant (no limit); {burning}"
+    left, granted, spent = c["remaining_usd"], c["granted_usd"], c["spent_usd"]
+    if left <= 0:
+        return (
+            f"credits: {c['org']} has none left ({money(spent)} spent of {money(granted)}); "
+            f"{burning}"
+        )
+    line = f"credits: {c['org']} has {money(left)} left of {money(granted)} ({money(spent)} spent)"
+    if c["hours_left"] is None:
+        return f"{line}; {burning}"
+    return f"{line}; {burning}, about {c['hours_left']:,.1f} h at this rate"
 
 
 def cmd_blocks(args: argparse.Namespace, settings: Settings) -> int:

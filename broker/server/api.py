@@ -279,9 +279,13 @@ def get_credits(broker: OrgBroker) -> Document:
     return {"credits": found[0].to_json_dict() if found else None}
 
 
-@router.get("/util", summary="GPUs starting and running, and spend per hour, per provider")
+@router.get(
+    "/util",
+    summary="GPUs starting and running and spend per hour, per provider; the organisation's "
+    "credits left and burn rate",
+)
 def util(broker: OrgBroker) -> Document:
-    return util_document(broker.util())
+    return util_document(broker.util(), broker.util_credits())
 
 
 @router.get("/tokens", summary="The organisation's tokens (admin)")

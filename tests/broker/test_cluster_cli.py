@@ -64,7 +64,7 @@ def test_provision_json_env_release(state: Path, capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "list", "--json")
     assert [c["cluster_id"] for c in json.loads(out)] == [cid]
     code, out, _ = run(capsys, "util", "--json")
-    assert json.loads(out)["sim:aws"]["gpus_running"] == 16
+    assert json.loads(out)["providers"]["sim:aws"]["gpus_running"] == 16
 
     code, out, _ = run(capsys, "release", cid)
     assert code == 0 and out.strip() == f"{cid} COMPLETED"

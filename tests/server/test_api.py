@@ -146,7 +146,7 @@ def test_another_organisations_cluster_does_not_exist(api: Api) -> None:
         missing = api.client.request(method, path.format(made_up), headers=api.auth(globex))
         assert reply.text.replace(asked, "X") == missing.text.replace(made_up, "X")
     assert api.client.get("/v1/clusters", headers=api.auth(globex)).json()["clusters"] == []
-    assert api.client.get("/v1/util", headers=api.auth(globex)).json() == {}
+    assert api.client.get("/v1/util", headers=api.auth(globex)).json()["providers"] == {}
     assert api.broker.get(cluster_id).status.value == "RUNNING"  # untouched
     # A member of the same organisation sees and stops it.
     colleague = api.token("acme")
@@ -334,7 +334,7 @@ def test_util_counts_the_organisations_running_gpus(api: Api) -> None:
     token = api.token("acme")
     api.running(token, gpus=16)
     util = api.client.get("/v1/util", headers=api.auth(token)).json()
-    assert sum(row["gpus_running"] for row in util.values()) == 16
+    assert sum(row["gpus_running"] for row in util["providers"].values()) == 16
 
 
 # -- dry runs --------------------------------------------------------------------------------
