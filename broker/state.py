@@ -1,12 +1,24 @@
 """The broker's durable state: clusters, their transitions and attempts, blocked scopes, leases.
 
-SQLAlchemy Core over SQLite by default (``<state dir>/broker.sqlite``); any SQLAlchemy URL
-(``BROKER_STATE_URL``, e.g. PostgreSQL) can replace it for several broker hosts.
+SQLAlchemy Core over SQLite by default (``<state dir>/broker.sqlite``), or PostgreSQL for
+several broker hosts: ``BROKER_STATE_URL=postgresql+psycopg://user:password@127.0.0.1:5432/broker``
+(``pip install 'burst-broker[postgres]'``; a plain ``postgresql://`` URL means psycopg too).
+The password is never printed: messages and reprs name the store with ``***`` in its place.
+
+Schema: versioned by Alembic migrations (broker.migrations). Opening a store checks its
+revision: a brand-new empty database is created through the migrations (on PostgreSQL under
+an advisory lock, so replicas starting together never race to create it); SQLite upgrades an
+older store itself (under its write lock); a PostgreSQL store at an older revision is refused
+with a message naming ``broker db upgrade``, which applies them (:meth:`Store.upgrade`).
 
 Concurrency: every change is one transaction. On SQLite, transactions start with
 ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to 30 s) in WAL mode; every status
 change is also a compare-and-set on a version column, so two processes racing to move the
-same cluster cannot both win, whatever the database.
+same cluster cannot both win, whatever the database. Writes that several processes can make
+at once (blocks, quota readings, named leases, agents, credits, sync totals) are upserts
+(``INSERT ... ON CONFLICT``) or conditional updates, never "read, then insert". Workers claim
+PENDING clusters with :meth:`Store.claim_pending` (``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so two replicas never take the same one.
 
 Ownership: whoever provisions or winds down a cluster holds its *lease* (owner id and expiry)
 and renews it while it waits on a cloud; ``reconcile`` settles only clusters whose lease has
@@ -21,6 +33,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +68,7 @@ from sqlalchemy.engine import URL, make_url
 
 from broker.errors import ConflictError, NotFoundError, StateError, StoreError
 from broker.lifecycle import ALLOWED, TERMINAL, Status
+from broker.migrations import HEAD, REVISIONS
 from broker.scopes import Block, BlockScope, block_from_row
 from broker.settings import STATE_DB_FILENAME
 
@@ -92,6 +106,11 @@ clusters = Table(
     Column("idempotency_key", String(255)),  # a submission's Idempotency-Key, per org
     Index("clusters_org_created", "org", "created_at"),
     Index("clusters_org_idempotency", "org", "idempotency_key", unique=True),
+    # The list filters (migration 0002): the PENDING queue in creation order, and an
+    # organisation's clusters by status or by compute mode, newest first.
+    Index("clusters_status_created", "status", "created_at"),
+    Index("clusters_org_status_created", "org", "status", "created_at"),
+    Index("clusters_org_mode_created", "org", "mode", "created_at"),
 )
 
 transitions = Table(
@@ -260,6 +279,34 @@ def _agent_key(cluster_id: str, cycle: int, rank: int) -> Any:
 
 def _org_is(org: str | None) -> Any:
     return clusters.c.org.is_(None) if org is None else clusters.c.org == org
+
+
+def _upsert(
+    conn: Connection,
+    table: Table,
+    values: Mapping[str, Any],
+    *,
+    keys: Sequence[str],
+    update: Mapping[str, Any] | None = None,
+    where: Any = None,
+) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` in the connection's dialect: one
+    statement, so two writers of the same key never collide. ``update`` (default: every
+    other value)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt: postgresql.Insert | sqlite.Insert = (
+        postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+    )
+    stmt = stmt.values(**values)
+    changes = (
+        {k: getattr(stmt.excluded, k) for k in values if k not in keys}
+        if update is None
+        else dict(update)
+    )
+    return conn.execute(
+        stmt.on_conflict_do_update(index_elements=list(keys), set_=changes, where=where)
+    )
 
 
 class AttemptOutcome(StrEnum):
@@ -633,50 +680,121 @@ def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK | os.X_OK)
 
 
+# A PostgreSQL advisory lock key ("broker schema"): whoever creates or upgrades the schema
+# holds it for that transaction, so replicas starting together take turns.
+SCHEMA_LOCK = 0x62726F6B6572
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """A store's schema against this release's migrations."""
+
+    revision: str | None  # None: no migration ever ran on it (empty, or from before them)
+    head: str  # what this release needs
+    has_tables: bool  # False: an empty database (it is created on first use)
+
+    @property
+    def current(self) -> bool:
+        return self.revision == self.head
+
+    @property
+    def newer(self) -> bool:
+        """Written by a newer release (a revision this one does not know)."""
+        return self.revision is not None and self.revision not in REVISIONS
+
+    def describe(self) -> str:
+        if self.revision is not None:
+            return f"revision {self.revision}"
+        return "empty" if not self.has_tables else "no revision (a store from before migrations)"
+
+
+def _schema_status(conn: Connection) -> SchemaStatus:
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names())
+    revision = None
+    if "alembic_version" in names:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return SchemaStatus(
+        revision=str(revision) if revision is not None else None,
+        head=HEAD,
+        has_tables=bool(names & set(metadata.tables)),
+    )
+
+
+def _state_url(url: str) -> URL:
+    """Parse a BROKER_STATE_URL; ``postgresql://`` (or ``postgres://``) means psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise StoreError(
+            "BROKER_STATE_URL is not a database URL (expected e.g. "
+            "postgresql+psycopg://user:password@127.0.0.1:5432/broker or "
+            "sqlite:////path/broker.sqlite)"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 class Store:
     """All reads and writes of broker state. Safe to share between processes and threads."""
 
-    def __init__(self, engine: Engine, *, where: str) -> None:
+    def __init__(self, engine: Engine, *, where: str, check_schema: bool = True) -> None:
+        """A store on ``engine``; ``where`` names it in messages (never with a password).
+        With ``check_schema``, an empty database is created and SQLite upgraded, and a
+        PostgreSQL store at another revision refused (StoreError); without, nothing is
+        checked (``broker db status``/``upgrade`` look for themselves)."""
         self.engine = engine
         self.where = where  # how messages name this store (a path, or a URL without password)
-        with self._guard():
-            metadata.create_all(engine)
-            self._add_missing_columns()
+        password = engine.url.password
+        self._secret = str(password) if password else None
+        if check_schema:
+            self._check_schema()
+
+    def __repr__(self) -> str:
+        return f"Store({self.where})"
 
     @classmethod
-    def open(cls, state_dir: Path, url: str | None = None) -> Store:
-        """The store at ``url`` (any SQLAlchemy URL), else SQLite in ``state_dir``.
-        Raises StoreError, naming the problem and never the password."""
+    def open(cls, state_dir: Path, url: str | None = None, *, check_schema: bool = True) -> Store:
+        """The store at ``url`` (a SQLite or PostgreSQL SQLAlchemy URL), else SQLite in
+        ``state_dir``. Raises StoreError, naming the problem and never the password."""
         if url:
-            return cls._open_url(url)
+            return cls._open_url(url, check_schema=check_schema)
         _prepare_dir(state_dir)
         path = state_dir / STATE_DB_FILENAME
         if path.exists() and not path.is_file():
             raise StoreError(f"the store {path} is not a file")
-        return cls(_sqlite_engine(path), where=str(path))
+        return cls(_sqlite_engine(path), where=str(path), check_schema=check_schema)
 
     @classmethod
-    def _open_url(cls, url: str) -> Store:
-        try:
-            parsed = make_url(url)
-        except sa_exc.ArgumentError:
-            raise StoreError(
-                "BROKER_STATE_URL is not a database URL (expected e.g. "
-                "postgresql+psycopg://user@host/db or sqlite:////path/broker.sqlite)"
-            ) from None
+    def _open_url(cls, url: str, *, check_schema: bool = True) -> Store:
+        parsed = _state_url(url)
         shown = parsed.render_as_string(hide_password=True)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            # A SQLite file named by URL: the same engine (WAL, write lock) as the default.
+            path = Path(str(parsed.database))
+            if path.exists() and not path.is_file():
+                raise StoreError(f"the store {path} is not a file")
+            return cls(_sqlite_engine(path), where=str(path), check_schema=check_schema)
         try:
-            engine = create_engine(parsed)
+            engine = create_engine(parsed, pool_pre_ping=backend == "postgresql")
         except sa_exc.NoSuchModuleError:
             raise StoreError(
                 f"BROKER_STATE_URL {shown}: no SQLAlchemy dialect {parsed.drivername!r}"
             ) from None
         except ImportError as exc:
+            hint = "pip install 'burst-broker[postgres]'" if backend == "postgresql" else ""
             raise StoreError(
                 f"BROKER_STATE_URL {shown}: its database driver is not installed "
-                f"({exc.name or exc}); install it, e.g. pip install psycopg[binary]"
+                f"({exc.name or exc}); install it" + (f": {hint}" if hint else "")
             ) from None
-        return cls(engine, where=shown)
+        if backend not in ("sqlite", "postgresql"):
+            engine.dispose()
+            raise StoreError(
+                f"BROKER_STATE_URL {shown}: the store runs on PostgreSQL or SQLite, not {backend}"
+            )
+        return cls(engine, where=shown, check_schema=check_schema)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -688,6 +806,7 @@ class Store:
         except (sa_exc.OperationalError, sa_exc.DatabaseError, sqlite3.Error) as exc:
             orig = getattr(exc, "orig", None) or exc
             text_ = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            text_ = self._hide(text_)
             if "not a database" in text_ or "malformed" in text_:
                 raise StoreError(
                     f"the store {self.where} is not a readable broker store ({text_}); it was "
@@ -699,27 +818,59 @@ class Store:
         except sa_exc.SQLAlchemyError as exc:
             raise StoreError(f"the store {self.where} failed: {type(exc).__name__}") from None
 
-    def _add_missing_columns(self) -> None:
-        """Stores written by an older broker lack newer nullable columns: add them (the
-        data stays). Blocks from before scopes were values cannot be read: drop them (they
-        expire within the hour anyway)."""
-        inspector = inspect(self.engine)
-        have_of = {
-            t.name: {c["name"] for c in inspector.get_columns(t.name)}
-            for t in (clusters, blocks, tokens, agents)
-        }
-        with self.engine.begin() as conn:
-            for table in (clusters, blocks, tokens, agents):
-                have = have_of[table.name]
-                for column in table.columns:
-                    if column.name not in have and column.nullable:
-                        kind = column.type.compile(dialect=self.engine.dialect)
-                        conn.execute(
-                            text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                        )
-            conn.execute(delete(blocks).where(blocks.c.kind.is_(None)))
-            for index in clusters.indexes:  # indexes of columns added above
-                index.create(conn, checkfirst=True)
+    def _hide(self, message: str) -> str:
+        """``message`` without this store's password (drivers may quote what they got)."""
+        return message.replace(self._secret, "***") if self._secret else message
+
+    # -- the schema (broker.migrations) -------------------------------------------------------
+
+    def schema_status(self) -> SchemaStatus:
+        """The store's schema revision against this release's (nothing is changed)."""
+        with self._read() as conn:
+            return _schema_status(conn)
+
+    def _check_schema(self) -> None:
+        status = self.schema_status()
+        if status.current:
+            return
+        if status.newer:
+            raise StoreError(self._newer_message(status))
+        if self.engine.dialect.name == "sqlite" or not status.has_tables:
+            self.upgrade()  # SQLite's own store, or a brand-new database: create/upgrade it
+            return
+        raise StoreError(
+            f"the store {self.where} has an older schema ({status.describe()}; this broker "
+            f"needs revision {status.head}): run `broker db upgrade` with the same "
+            "BROKER_STATE_URL (stop the other broker hosts first, or upgrade them after)"
+        )
+
+    def _newer_message(self, status: SchemaStatus) -> str:
+        return (
+            f"the store {self.where} has schema revision {status.revision}, newer than this "
+            f"broker knows (up to {status.head}): upgrade burst-broker on this host"
+        )
+
+    def upgrade(self) -> tuple[SchemaStatus, SchemaStatus]:
+        """Apply the migrations this store lacks, in one transaction under the schema lock
+        (PostgreSQL: an advisory lock; SQLite: its write lock). Returns the schema before
+        and after; a store already at this release's revision is left as it is."""
+        with self._guard(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            before = _schema_status(conn)  # again, under the lock: someone may have done it
+            if before.newer:
+                raise StoreError(self._newer_message(before))
+            if before.current:
+                return before, before
+            try:
+                from broker.migrations import upgrade_connection
+            except ImportError as exc:  # pragma: no cover - alembic is a dependency
+                raise StoreError(
+                    f"cannot migrate the store {self.where}: {exc.name or exc} is not "
+                    "installed (reinstall burst-broker)"
+                ) from None
+            upgrade_connection(conn)
+            return before, _schema_status(conn)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -921,70 +1072,125 @@ class Store:
                     f"cluster {cluster_id} is {current.status.value}, "
                     f"not {'/'.join(s.value for s in expect)}"
                 )
-            if to not in ALLOWED[current.status]:
-                raise ConflictError(
-                    f"cluster {cluster_id} cannot go from {current.status.value} to {to.value}"
-                )
-            cycle = current.cycle + 1 if to is Status.PENDING else current.cycle
-            values: dict[str, Any] = {
-                "status": to.value,
-                "updated_at": now,
-                "version": current.version + 1,
-                "cycle": cycle,
-            }
-            if plan is not None:
-                values.update(
-                    shape_id=plan.shape_id,
-                    provider=plan.provider,
-                    region=plan.region,
-                    zone=plan.zone,
-                    nodes_count=plan.nodes_count,
-                    procs_per_node=plan.procs_per_node,
-                    gpus_billed=plan.gpus_billed,
-                    price_per_hour=plan.price_per_hour,
-                )
-            if nodes is not None:
-                values["nodes"] = [n.to_json() for n in nodes]
-            elif to is Status.PENDING:
-                values["nodes"] = []  # a new cycle: the last cycle's nodes are gone
-            if to in (Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING):
-                values["reason"] = None
-                values["detail"] = None
-                values["ending"] = None
-            if reason is not None:
-                values["reason"] = reason
-            if detail is not None:
-                values["detail"] = detail
-            if ending is not None:
-                values["ending"] = ending.value
-            if lease is not None:
-                values["owner"] = lease.owner
-                values["lease_until"] = lease.until
-            if to in TERMINAL or to is Status.RUNNING or to is Status.PENDING:
-                values["owner"] = None  # nobody needs to hold a settled cluster
-                values["lease_until"] = None
-            if to in TERMINAL:
-                values["ending"] = None
-            done = conn.execute(
-                update(clusters)
-                .where(clusters.c.id == cluster_id, clusters.c.version == current.version)
-                .values(**values)
+            return self._apply(
+                conn,
+                current,
+                to,
+                now=now,
+                reason=reason,
+                detail=detail,
+                plan=plan,
+                nodes=nodes,
+                lease=lease,
+                ending=ending,
             )
-            if done.rowcount != 1:
-                raise ConflictError(f"cluster {cluster_id} changed under us")
-            conn.execute(
-                insert(transitions).values(
-                    cluster_id=cluster_id,
-                    cycle=cycle,
-                    status=to.value,
-                    at=now,
-                    reason=reason,
-                    detail=detail,
-                    price_per_hour=values.get("price_per_hour", current.price_per_hour),
-                    gpus_billed=values.get("gpus_billed", current.gpus_billed),
-                )
+
+    def claim_pending(
+        self, owner: str, until: float, limit: int = 1, *, now: float | None = None
+    ) -> list[ClusterRecord]:
+        """Claim up to ``limit`` PENDING clusters, oldest first, for a worker: each moves to
+        QUEUED under ``owner``'s lease (until ``until``) in the same transaction, and is
+        returned. On PostgreSQL the rows are read ``FOR UPDATE SKIP LOCKED``: concurrent
+        claimers (replicas) take different clusters and never wait on each other; on SQLite
+        the transaction's write lock (``BEGIN IMMEDIATE``) serialises them. Either way no
+        cluster is claimed twice. The caller provisions them (``Broker.run``) and renews
+        the lease meanwhile, as for any QUEUED cluster it holds."""
+        at = time.time() if now is None else now
+        query = (
+            select(clusters)
+            .where(clusters.c.status == Status.PENDING.value)
+            .order_by(clusters.c.created_at, clusters.c.id)
+            .limit(max(0, limit))
+            .with_for_update(skip_locked=True)
+        )
+        with self._tx() as conn:
+            pending = [ClusterRecord.from_row(r) for r in conn.execute(query).mappings()]
+            return [
+                self._apply(conn, c, Status.QUEUED, now=at, lease=Lease(owner, until))
+                for c in pending
+            ]
+
+    def _apply(
+        self,
+        conn: Connection,
+        current: ClusterRecord,
+        to: Status,
+        *,
+        now: float,
+        reason: str | None = None,
+        detail: str | None = None,
+        plan: PlanFields | None = None,
+        nodes: Sequence[NodeRecord] | None = None,
+        lease: Lease | None = None,
+        ending: Status | None = None,
+    ) -> ClusterRecord:
+        """Move ``current`` (as read in this transaction) to ``to``: a compare-and-set on
+        its version, with its transition row (see :meth:`transition`)."""
+        cluster_id = current.id
+        if to not in ALLOWED[current.status]:
+            raise ConflictError(
+                f"cluster {cluster_id} cannot go from {current.status.value} to {to.value}"
             )
-            return self._get(conn, cluster_id)
+        cycle = current.cycle + 1 if to is Status.PENDING else current.cycle
+        values: dict[str, Any] = {
+            "status": to.value,
+            "updated_at": now,
+            "version": current.version + 1,
+            "cycle": cycle,
+        }
+        if plan is not None:
+            values.update(
+                shape_id=plan.shape_id,
+                provider=plan.provider,
+                region=plan.region,
+                zone=plan.zone,
+                nodes_count=plan.nodes_count,
+                procs_per_node=plan.procs_per_node,
+                gpus_billed=plan.gpus_billed,
+                price_per_hour=plan.price_per_hour,
+            )
+        if nodes is not None:
+            values["nodes"] = [n.to_json() for n in nodes]
+        elif to is Status.PENDING:
+            values["nodes"] = []  # a new cycle: the last cycle's nodes are gone
+        if to in (Status.PENDING, Status.QUEUED, Status.STARTING, Status.RUNNING):
+            values["reason"] = None
+            values["detail"] = None
+            values["ending"] = None
+        if reason is not None:
+            values["reason"] = reason
+        if detail is not None:
+            values["detail"] = detail
+        if ending is not None:
+            values["ending"] = ending.value
+        if lease is not None:
+            values["owner"] = lease.owner
+            values["lease_until"] = lease.until
+        if to in TERMINAL or to is Status.RUNNING or to is Status.PENDING:
+            values["owner"] = None  # nobody needs to hold a settled cluster
+            values["lease_until"] = None
+        if to in TERMINAL:
+            values["ending"] = None
+        done = conn.execute(
+            update(clusters)
+            .where(clusters.c.id == cluster_id, clusters.c.version == current.version)
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise ConflictError(f"cluster {cluster_id} changed under us")
+        conn.execute(
+            insert(transitions).values(
+                cluster_id=cluster_id,
+                cycle=cycle,
+                status=to.value,
+                at=now,
+                reason=reason,
+                detail=detail,
+                price_per_hour=values.get("price_per_hour", current.price_per_hour),
+                gpus_billed=values.get("gpus_billed", current.gpus_billed),
+            )
+        )
+        return self._get(conn, cluster_id)
 
     def record_nodes(self, cluster_id: str, nodes: Sequence[NodeRecord]) -> ClusterRecord:
         """Store a STARTING cluster's nodes (its gang is up; the agents are starting the
@@ -1123,24 +1329,24 @@ class Store:
     # -- blocked scopes ---------------------------------------------------------------------
 
     def block(self, scope: BlockScope, *, reason: str, until: float, now: float) -> None:
+        """Block ``scope`` until ``until`` (replacing any block of the same scope: the
+        last writer wins, also when several hosts block it at once)."""
+        values = {
+            "scope": scope.key,
+            "kind": scope.kind.value,
+            "backend": scope.backend,
+            "provider": scope.provider,
+            "region": scope.region,
+            "zone": scope.zone,
+            "instance_type": scope.instance_type,
+            "bucket": scope.bucket,
+            "provisioning": scope.provisioning,
+            "reason": reason,
+            "until": until,
+            "created_at": now,
+        }
         with self._tx() as conn:
-            conn.execute(delete(blocks).where(blocks.c.scope == scope.key))
-            conn.execute(
-                insert(blocks).values(
-                    scope=scope.key,
-                    kind=scope.kind.value,
-                    backend=scope.backend,
-                    provider=scope.provider,
-                    region=scope.region,
-                    zone=scope.zone,
-                    instance_type=scope.instance_type,
-                    bucket=scope.bucket,
-                    provisioning=scope.provisioning,
-                    reason=reason,
-                    until=until,
-                    created_at=now,
-                )
-            )
+            _upsert(conn, blocks, values, keys=["scope"])
 
     def active_blocks(self, now: float) -> list[Block]:
         cols = blocks.c
@@ -1173,17 +1379,10 @@ class Store:
 
     def save_quotas(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Upsert quota rows (keys: the columns of ``quota_readings``), in one transaction."""
-        cols = quota_readings.c
         with self._tx() as conn:
             for row in rows:
-                conn.execute(
-                    delete(quota_readings).where(
-                        cols.provider == row["provider"],
-                        cols.region == row["region"],
-                        cols.bucket == row["bucket"],
-                    )
-                )
-                conn.execute(insert(quota_readings).values(**row))
+                values = {c.name: row.get(c.name) for c in quota_readings.columns}
+                _upsert(conn, quota_readings, values, keys=["provider", "region", "bucket"])
 
     def quota_rows(
         self, *, provider: str | None = None, regions: Collection[str] | None = None
@@ -1242,7 +1441,15 @@ class Store:
     # -- API tokens (only their digests) -----------------------------------------------------
 
     def add_token(self, token: TokenRecord, digest: str) -> None:
+        """Store a new token. A node token replaces its cluster's live ones in the same
+        transaction: a cluster's agents hold one live token, whoever creates it."""
         with self._tx() as conn:
+            if token.cluster_id is not None:
+                conn.execute(
+                    update(tokens)
+                    .where(tokens.c.cluster_id == token.cluster_id, tokens.c.revoked_at.is_(None))
+                    .values(revoked_at=token.created_at)
+                )
             conn.execute(
                 insert(tokens).values(
                     id=token.id,
@@ -1312,28 +1519,20 @@ class Store:
         """Record (or refresh) the agent of node ``rank`` in this cycle; a re-registering
         agent keeps what it reported before (started, exit, log position)."""
         key = _agent_key(cluster_id, cycle, rank)
+        values = {
+            "cluster_id": cluster_id,
+            "cycle": cycle,
+            "rank": rank,
+            "address": address,
+            "instance_id": instance_id,
+            "registered_at": now,
+            "heartbeat_at": now,
+            "log_next_seq": 0,
+            "log_dropped": 0,
+        }
+        refreshed = {"address": address, "instance_id": instance_id, "heartbeat_at": now}
         with self._tx() as conn:
-            row = conn.execute(select(agents).where(key)).mappings().first()
-            if row is None:
-                conn.execute(
-                    insert(agents).values(
-                        cluster_id=cluster_id,
-                        cycle=cycle,
-                        rank=rank,
-                        address=address,
-                        instance_id=instance_id,
-                        registered_at=now,
-                        heartbeat_at=now,
-                        log_next_seq=0,
-                        log_dropped=0,
-                    )
-                )
-            else:
-                conn.execute(
-                    update(agents)
-                    .where(key)
-                    .values(address=address, instance_id=instance_id, heartbeat_at=now)
-                )
+            _upsert(conn, agents, values, keys=["cluster_id", "cycle", "rank"], update=refreshed)
             return AgentRecord.from_row(conn.execute(select(agents).where(key)).mappings().one())
 
     def agents(self, cluster_id: str, cycle: int) -> list[AgentRecord]:
@@ -1370,11 +1569,7 @@ class Store:
     def set_credits(self, org: str, usd: float, *, now: float) -> None:
         """Grant ``org`` ``usd`` from ``now`` on (replacing any earlier grant)."""
         with self._tx() as conn:
-            done = conn.execute(
-                update(credits).where(credits.c.org == org).values(usd=usd, granted_at=now)
-            )
-            if int(done.rowcount) == 0:
-                conn.execute(insert(credits).values(org=org, usd=usd, granted_at=now))
+            _upsert(conn, credits, {"org": org, "usd": usd, "granted_at": now}, keys=["org"])
 
     def credits(self, org: str | None = None) -> dict[str, tuple[float, float]]:
         """Each organisation's grant (one, or every one): org -> (usd, granted_at)."""
@@ -1400,37 +1595,23 @@ class Store:
     ) -> None:
         """Add one sync's report to a rank's totals for that kind (a retried report may
         count twice: the totals are for people, never for billing)."""
-        key = (
-            (artifact_syncs.c.cluster_id == cluster_id)
-            & (artifact_syncs.c.cycle == cycle)
-            & (artifact_syncs.c.rank == rank)
-            & (artifact_syncs.c.kind == kind)
-        )
         values: dict[str, Any] = {"failed": failed, "errors": list(errors), "updated_at": now}
         if final:
             values["final_at"] = now
+        changes: dict[str, Any] = {
+            **values,
+            "files": artifact_syncs.c.files + files,
+            "bytes": artifact_syncs.c.bytes + size,
+        }
+        row = {"cluster_id": cluster_id, "cycle": cycle, "rank": rank, "kind": kind}
         with self._tx() as conn:
-            done = conn.execute(
-                update(artifact_syncs)
-                .where(key)
-                .values(
-                    files=artifact_syncs.c.files + files,
-                    bytes=artifact_syncs.c.bytes + size,
-                    **values,
-                )
+            _upsert(
+                conn,
+                artifact_syncs,
+                {**row, "files": files, "bytes": size, **values},
+                keys=list(row),
+                update=changes,
             )
-            if int(done.rowcount) == 0:
-                conn.execute(
-                    insert(artifact_syncs).values(
-                        cluster_id=cluster_id,
-                        cycle=cycle,
-                        rank=rank,
-                        kind=kind,
-                        files=files,
-                        bytes=size,
-                        **values,
-                    )
-                )
 
     def syncs(self, cluster_id: str, cycle: int | None = None) -> list[dict[str, Any]]:
         """The sync totals of a cluster (one cycle, or every cycle), by cycle, rank, kind."""
@@ -1538,18 +1719,18 @@ class Store:
     # -- named leases (broker-wide chores) ---------------------------------------------------
 
     def take_lease(self, name: str, owner: str, *, now: float, until: float) -> str | None:
-        """Take (or renew) the named lease; None on success, else the live holder's id."""
+        """Take (or renew) the named lease; None on success, else the live holder's id.
+        One conditional upsert: of several hosts taking a free lease at once, one wins."""
         with self._tx() as conn:
-            row = conn.execute(select(leases).where(leases.c.name == name)).mappings().first()
-            if row is None:
-                conn.execute(insert(leases).values(name=name, owner=owner, until=until))
-                return None
-            if row["owner"] != owner and row["until"] > now:
-                return str(row["owner"])
-            conn.execute(
-                update(leases).where(leases.c.name == name).values(owner=owner, until=until)
+            _upsert(
+                conn,
+                leases,
+                {"name": name, "owner": owner, "until": until},
+                keys=["name"],
+                where=(leases.c.owner == owner) | (leases.c.until <= now),
             )
-            return None
+            holder = conn.execute(select(leases.c.owner).where(leases.c.name == name)).scalar()
+            return None if holder == owner else str(holder)
 
     def drop_lease(self, name: str, owner: str) -> None:
         with self._tx() as conn:
