@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("providers", "cmd_catalog"),
     "serve": ("server", "cmd_serve"),
     "token": ("server", "cmd_token"),
+    "db": ("db", "cmd_db"),
 }
 SIGNALLED = {"provision", "restart", "run"}  # a signal there stops the cluster and cleans up first
 SIGPIPE_EXIT = 128 + 13

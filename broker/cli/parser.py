@@ -564,6 +564,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     tr = tsub.add_parser("revoke", help="revoke a token by its id")
     tr.add_argument("token_id", metavar="TOKEN_ID")
     _json(tr)
+
+    db = sub.add_parser(
+        "db",
+        help="the store's schema: its revision, and upgrading it to this release's",
+        description="The store (BROKER_STATE_URL, else SQLite in BROKER_STATE_DIR) is "
+        "versioned by migrations. `status` says its revision against this release's "
+        "(--check: exit 6 unless they match); `upgrade` applies the missing migrations in "
+        "one transaction and says from which revision to which. Only this upgrades an older "
+        "PostgreSQL store (an empty one is created on first use); SQLite's upgrades itself.",
+    )
+    dsub = db.add_subparsers(
+        dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    ds = dsub.add_parser("status", help="the store's schema revision and this release's")
+    ds.add_argument("--check", action="store_true", help="exit 6 unless the store is current")
+    _json(ds)
+    _json(dsub.add_parser("upgrade", help="apply this release's migrations to the store"))
     return parser
 
 
