@@ -3,15 +3,20 @@ tests of the real bundled catalog live in tests/shapes/test_bundled_catalog.py).
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
+
+if TYPE_CHECKING:
+    from tests.store.pgserver import PostgresServer
 
 # What `broker shapes --json` promises for each shape (the issue's list).
 SHAPE_JSON_FIELDS = frozenset(
@@ -217,3 +222,91 @@ def bundled_shape_id(provider: str, region: str | None = None, min_zones: int = 
         ):
             return s.id
     raise LookupError(provider)
+
+
+# -- the store's backends: SQLite, and a real PostgreSQL server ---------------------------------
+#
+# Tests that exercise the store's SQL ask for ``store_url`` (or ``store_backend_env``, which
+# also exports it as BROKER_STATE_URL for the Broker and for CLI subprocesses): they run once
+# per backend. ``--store-backend sqlite|postgres`` runs only one. PostgreSQL comes from
+# BROKER_TEST_POSTGRES_URL, else a throwaway server started for the session (one per xdist
+# worker); without its binaries those tests are skipped, except under CI, where they fail.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-backend",
+        choices=["both", "sqlite", "postgres"],
+        default="both",
+        help="which store backends the store tests run on (both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames:
+        choice = metafunc.config.getoption("store_backend")
+        backends = ["sqlite", "postgres"] if choice == "both" else [choice]
+        metafunc.parametrize("store_backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    from tests.store import pgserver
+
+    try:
+        server = pgserver.start()
+    except pgserver.Unavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"no PostgreSQL server for the store tests: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_store_url(postgres_server: PostgresServer) -> str:
+    """One database per worker, created through the migrations once; tests empty it."""
+    import tempfile
+    from pathlib import Path
+
+    from broker.state import Store
+
+    url = postgres_server.database("store")
+    Store.open(Path(tempfile.gettempdir()), url).engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = getattr(request, "param", "sqlite")
+    return backend
+
+
+@pytest.fixture
+def store_url(store_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite in the test's state directory), or the URL of an empty PostgreSQL
+    store at this release's schema (every table truncated: fast)."""
+    if store_backend == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_store_url")
+    import psycopg
+
+    from broker.state import metadata
+
+    names = ", ".join(t.name for t in metadata.sorted_tables)
+    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '20s'")
+        conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return url
+
+
+@pytest.fixture
+def store_backend_env(
+    store_url: str | None, monkeypatch: pytest.MonkeyPatch, hermetic_environment: None
+) -> str | None:
+    """``store_url``, exported as BROKER_STATE_URL (read by the test modules' broker
+    helpers and by every `broker` subprocess) when it is PostgreSQL."""
+    if store_url is not None:
+        monkeypatch.setenv("BROKER_STATE_URL", store_url)
+    return store_url

@@ -51,9 +51,15 @@ def request(gpus: int = 16, priority: tuple[str, ...] | None = (A,)) -> QuoteReq
     return QuoteRequest(rank=RankRequest(gpus=gpus, priority=priority))
 
 
+# Tests marked so run on SQLite and on PostgreSQL (tests/conftest.py: store_backend_env
+# exports the PostgreSQL store's URL as BROKER_STATE_URL; unset, the store is SQLite in state).
+both_stores = pytest.mark.usefixtures("store_backend_env")
+
+
 def sim_broker(state: Path, clock: Callable[[], float] = time.time, **policy: float) -> Broker:
     return Broker(
         state_dir=state,
+        store_url=os.environ.get("BROKER_STATE_URL"),
         backend="sim",
         catalog=CATALOG,
         policy=ProvisionPolicy(**policy),  # type: ignore[arg-type]
@@ -103,6 +109,7 @@ def hook(broker: Broker, after_launch: Callable[[list[Node]], None]) -> None:
 # -- submit, then run ---------------------------------------------------------------------
 
 
+@both_stores
 def test_submit_is_durable_and_another_broker_runs_it(tmp_path: Path) -> None:
     submitted = sim_broker(tmp_path).submit(request())
     assert submitted.status is Status.PENDING and submitted.owner is None
@@ -139,6 +146,7 @@ def test_a_missing_scenario_is_refused_before_the_store_exists(tmp_path: Path) -
 # -- ending: idempotent, and a provisioning someone else stopped ---------------------------
 
 
+@both_stores
 def test_release_and_stop_twice_return_the_finished_cluster(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     cluster = broker.provision(request())
@@ -148,6 +156,7 @@ def test_release_and_stop_twice_return_the_finished_cluster(tmp_path: Path) -> N
     assert broker.stop(cluster.id).status is Status.COMPLETED  # finished: left as it is
 
 
+@both_stores
 def test_stopped_by_someone_else_while_provisioning(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     other = sim_broker(tmp_path)
@@ -165,6 +174,7 @@ def test_stopped_by_someone_else_while_provisioning(tmp_path: Path) -> None:
 # -- signals ------------------------------------------------------------------------------
 
 
+@both_stores
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_launch_stops_the_cluster_and_removes_its_nodes(
     tmp_path: Path, signum: int
@@ -206,6 +216,7 @@ def test_no_cloud_configured_fails_not_configured_says_it_once_and_blocks_nothin
 # -- blocks ---------------------------------------------------------------------------------
 
 
+@both_stores
 def test_unblock_one_scope_or_all(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     shape = CATALOG.get(A)
@@ -243,6 +254,7 @@ def test_a_quote_reads_blocks_without_sqlalchemy(tmp_path: Path) -> None:
 # -- leases -------------------------------------------------------------------------------
 
 
+@both_stores
 def test_a_live_owner_keeps_its_lease_through_a_long_launch(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path, lease_seconds=0.2)
     cluster = broker.submit(request())
@@ -259,6 +271,7 @@ def test_a_live_owner_keeps_its_lease_through_a_long_launch(tmp_path: Path) -> N
     assert len(alive(broker)) == 2
 
 
+@both_stores
 def test_an_expired_lease_is_settled_by_reconcile_on_any_host(tmp_path: Path) -> None:
     clock = FakeClock()
     broker = sim_broker(tmp_path, clock=clock)
@@ -276,6 +289,7 @@ def test_an_expired_lease_is_settled_by_reconcile_on_any_host(tmp_path: Path) ->
     )
 
 
+@both_stores
 def test_pending_clusters_wait_for_a_worker(tmp_path: Path) -> None:
     clock = FakeClock()
     broker = sim_broker(tmp_path, clock=clock)
@@ -288,6 +302,7 @@ def test_pending_clusters_wait_for_a_worker(tmp_path: Path) -> None:
 # -- reconcile under concurrency and after a crash -----------------------------------------
 
 
+@both_stores
 def test_a_wind_down_held_by_someone_else_is_not_a_problem(tmp_path: Path) -> None:
     clock = FakeClock()
     broker = sim_broker(tmp_path, clock=clock)
@@ -304,6 +319,7 @@ def test_a_wind_down_held_by_someone_else_is_not_a_problem(tmp_path: Path) -> No
     assert len(alive(broker)) == 2  # the holder terminates them, not us
 
 
+@both_stores
 def test_a_killed_node_lost_wind_down_is_finished_as_node_lost(tmp_path: Path) -> None:
     clock = FakeClock()
     broker = sim_broker(tmp_path, clock=clock)
@@ -325,6 +341,7 @@ def test_a_killed_node_lost_wind_down_is_finished_as_node_lost(tmp_path: Path) -
     assert alive(broker) == []
 
 
+@both_stores
 def test_one_orphan_sweep_at_a_time(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     broker.provision(request())
@@ -334,6 +351,7 @@ def test_one_orphan_sweep_at_a_time(tmp_path: Path) -> None:
     assert report.skipped and "someone" in report.skipped[0]
 
 
+@both_stores
 def test_a_store_error_during_the_sweep_terminates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,6 +373,7 @@ def test_a_store_error_during_the_sweep_terminates_nothing(
     assert len(alive(broker)) == 2 and broker.get(cluster.id).status is Status.RUNNING
 
 
+@both_stores
 def test_list_returns_the_newest_clusters(tmp_path: Path) -> None:
     clock = FakeClock(step=1.0)
     broker = sim_broker(tmp_path, clock=clock)
@@ -429,6 +448,7 @@ def test_an_old_store_gains_the_new_columns(tmp_path: Path) -> None:
     assert store.active_blocks(time.time()) == []  # old-format blocks are dropped
 
 
+@both_stores
 def test_concurrent_renewals_and_transitions_share_one_store(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     errors: list[BaseException] = []
@@ -449,6 +469,7 @@ def test_concurrent_renewals_and_transitions_share_one_store(tmp_path: Path) -> 
     assert {c.status for c in broker.list_clusters(limit=None)} == {Status.COMPLETED}
 
 
+@both_stores
 def test_concurrent_reconciles_and_releases_report_no_false_problems(tmp_path: Path) -> None:
     broker = sim_broker(tmp_path)
     clusters = [broker.provision(request(24)) for _ in range(4)]  # 3 nodes each
@@ -486,6 +507,7 @@ def test_concurrent_reconciles_and_releases_report_no_false_problems(tmp_path: P
     assert {broker.get(c.id).status for c in clusters[2:]} == {Status.COMPLETED}
 
 
+@both_stores
 def test_sweep_does_not_count_nodes_a_release_removed_after_the_listing(tmp_path: Path) -> None:
     """The race behind a flaky count: the sweep lists the cloud, a release then ends its
     cluster (nodes confirmed gone), and only then does the sweep read what is live. Those

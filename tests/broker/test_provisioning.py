@@ -4,6 +4,7 @@ deadlines, blocked scopes, restart, accounting, node environment."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,18 @@ def scenario(tmp_path: Path, text: str) -> Path:
     return path
 
 
+# Tests marked so run on SQLite and on PostgreSQL (tests/conftest.py: store_backend_env
+# exports the PostgreSQL store's URL as BROKER_STATE_URL; unset, the store is SQLite).
+both_stores = pytest.mark.usefixtures("store_backend_env")
+
+
 def make_broker(
     tmp_path: Path, text: str = "", clock: FakeClock | None = None, **policy: float
 ) -> Broker:
     clock = clock or FakeClock()
     return Broker(
         state_dir=tmp_path / "state",
+        store_url=os.environ.get("BROKER_STATE_URL"),
         backend="sim",
         sim_scenario=scenario(tmp_path, text),
         catalog=CATALOG,
@@ -126,6 +133,7 @@ def test_no_sleep_on_capacity_errors(tmp_path: Path) -> None:
     assert codes[:-1] and set(codes[:-1]) == {"InsufficientCapacity"}
 
 
+@both_stores
 def test_everything_stocked_out_fails_no_capacity_with_every_attempt(tmp_path: Path) -> None:
     broker = make_broker(tmp_path, stocked_out(*PRIORITY))
     with pytest.raises(ProvisionFailed) as failed:
@@ -136,6 +144,7 @@ def test_everything_stocked_out_fails_no_capacity_with_every_attempt(tmp_path: P
     assert alive(broker) == []
 
 
+@both_stores
 def test_transient_errors_exhaust_then_next_zone(tmp_path: Path) -> None:
     broker = make_broker(
         tmp_path,
@@ -151,6 +160,7 @@ def test_transient_errors_exhaust_then_next_zone(tmp_path: Path) -> None:
 # -- partial gangs and cleanup ----------------------------------------------------------------
 
 
+@both_stores
 def test_partial_gang_is_terminated_before_moving_on(tmp_path: Path) -> None:
     text = f'[shapes."{A}"]\ncapacity_nodes = 1\npartial = true\n'
     broker = make_broker(tmp_path, text)
@@ -162,6 +172,7 @@ def test_partial_gang_is_terminated_before_moving_on(tmp_path: Path) -> None:
     assert len(alive(broker)) == 2  # only the running cluster's nodes
 
 
+@both_stores
 def test_cleanup_failure_stops_the_fallback_loudly(tmp_path: Path) -> None:
     text = (
         f'[shapes."{A}"]\ncapacity_nodes = 1\npartial = true\n'
@@ -192,6 +203,7 @@ def test_overall_deadline(tmp_path: Path) -> None:
     assert 0 < len(failed.value.attempts) < total_zones
 
 
+@both_stores
 def test_blocked_zone_is_skipped_until_it_expires(tmp_path: Path) -> None:
     clock = FakeClock()
     shape = CATALOG.get(A)
@@ -208,6 +220,7 @@ def test_blocked_zone_is_skipped_until_it_expires(tmp_path: Path) -> None:
     assert third.zone == shape.zones[0]  # the block expired
 
 
+@both_stores
 def test_fully_blocked_shape_is_excluded_from_quotes_with_reason(tmp_path: Path) -> None:
     broker = make_broker(tmp_path, stocked_out(A))
     broker.provision(request(8, (A, B)))
@@ -220,6 +233,7 @@ def test_fully_blocked_shape_is_excluded_from_quotes_with_reason(tmp_path: Path)
 # -- lifecycle, restart, accounting, env ---------------------------------------------------
 
 
+@both_stores
 def test_release_stop_restart_delete_and_history(tmp_path: Path) -> None:
     broker = make_broker(tmp_path)
     cluster = broker.provision(request(16, (A,)))
@@ -243,6 +257,7 @@ def test_release_stop_restart_delete_and_history(tmp_path: Path) -> None:
     assert broker.list_clusters() == []
 
 
+@both_stores
 def test_stop_cancels_a_queued_cluster(tmp_path: Path) -> None:
     broker = make_broker(tmp_path)
     c = broker.submit(request(8, (A,)))
@@ -250,6 +265,7 @@ def test_stop_cancels_a_queued_cluster(tmp_path: Path) -> None:
     assert broker.release(c.id).status is Status.STOPPED  # finished: returned as it is
 
 
+@both_stores
 def test_accounting_from_starting_to_leaving_terminating(tmp_path: Path) -> None:
     clock = FakeClock()
     broker = make_broker(tmp_path, clock=clock)
@@ -321,6 +337,7 @@ def test_env_uses_launch_file_experiment(tmp_path: Path) -> None:
     assert env["STRONG_COMPUTE_MODE"] == "burst"
 
 
+@both_stores
 def test_util_counts_running_gpus_and_spend(tmp_path: Path) -> None:
     broker = make_broker(tmp_path)
     one = broker.provision(request(16, (A,)))
@@ -340,6 +357,7 @@ def test_reconcile_leaves_running_clusters_alone(tmp_path: Path) -> None:
     assert len(alive(broker)) == 2 and broker.get(cluster.id).status is Status.RUNNING
 
 
+@both_stores
 def test_reconcile_terminates_untracked_tagged_nodes(tmp_path: Path) -> None:
     from providers.base import TAG_ATTEMPT, TAG_BROKER, TAG_CLUSTER, LaunchRequest
 
@@ -366,6 +384,7 @@ def test_scenario_from_settings(tmp_path: Path) -> None:
     assert broker.provision(request(8, (A, B))).shape_id == B
 
 
+@both_stores
 def test_reconcile_fails_a_gang_that_lost_a_node(tmp_path: Path) -> None:
     broker = make_broker(tmp_path)
     cluster = broker.provision(request(24, (A,)))  # 3 nodes
@@ -398,6 +417,7 @@ def test_reconcile_leaves_other_deployments_nodes_alone(tmp_path: Path) -> None:
     assert len(alive(broker)) == 1
 
 
+@both_stores
 def test_quota_error_blocks_the_whole_aws_family_in_the_region(tmp_path: Path) -> None:
     from providers.clouds import quota_bucket
 
