@@ -14,10 +14,23 @@ launch latency, errors consumed one per call, and non-atomic (partial) gangs::
     zones = { "use1-az4" = 0 }  # per-zone capacity
     partial = true              # on a shortfall create what fits, then raise CapacityError
     terminate_errors = ["server_error"]
+    preempt_after_s = 30        # preempt a node 30 s after its agent started, and/or
+    preempt_on_line = "step 5"  # when a line of the command's output contains this
+    preempt_zones = ["use1-az1"]  # only gangs launched there (left out: every zone; []: none)
+    preempt_nodes = 1           # how many nodes of each gang (the first ones created)
+    preempt_notice_s = 2.0      # seconds from the notice to the node's end
     [regions."us-east-1"]       # quota of a region, per market (left out: no limit)
     quota_vcpus = { on-demand = 192, spot = 96 }
     quota_gpus = { on-demand = 8 }
     quota_readable = true       # false: reading it fails as a missing permission does
+
+Preemption needs nodes that run (a launch with ``LaunchRequest.agent``: see
+:mod:`providers.sim_nodes`). Without a trigger (``preempt_after_s``, ``preempt_on_line``) nothing
+is preempted. A node to preempt runs under a supervisor (:mod:`providers.sim_node`) that serves
+it a GCP-style metadata endpoint: on the trigger ``instance/preempted`` turns TRUE (the agent
+reports ``preempted`` and starts its final sync); ``preempt_notice_s`` later the node is
+terminated in this file (a ``preempt`` call is recorded) and its processes are killed, as a
+terminate does.
 
 A launch that would take a region's vCPUs or GPUs of its market past the quota is refused
 with a QuotaError (``QuotaExceeded``), as the clouds do; :meth:`SimProvider.quotas` reads the
@@ -56,6 +69,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    StrictStr,
     ValidationError,
 )
 
@@ -86,6 +100,7 @@ __all__ = [
     "ErrorKind",
     "SimCall",
     "SimDefaults",
+    "SimPreemption",
     "SimProvider",
     "SimRegionQuota",
     "SimRule",
@@ -130,6 +145,17 @@ def _check_pattern(pattern: str) -> str:
 
 
 _Pattern = Annotated[str, AfterValidator(_check_pattern)]
+_Seconds = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]  # an integer is fine too
+
+
+def _check_line(text: str) -> str:
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"a line of output holds no line break (got {text!r})")
+    return text
+
+
+_Line = Annotated[StrictStr, Field(min_length=1), AfterValidator(_check_line)]
+_Zone = Annotated[StrictStr, Field(min_length=1)]
 
 
 class SimDefaults(BaseModel):
@@ -143,6 +169,11 @@ class SimDefaults(BaseModel):
     zones: dict[str, _Count] = Field(default_factory=dict)
     partial: StrictBool = False
     terminate_errors: tuple[ErrorKind, ...] = ()
+    preempt_after_s: _Seconds | None = None
+    preempt_on_line: _Line | None = None
+    preempt_zones: tuple[_Zone, ...] | None = None  # None: every zone
+    preempt_nodes: Annotated[StrictInt, Field(ge=1)] = 1
+    preempt_notice_s: _Seconds = 2.0
 
 
 class SimShapeRule(BaseModel):
@@ -156,6 +187,28 @@ class SimShapeRule(BaseModel):
     zones: dict[str, _Count] | None = None
     partial: StrictBool | None = None
     terminate_errors: tuple[ErrorKind, ...] | None = None
+    preempt_after_s: _Seconds | None = None
+    preempt_on_line: _Line | None = None
+    preempt_zones: tuple[_Zone, ...] | None = None
+    preempt_nodes: Annotated[StrictInt, Field(ge=1)] | None = None
+    preempt_notice_s: _Seconds | None = None
+
+
+@dataclass(frozen=True)
+class SimPreemption:
+    """When the sim preempts nodes of a shape: ``after_s`` seconds after a node's agent
+    started and/or when a line of its command's output contains ``on_line`` (at least one of
+    them), in gangs launched in ``zones`` (None: every zone), the first ``nodes`` nodes of each
+    gang, ``notice_s`` seconds after the notice."""
+
+    after_s: float | None
+    on_line: str | None
+    zones: frozenset[str] | None
+    nodes: int
+    notice_s: float
+
+    def applies_to(self, zone: str) -> bool:
+        return self.zones is None or zone in self.zones
 
 
 @dataclass(frozen=True)
@@ -174,6 +227,7 @@ class SimRule:
     partial: bool
     terminate_errors: tuple[ErrorKind, ...]
     terminate_errors_entry: str
+    preemption: SimPreemption | None = None  # None: its nodes are never preempted
 
     def capacity(self, zone: str) -> int:
         return self.zones.get(zone, self.capacity_nodes)
@@ -250,7 +304,24 @@ class SimScenario(BaseModel):
             if r.terminate_errors is None
             else r.terminate_errors,
             terminate_errors_entry="default" if r.terminate_errors is None else entry,
+            preemption=_preemption(d, r),
         )
+
+
+def _preemption(d: SimDefaults, r: SimShapeRule) -> SimPreemption | None:
+    """The preemption of a shape: each key from its entry, else from [default]."""
+    after_s = d.preempt_after_s if r.preempt_after_s is None else r.preempt_after_s
+    on_line = d.preempt_on_line if r.preempt_on_line is None else r.preempt_on_line
+    if after_s is None and on_line is None:
+        return None
+    zones = d.preempt_zones if r.preempt_zones is None else r.preempt_zones
+    return SimPreemption(
+        after_s=after_s,
+        on_line=on_line,
+        zones=None if zones is None else frozenset(zones),
+        nodes=d.preempt_nodes if r.preempt_nodes is None else r.preempt_nodes,
+        notice_s=d.preempt_notice_s if r.preempt_notice_s is None else r.preempt_notice_s,
+    )
 
 
 def load_scenario(path: str | os.PathLike[str] | None) -> SimScenario:
@@ -323,14 +394,15 @@ def _line_of(text: str, keys: Sequence[str]) -> int | None:
 
 
 class SimCall(TypedDict):
-    """One recorded call: ``outcome`` is "ok", "idempotent" or the error code raised."""
+    """One recorded call: ``outcome`` is "ok", "idempotent" or the error code raised. A
+    ``preempt`` is the simulated cloud's own: a node it preempted (``nodes``), terminated."""
 
-    op: Literal["launch", "terminate"]
+    op: Literal["launch", "terminate", "preempt"]
     shape_id: str | None
     zone: str | None
     token: str | None
-    count: int  # nodes asked for (launch) or given (terminate)
-    nodes: list[str]  # ids created (launch) or terminated (terminate) by this call
+    count: int  # nodes asked for (launch) or given (terminate); 1 (preempt)
+    nodes: list[str]  # ids created (launch) or terminated (terminate, preempt) by this call
     outcome: str
 
 
@@ -482,13 +554,24 @@ class SimProvider:
             rows = [self._row(db, i) for i in ids]
         nodes = [_node(row) for row in rows if row is not None]
         if request.agent is not None and created:  # each new node boots its agent
-            from providers.sim_nodes import start_agents
+            from providers.sim_nodes import NodePreemption, start_agents
 
             fresh = set(created)
+            preemptions: dict[str, NodePreemption] = {}
+            rule_preemption = rule.preemption
+            if rule_preemption is not None and rule_preemption.applies_to(request.zone):
+                for provider_id in created[: rule_preemption.nodes]:  # the first ones created
+                    preemptions[provider_id] = NodePreemption(
+                        sim_db=self.db_path,
+                        after_s=rule_preemption.after_s,
+                        on_line=rule_preemption.on_line,
+                        notice_s=rule_preemption.notice_s,
+                    )
             start_agents(
                 self.state_dir,
                 [(n.provider_id, n.private_ip or "") for n in nodes if n.provider_id in fresh],
                 request.agent,
+                preemptions,
             )
         return nodes
 
@@ -566,7 +649,8 @@ class SimProvider:
         return self._select("1" if include_terminated else _ALIVE_SQL, ())
 
     def calls(self) -> list[SimCall]:
-        """Every launch and terminate call made against this simulated cloud, oldest first."""
+        """Every launch and terminate call made against this simulated cloud, and every
+        node it preempted, oldest first."""
         with closing(self._connect()) as db:
             rows = db.execute("SELECT * FROM calls ORDER BY seq").fetchall()
         return [
