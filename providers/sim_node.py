@@ -153,15 +153,18 @@ class Tail:
         self.partial = b""
 
     def matched(self) -> bool:
+        """Reads what was written since the last call (up to its end)."""
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
-                data = handle.read(1 << 20)
+                while data := handle.read(1 << 20):
+                    self.offset += len(data)
+                    *lines, self.partial = (self.partial + data).split(b"\n")
+                    if any(self.text in line.decode("utf-8", "replace") for line in lines):
+                        return True
         except FileNotFoundError:
-            return False
-        self.offset += len(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        return any(self.text in line.decode("utf-8", "replace") for line in lines)
+            pass
+        return False
 
 
 def _pgid_in(path: str) -> int | None:
