@@ -6,6 +6,11 @@ from ``static/``: no build step, no CDN. Every value comes from the Broker scope
 signed-in organisation and the documents of :mod:`broker.views`; filters and quotes are built
 by :mod:`broker.inputs`, as for the API and the CLI.
 
+The Experiments page opens with the organisation's credits (left, spent, burn rate and the
+time left at that rate, from :mod:`broker.credits`); the list and an experiment's page show
+the time left before its run-time limit (``max_hours``, counted from the current cycle's
+RUNNING, as the service's watch loop counts it).
+
 An experiment's page lists its artifacts and its nodes' sync totals; a download link is made
 only when it is clicked (``/experiments/<id>/artifacts/download``: a redirect to a signed URL
 that lives two minutes), so no signed URL is ever in a page, a cache or a log.
@@ -25,7 +30,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -40,12 +45,14 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from broker.api import Broker, accrue
+from broker.credits import OrgCredits
 from broker.diagnostics import Diagnostic
 from broker.errors import InvalidRequest, NotFoundError
 from broker.inputs import RequestInputs, build_request, shape_filter
 from broker.launchfile import ComputeMode
 from broker.lifecycle import TERMINAL, Status
 from broker.server.auth import service_of
+from broker.state import ClusterRecord, TransitionRecord
 from broker.tokens import Principal, digest
 from broker.views import (
     Document,
@@ -576,11 +583,13 @@ def experiments(
         else:
             now = broker.clock()
             for c in page.clusters:
+                history = broker.store.transitions(c.id)  # one query
                 rows.append(
                     {
                         "doc": cluster_document(c),
                         "age": age(now - c.created_at),
-                        "cost": accrue(broker.store.transitions(c.id), now).cost,  # one query
+                        "cost": accrue(history, now).cost,
+                        "limit": run_time_left(c, history, now),
                     }
                 )
             if page.next_cursor:
@@ -599,6 +608,7 @@ def experiments(
         paged=bool(cursor),
         first_url="/experiments?" + urlencode(kept),
         next_url=next_url,
+        credits=credits_panel(broker),
     )
 
 
@@ -621,6 +631,7 @@ def experiment(request: Request, cluster_id: str) -> Response:
         files=artifacts_panel(session.broker, report.cluster.id),
         syncs=sync_rows(session.broker.store.syncs(report.cluster.id), live=live),
         age=age(session.broker.clock() - report.cluster.created_at),
+        limit=run_time_left(report.cluster, report.transitions, session.broker.clock()),
         command=command if isinstance(command, str) else None,
         updated=when(report.cluster.updated_at),
     )
@@ -639,6 +650,65 @@ def experiment_log(request: Request, cluster_id: str) -> JSONResponse:
         },
         headers={"Cache-Control": "no-store"},
     )
+
+
+# -- credits and run-time limits ----------------------------------------------------------------
+
+LOW_CREDITS_HOURS = 1.0  # the credits panel warns when less than this is left at the burn rate
+
+
+def credits_panel(broker: Broker) -> dict[str, Any] | None:
+    """The Experiments page's credits summary of the signed-in organisation (never another's:
+    ``broker`` is scoped to it): its ``OrgCredits`` (no grant: no limit, no figures), the time
+    left at the current burn rate for people, and how loudly to show it (``kind``: ``ok``,
+    ``low`` under LOW_CREDITS_HOURS left, ``exhausted``)."""
+    found = broker.util_credits().orgs
+    if not found:
+        return None
+    line: OrgCredits = found[0]
+    hours = line.hours_left
+    remaining = line.remaining
+    kind = "ok"
+    if remaining is not None and remaining <= 0:
+        kind = "exhausted"
+    elif hours is not None and hours < LOW_CREDITS_HOURS:
+        kind = "low"
+    return {
+        "line": line,
+        "kind": kind,
+        "time_left": None if hours is None else age(hours * 3600),
+    }
+
+
+def run_time_left(
+    cluster: ClusterRecord, history: Sequence[TransitionRecord], now: float
+) -> dict[str, Any]:
+    """An experiment's run-time limit as the pages show it, counted as the service's watch
+    loop counts it (``broker.runs.over_time``): ``max_hours`` from the current cycle's last
+    RUNNING transition. ``state``: ``none`` (no ``max_hours``), ``waiting`` (this cycle is not
+    RUNNING yet: the whole limit is ahead), ``running`` (``left``, ``until``), ``reached``
+    (the service is stopping it) or ``ended`` (this cycle is over); ``limit`` is
+    ``max_hours`` for people."""
+    from broker.env import max_hours_of
+
+    hours = max_hours_of(cluster)
+    if hours is None:
+        return {"state": "none", "limit": None}
+    limit = age(hours * 3600)
+    if cluster.status in (Status.PENDING, Status.QUEUED, Status.STARTING):
+        return {"state": "waiting", "limit": limit}
+    since = [t.at for t in history if t.cycle == cluster.cycle and t.status is Status.RUNNING]
+    if cluster.status is not Status.RUNNING or not since:
+        return {"state": "ended", "limit": limit}
+    deadline = since[-1] + hours * 3600
+    if now >= deadline:
+        return {"state": "reached", "limit": limit}
+    return {
+        "state": "running",
+        "limit": limit,
+        "left": age(deadline - now),
+        "until": when(deadline),
+    }
 
 
 # -- the Artifacts panel ------------------------------------------------------------------------
