@@ -3,7 +3,9 @@ environment (``BROKER_*``, ``XDG_*``). Everything below the edge takes these as 
 
 - ``BROKER_STATE_DIR``: the store and the simulated cloud (default
   ``$XDG_STATE_HOME/burst-broker``, i.e. ``~/.local/state/burst-broker``);
-- ``BROKER_STATE_URL``: another database for the store (a SQLAlchemy URL);
+- ``BROKER_STATE_URL``: another database for the store, PostgreSQL for several broker
+  hosts: ``postgresql+psycopg://user:password@127.0.0.1:5432/broker`` (``postgresql://`` means
+  psycopg too; ``pip install 'burst-broker[postgres]'``); the password is never shown;
 - ``BROKER_CONFIG``: which clouds and how to launch (``$XDG_CONFIG_HOME/burst-broker/
   config.toml``); when set, a missing file is an error;
 - ``BROKER_CATALOG_DIR``: refreshed catalog files (``$XDG_DATA_HOME/burst-broker/catalog``);

@@ -705,7 +705,9 @@ class SchemaStatus:
     def describe(self) -> str:
         if self.revision is not None:
             return f"revision {self.revision}"
-        return "empty" if not self.has_tables else "no revision (a store from before migrations)"
+        if not self.has_tables:
+            return "an empty database"
+        return "no revision: written before migrations"
 
 
 def _schema_status(conn: Connection) -> SchemaStatus:

@@ -33,8 +33,8 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
                 say(f"the store {store.where} is up to date (revision {after.revision})")
             else:
                 say(
-                    f"upgraded the store {store.where} from {before.describe()} "
-                    f"to revision {after.revision}"
+                    f"upgraded the store {store.where} to revision {after.revision} "
+                    f"(it had {before.describe()})"
                 )
             return Exit.OK
         status = store.schema_status()
