@@ -31,9 +31,12 @@ from shapes.checks import describe
 from shapes.errors import CatalogError
 from shapes.gpus import gpu_filter_names
 from shapes.model import (
+    STALE_DAYS,
     Provisioning,
     Shape,
     collector_paused,
+    day_code,
+    day_of,
     prechecked_shape,
     prechecked_shapes,
     shape_key,
@@ -91,10 +94,6 @@ class CatalogSource:
         return age is None or age > STALE_DAYS
 
 
-#: Prices older than this many days are called out in quotes.
-STALE_DAYS = 90
-
-
 def _date_problem(value: object) -> str | None:
     if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
         return None
@@ -113,15 +112,40 @@ def _need(where: str, why: str | None) -> None:
         raise _Malformed(where, why)
 
 
-def _date(doc: dict[str, Any], key: str) -> date | None:
+def _date(doc: dict[str, Any], key: str, where: str = "") -> date | None:
     value = doc.get(key)
     if value is None:
         return None
-    _need(key, checks.string(value))
+    at = f"{where}: {key}" if where else key
+    day = _DAY_CACHE.get(value) if type(value) is str else None
+    if day is not None:
+        return day
+    _need(at, checks.string(value))
     try:
-        return date.fromisoformat(value)
+        day = _DAY_CACHE[value] = date.fromisoformat(value)
     except ValueError:
-        raise _Malformed(key, f"must be a date (YYYY-MM-DD), got {value!r}") from None
+        raise _Malformed(at, f"must be a date (YYYY-MM-DD), got {value!r}") from None
+    return day
+
+
+_DAY_CACHE: dict[str, date] = {}  # the few dates a catalog names, parsed once
+
+
+_MARKET_KEYS = frozenset({"on_demand", "spot"})
+
+
+def _undated(at: str, entry: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a region entry's on-demand and spot prices are marked undated (carried
+    from an older catalog: ``"undated": ["on_demand", "spot"]``)."""
+    marks = entry.get("undated")
+    if not marks:
+        return False, False
+    if type(marks) is not list or not set(marks) <= _MARKET_KEYS:
+        raise _Malformed(
+            f"{at}: undated",
+            f"must list the markets whose price date is unknown (on_demand, spot), got {marks!r}",
+        )
+    return "on_demand" in marks, "spot" in marks
 
 
 def _price(where: str, value: object) -> float:
@@ -134,9 +158,19 @@ def _price(where: str, value: object) -> float:
 _INF = float("inf")
 
 
-def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterator[Shape]:
+def _instance_shapes(
+    provider: str,
+    instance_type: str,
+    spec: object,
+    prices_as_of: date | None = None,
+    spot_as_of: date | None = None,
+) -> Iterator[Shape]:
     """The shapes of one instance type (every region, both markets), every field checked:
-    the instance type's fields once, then each region's."""
+    the instance type's fields once, then each region's.
+
+    Each shape's price date: on-demand, its region entry's ``prices_as_of``, else the
+    file's (``prices_as_of``); spot, the entry's ``spot_as_of``, else the file's. A market
+    the entry lists as ``undated``, or one no date covers, is undated (no date)."""
     where = f"instance_types.{instance_type}"
     _need(where, None if isinstance(spec, dict) else f"must be an object, got {describe(spec)}")
     assert isinstance(spec, dict)
@@ -170,16 +204,21 @@ def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterato
         if type(zones) is not list or not all(type(z) is str for z in zones):
             _need(f"{at}: zones", checks.strings(zones))
         zone_tuple = tuple(zones)
+        od_undated, spot_undated = _undated(at, entry)
         on_demand = entry.get("on_demand")
         if on_demand is not None:
+            day = None if od_undated else _date(entry, "prices_as_of", at) or prices_as_of
             yield fill(
                 region,
                 zone_tuple,
                 Provisioning.ON_DEMAND,
                 _price(f"{at}:on-demand", on_demand),
                 None,
+                day,
             )
         spot = entry.get("spot")
+        if spot is not None:
+            spot_day = None if spot_undated else _date(entry, "spot_as_of", at) or spot_as_of
         if isinstance(spot, dict):
             # Spot prices that vary by zone: keep every zone's price, and quote the cheapest,
             # the zone the provisioner tries first (the ranking reprices a shape whose
@@ -188,14 +227,19 @@ def _instance_shapes(provider: str, instance_type: str, spec: object) -> Iterato
                 prices = {z: _price(f"{at}:spot: zone {z}", p) for z, p in spot.items()}
                 unknown = sorted(set(prices) - set(zone_tuple))
                 _need(f"{at}:spot", f"prices zones not in zones: {unknown}" if unknown else None)
-                yield fill(region, zone_tuple, Provisioning.SPOT, min(prices.values()), prices)
+                yield fill(
+                    region, zone_tuple, Provisioning.SPOT, min(prices.values()), prices, spot_day
+                )
         elif spot is not None:
-            yield fill(region, zone_tuple, Provisioning.SPOT, _price(f"{at}:spot", spot), None)
+            price = _price(f"{at}:spot", spot)
+            yield fill(region, zone_tuple, Provisioning.SPOT, price, None, spot_day)
 
 
 def _filler(
     first: Shape,
-) -> Callable[[str, tuple[str, ...], Provisioning, float, dict[str, float] | None], Shape]:
+) -> Callable[
+    [str, tuple[str, ...], Provisioning, float, dict[str, float] | None, date | None], Shape
+]:
     """Build shapes that differ from ``first`` only in the fields the loader has checked."""
     provider, instance_type = first.provider, first.instance_type
     gpu, gpus, gpu_memory = first.gpu, first.gpus_per_node, first.gpu_memory_gib
@@ -207,7 +251,9 @@ def _filler(
         market: Provisioning,
         price: float,
         zone_prices: dict[str, float] | None,
+        day: date | None,
     ) -> Shape:
+        # No date (marked undated, or none given for its market): undated.
         return prechecked_shape(
             provider,
             region,
@@ -221,6 +267,8 @@ def _filler(
             price,
             zones,
             zone_prices,
+            day,
+            day is None,
         )
 
     return fill
@@ -272,12 +320,13 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
     _need("notes", checks.string(doc.get("notes", ""), empty=True))
     types = doc["instance_types"]
     _need("instance_types", None if isinstance(types, dict) else "must be an object")
+    prices_as_of = _date(doc, "prices_as_of")
+    spot_as_of = _date(doc, "spot_as_of")
     shapes = [
         shape
         for instance_type, spec in types.items()
-        for shape in _instance_shapes(provider, instance_type, spec)
+        for shape in _instance_shapes(provider, instance_type, spec, prices_as_of, spot_as_of)
     ]
-    prices_as_of = _date(doc, "prices_as_of")
     if bundled and prices_as_of is None:  # the build stamps every file it writes
         raise _Malformed("prices_as_of", "a bundled file must say when its prices were true")
     # A refreshed file is checked for sense (a bundled one was, by the build and its test):
@@ -296,7 +345,7 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
         price_source=doc["price_source"],
         notes=doc.get("notes", ""),
         shapes=len(shapes),
-        spot_as_of=_date(doc, "spot_as_of"),
+        spot_as_of=spot_as_of,
         undated=sum(
             1
             for spec in types.values()
@@ -355,6 +404,7 @@ class _Fields(NamedTuple):
     memory_gib: list[float]
     zones: list[tuple[str, ...]]
     zone_prices: list[dict[str, float] | None]
+    day_codes: list[int]  # prices_as_of and undated (shapes.model.day_code)
 
 
 class ShapeList(Sequence[Shape]):
@@ -391,6 +441,7 @@ class ShapeList(Sequence[Shape]):
     def _make(self, i: int) -> Shape:
         c, f = self._cols, self._fields
         zp = f.zone_prices[i]
+        day, undated = day_of(f.day_codes[i])
         shape = prechecked_shape(
             c.provider[i],
             c.region_name[i],
@@ -404,6 +455,8 @@ class ShapeList(Sequence[Shape]):
             c.price[i],
             f.zones[i],
             None if zp is None else dict(zp),
+            day,
+            undated,
         )
         self._items[i] = shape
         return shape
@@ -426,6 +479,7 @@ class ShapeList(Sequence[Shape]):
                 c.price,
                 f.zones,
                 f.zone_prices,
+                f.day_codes,
             )
             return iter(items)  # type: ignore[arg-type]
         return (shape if shape is not None else self._make(i) for i, shape in enumerate(items))
@@ -735,6 +789,7 @@ def _file_columns(source: CatalogSource, shapes: Sequence[Shape]) -> compiled.Fi
         price_micros=[round(s.price_per_node_hour * 1_000_000) for s in shapes],
         zones=[one(s.zones, s.zones) for s in shapes],
         zone_prices=[s.zone_prices for s in shapes],
+        day_codes=[day_code(s.prices_as_of, s.undated) for s in shapes],
     )
 
 
@@ -755,6 +810,7 @@ def _shapes_of(cols: compiled.FileColumns) -> list[Shape]:
         cols.price,
         cols.zones,
         cols.zone_prices,
+        cols.day_codes,
     )
 
 

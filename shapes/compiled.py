@@ -32,8 +32,9 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-#: Bump when the payload's layout changes (2: spot_as_of, sanity problems, undated rows).
-FORMAT_VERSION = 2
+#: Bump when the payload's layout changes (2: spot_as_of, sanity problems, undated rows;
+#: 3: each shape's price date, ``day_codes``).
+FORMAT_VERSION = 3
 _MAGIC = b"BBCATv%03d" % FORMAT_VERSION  # the format and its version
 _CRC = 4  # bytes of CRC-32 after the magic
 
@@ -63,6 +64,9 @@ class FileColumns(NamedTuple):
     price_micros: list[int]
     zones: list[tuple[str, ...]]
     zone_prices: list[dict[str, float] | None]
+    # each shape's prices_as_of and undated, as shapes.model.day_code writes them: the
+    # date's ordinal, 0 for no date, -1 for undated
+    day_codes: list[int]
 
 
 _STRINGS = 8  # the leading scalar fields of FileColumns; the rest are lists

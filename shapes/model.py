@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -73,8 +74,13 @@ _FIELDS = (
     "price_per_node_hour",
     "zones",
     "zone_prices",
+    "prices_as_of",
+    "undated",
 )
 _JSON_KEYS = frozenset({"id", *_FIELDS})
+
+#: A price older than this many days is called out in quotes (``Shape.is_stale``).
+STALE_DAYS = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +88,8 @@ class Shape:
     """One purchasable node type: a GPU instance type in a region, spot or on-demand.
 
     Construction checks every field (strict types: no string is a number, no boolean an
-    integer; sizes and prices finite and > 0) and raises ``ValueError`` naming each problem.
+    integer; sizes and prices finite and > 0; ``prices_as_of`` a date, not a datetime, and
+    none on an undated price) and raises ``ValueError`` naming each problem.
     Use :func:`dataclasses.replace` for a changed copy (it checks again).
     """
 
@@ -99,6 +106,12 @@ class Shape:
     zones: tuple[str, ...] = ()
     # USD per node-hour by zone, where the price varies by zone
     zone_prices: dict[str, float] | None = None
+    # The day this price was true at its source (spot: when it was sampled); None when
+    # unknown. A catalog file's shapes carry their region entry's or their file's date.
+    prices_as_of: date | None = None
+    # Carried from an older catalog with no date (a catalog's price of unknown date): such
+    # a price has no prices_as_of.
+    undated: bool = False
     id: str = field(init=False, repr=False, compare=False)
     key: str = field(init=False, repr=False, compare=False)  # lower-cased id
 
@@ -128,6 +141,8 @@ class Shape:
             and type(self.provisioning) is Provisioning
             and type(self.zones) is tuple
             and (zp is None or type(zp) is dict)
+            and (self.prices_as_of is None or type(self.prices_as_of) is date)
+            and (self.undated is False or (self.undated is True and self.prices_as_of is None))
         ) or (self.zones and not all(type(z) is str for z in self.zones)):
             problems = _shape_problems(self)
             if problems:
@@ -159,6 +174,18 @@ class Shape:
         zp = self.zone_prices
         return max(zp.values()) if zp else self.price_per_node_hour
 
+    def age_days(self, today: date | None = None) -> int | None:
+        """Days since this price was true at its source; None when its date is unknown."""
+        if self.prices_as_of is None:
+            return None
+        return ((today or date.today()) - self.prices_as_of).days
+
+    def is_stale(self, today: date | None = None) -> bool:
+        """A dated price older than :data:`STALE_DAYS` (an undated one is not: it is said
+        apart, as undated)."""
+        age = self.age_days(today)
+        return age is not None and age > STALE_DAYS
+
     def price_in_zone(self, zone: str) -> float:
         """A node's price in ``zone``: its own where prices vary by zone, the top of the
         range for a zone with no price of its own, else the one price."""
@@ -183,6 +210,8 @@ class Shape:
             "price_per_node_hour": self.price_per_node_hour,
             "zones": list(self.zones),
             "zone_prices": None if self.zone_prices is None else dict(self.zone_prices),
+            "prices_as_of": None if self.prices_as_of is None else self.prices_as_of.isoformat(),
+            "undated": self.undated,
         }
 
     @classmethod
@@ -199,7 +228,21 @@ class Shape:
         zones = doc.get("zones", ())
         if isinstance(zones, list):
             zones = tuple(zones)
-        shape = cls(**{**{f: doc[f] for f in _FIELDS if f in doc}, "zones": zones})
+        as_of = doc.get("prices_as_of")
+        if as_of is not None:  # an ISO date (documents written before it have none)
+            if not isinstance(as_of, str):
+                raise ValueError(
+                    f"invalid shape: prices_as_of must be a date (YYYY-MM-DD) or null, "
+                    f"got {checks.describe(as_of)}"
+                )
+            try:
+                as_of = date.fromisoformat(as_of)
+            except ValueError:
+                raise ValueError(
+                    f"invalid shape: prices_as_of must be a date (YYYY-MM-DD), got {as_of!r}"
+                ) from None
+        fields = {f: doc[f] for f in _FIELDS if f in doc}
+        shape = cls(**{**fields, "zones": zones, "prices_as_of": as_of})
         if "id" in doc and doc["id"] != shape.id:
             raise ValueError(f"invalid shape: id {doc['id']!r} does not match {shape.id}")
         return shape
@@ -226,6 +269,8 @@ def prechecked_shape(
     price_per_node_hour: float,
     zones: tuple[str, ...],
     zone_prices: dict[str, float] | None,
+    prices_as_of: date | None = None,
+    undated: bool = False,
 ) -> Shape:
     """A shape from fields its caller has checked exactly as :class:`Shape` would (the
     catalog loader checks an instance type's shared fields once, then each region's); the
@@ -243,6 +288,8 @@ def prechecked_shape(
     s.price_per_node_hour = price_per_node_hour
     s.zones = zones
     s.zone_prices = zone_prices
+    s.prices_as_of = prices_as_of
+    s.undated = undated
     s.id = shape_id = f"{provider}:{region}:{instance_type}:{_VALUE[provisioning]}"
     s.key = shape_id.lower()
     s.__class__ = Shape
@@ -278,10 +325,12 @@ def prechecked_shapes(
     price_per_node_hour: Sequence[float],
     zones: Sequence[tuple[str, ...]],
     zone_prices: Sequence[dict[str, float] | None],
+    day_codes: Sequence[int],
 ) -> list[Shape]:
     """:func:`prechecked_shape` for parallel columns of checked fields, in one loop (a
     catalog's every shape; about a third faster than one call per shape). ``keys`` are
-    the shapes' keys (lower-cased ids), which the caller already holds."""
+    the shapes' keys (lower-cased ids), which the caller already holds; ``day_codes``
+    their ``prices_as_of`` and ``undated`` as :func:`day_code` writes them."""
     with collector_paused():
         return _build(
             keys,
@@ -297,7 +346,29 @@ def prechecked_shapes(
             price_per_node_hour,
             zones,
             zone_prices,
+            day_codes,
         )
+
+
+def day_code(prices_as_of: date | None, undated: bool) -> int:
+    """A shape's price date as one int, for compact columns (:mod:`shapes.compiled`): the
+    date's ordinal, 0 for no date, -1 for undated. :func:`day_of` is the inverse."""
+    if undated:
+        return -1
+    return 0 if prices_as_of is None else prices_as_of.toordinal()
+
+
+def day_of(code: int) -> tuple[date | None, bool]:
+    """``(prices_as_of, undated)`` of a :func:`day_code`."""
+    if code > 0:
+        day = _DAYS.get(code)
+        if day is None:
+            day = _DAYS[code] = date.fromordinal(code)
+        return day, False
+    return None, code < 0
+
+
+_DAYS: dict[int, date] = {}  # one date object per day a catalog names
 
 
 def _build(*columns: Sequence[Any]) -> list[Shape]:
@@ -305,7 +376,8 @@ def _build(*columns: Sequence[Any]) -> list[Shape]:
     add = out.append
     new = _Unchecked
     value = _VALUE
-    for key, p, r, it, g, n, gm, vc, mem, prov, price, z, zp in zip(*columns, strict=True):
+    days = _DAYS
+    for key, p, r, it, g, n, gm, vc, mem, prov, price, z, zp, dc in zip(*columns, strict=True):
         s: Any = new()
         s.provider = p
         s.region = r
@@ -319,6 +391,12 @@ def _build(*columns: Sequence[Any]) -> list[Shape]:
         s.price_per_node_hour = price
         s.zones = z
         s.zone_prices = None if zp is None else dict(zp)
+        if dc > 0:
+            s.prices_as_of = days.get(dc) or day_of(dc)[0]
+            s.undated = False
+        else:
+            s.prices_as_of = None
+            s.undated = dc < 0
         s.id = f"{p}:{r}:{it}:{value[prov]}"
         s.key = key
         s.__class__ = Shape
@@ -366,6 +444,12 @@ def _shape_problems(s: Shape) -> list[str]:
         problems.extend(_zone_price_problems(s.zone_prices, s.zones))
     elif s.zone_prices is not None:
         add(f"zone_prices must be a mapping of zone to price, got {checks.describe(s.zone_prices)}")
+    if s.prices_as_of is not None and type(s.prices_as_of) is not date:
+        add(f"prices_as_of must be a date or None, got {checks.describe(s.prices_as_of)}")
+    if type(s.undated) is not bool:
+        add(f"undated must be true or false, got {checks.describe(s.undated)}")
+    elif s.undated and s.prices_as_of is not None:
+        add("an undated price has no prices_as_of (its date is unknown)")
     return problems
 
 
