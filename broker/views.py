@@ -41,11 +41,19 @@ def when(ts: float | None) -> str | None:
 # -- quotes and shapes ----------------------------------------------------------------------
 
 
-def shape_document(shape: Shape) -> Document:
-    return shape.to_json_dict()
+def shape_document(shape: Shape, today: date | None = None) -> Document:
+    """A shape's fields, with how old its price is (``price_age_days``: days since its
+    ``prices_as_of``, counted from ``today``; null when undated)."""
+    doc = shape.to_json_dict()
+    doc["price_age_days"] = shape.age_days(today)
+    return doc
 
 
-def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
+def plan_document(quote: Quote, rank_no: int, plan: Plan, today: date | None = None) -> Document:
+    """One plan of ``broker quote --json``. Its price's date: ``prices_as_of`` (the
+    shape's: its region's or its catalog file's; spot's own sampling date), null when
+    ``undated`` (carried from an older catalog); ``price_age_days`` counted from
+    ``today``."""
     from broker.ranking import order_zones  # loaded with the quote already
 
     s = plan.shape
@@ -74,7 +82,22 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan) -> Document:
         "estimated_cost": price * quote.request.hours,
         "zones": zones,  # in the order the provisioner tries them
         "zone_prices_per_hour": zone_prices,  # the plan's price in each (None: one price)
+        "prices_as_of": _iso_day(s.prices_as_of),
+        "price_age_days": s.age_days(today),
+        "undated": s.undated,
     }
+
+
+def _iso_day(day: date | None) -> str | None:
+    if day is None:
+        return None
+    text = _ISO_DAYS.get(day)
+    if text is None:
+        text = _ISO_DAYS[day] = day.isoformat()
+    return text
+
+
+_ISO_DAYS: dict[date, str] = {}  # the few days a catalog names, written once
 
 
 def quote_document(
@@ -87,6 +110,7 @@ def quote_document(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     plans = quote.plans if not limit else quote.plans[:limit]
+    today = today or date.today()  # one day for every plan's age
     return {
         "request": {
             "gpus": r.gpus,
@@ -106,7 +130,7 @@ def quote_document(
             "launch_file": quote.request.launch_file,
             "experiment_name": quote.request.experiment_name,
         },
-        "plans": [plan_document(quote, i, p) for i, p in enumerate(plans, start=1)],
+        "plans": [plan_document(quote, i, p, today) for i, p in enumerate(plans, start=1)],
         "plans_total": len(quote.plans),
         "excluded": [
             {"shape_id": e.shape_id, "rule": e.rule.value, "reason": e.reason}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from broker.cli.output import emit_json, print_warnings, say
-from broker.cli.render import money, table
+from broker.cli.render import quote_table, shapes_table
 from broker.settings import Settings
 from shapes.errors import Exit
 
@@ -144,31 +144,8 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
         f"{len(catalog)} shapes, {catalog.describe_age()} (dry run: nothing is created)"
     )
     shown = result.plans[: 20 if args.limit is None else (limit or len(result.plans))]
-    if shown:
-        rows: list[tuple[object, ...]] = [
-            (
-                i,
-                p.shape.id,
-                p.shape.gpu,
-                f"{p.nodes} x {p.procs_per_node}",
-                money(p.shape.price_per_node_hour),
-                money(p.price_per_hour),
-                money(p.price_per_hour * request.hours),
-            )
-            for i, p in enumerate(shown, start=1)
-        ]
-        headers = ["#", "SHAPE", "GPU", "NODES x PROCS", "$/NODE-H", "$/H"]
-        headers.append(f"EST. {request.hours:g} h")
-        if any(p.price_per_hour_max != p.price_per_hour for p in shown):
-            # spot priced by zone: $/H is the zone tried first, this the dearest it may try
-            headers.append("$/H UP TO")
-            rows = [
-                (*row, money(p.price_per_hour_max) if p.shape.zone_prices else "")
-                for row, p in zip(rows, shown, strict=True)
-            ]
-        print(table(headers, rows, right={0, 4, 5, 6, 7}))
-        if len(result.plans) > len(shown):
-            print(f"... {len(result.plans) - len(shown)} more plans (--limit 0 for all, --json)")
+    if shown:  # the table, then footnotes on undated and old prices (broker.cli.render)
+        print(quote_table(shown, request.hours, more=len(result.plans) - len(shown)))
     if result.ranking.excluded and (args.explain or result.ranking.priority_used):
         print("\nExcluded:")
         for e in result.ranking.excluded:
@@ -194,20 +171,10 @@ def cmd_shapes(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         emit_json([shape_document(s) for s in shapes])
         return Exit.OK
-    rows = [
-        (
-            s.id,
-            s.gpu,
-            s.gpus_per_node,
-            s.vcpus,
-            f"{s.memory_gib:g}",
-            money(s.price_per_node_hour),
-            ",".join(s.zones),
-        )
-        for s in shapes
-    ]
-    headers = ["SHAPE", "GPU", "GPUS", "VCPUS", "MEM GIB", "$/NODE-H", "ZONES"]
-    print(table(headers, rows, {2, 3, 4, 5}))
+    rows, notes = shapes_table(shapes)
+    print(rows)
+    for note in notes:
+        say(note)
     say(f"{len(shapes)} of {len(catalog)} shapes; {catalog.describe_age()}")
     return Exit.OK
 

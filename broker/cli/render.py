@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broker.ranking import Plan
+    from shapes.model import Shape
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int]) -> str:
@@ -21,6 +26,96 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[i
 
 def money(value: float) -> str:
     return f"${value:,.2f}"
+
+
+#: The footnote of a price marked ``*`` (:func:`price_cell`).
+UNDATED_NOTE = "* price carried from an older catalog, date unknown"
+
+
+def price_cell(value: float, shape: Shape) -> str:
+    """A price in a table, ``*`` after it when the shape's price is undated."""
+    return money(value) + ("*" if shape.undated else "")
+
+
+def quote_table(
+    plans: Sequence[Plan], hours: float, *, more: int = 0, today: date | None = None
+) -> str:
+    """``broker quote``'s plans (ranked from 1) as a table, a line saying how many more
+    plans are not shown (``more``), then the footnotes on the shown plans' price dates
+    (:func:`price_date_notes`); ``today`` counts the ages (default: today)."""
+    rows: list[tuple[object, ...]] = [
+        (
+            i,
+            p.shape.id,
+            p.shape.gpu,
+            f"{p.nodes} x {p.procs_per_node}",
+            price_cell(p.shape.price_per_node_hour, p.shape),
+            money(p.price_per_hour),
+            money(p.price_per_hour * hours),
+        )
+        for i, p in enumerate(plans, start=1)
+    ]
+    headers = ["#", "SHAPE", "GPU", "NODES x PROCS", "$/NODE-H", "$/H", f"EST. {hours:g} h"]
+    if any(p.price_per_hour_max != p.price_per_hour for p in plans):
+        # spot priced by zone: $/H is the zone tried first, this the dearest it may try
+        headers.append("$/H UP TO")
+        rows = [
+            (*row, money(p.price_per_hour_max) if p.shape.zone_prices else "")
+            for row, p in zip(rows, plans, strict=True)
+        ]
+    lines = [table(headers, rows, right={0, 4, 5, 6, 7})]
+    if more:
+        lines.append(f"... {more} more plans (--limit 0 for all, --json)")
+    labelled = ((str(i), p.shape) for i, p in enumerate(plans, start=1))
+    lines.extend(price_date_notes(labelled, "plan", today))
+    return "\n".join(lines)
+
+
+def price_date_notes(
+    rows: Iterable[tuple[str, Shape]], noun: str, today: date | None = None
+) -> list[str]:
+    """The footnotes on the price dates of a table's rows (``(label, shape)``):
+    :data:`UNDATED_NOTE` if any price is undated, and one line on the rows whose price is
+    older than ``STALE_DAYS`` days, with each such date and its age. Numbered labels (a
+    plan's rank) are named, as ranges (``plans 2-4, 7 as of ...``); empty ones counted
+    (``12 shapes as of ...``). ``noun`` names one row."""
+    from shapes.model import STALE_DAYS
+
+    today = today or date.today()
+    undated = False
+    stale: dict[date, list[str]] = {}
+    for label, shape in rows:
+        undated = undated or shape.undated
+        if shape.prices_as_of is not None and shape.is_stale(today):
+            stale.setdefault(shape.prices_as_of, []).append(label)
+    notes = [UNDATED_NOTE] if undated else []
+    if stale:
+        named = all(label for labels in stale.values() for label in labels)
+        parts = []
+        for day, labels in sorted(stale.items()):
+            n = len(labels)
+            rows_ = _labels(labels) if named else f"{n} {noun if n == 1 else noun + 's'}"
+            parts.append(f"{rows_} as of {day.isoformat()} ({(today - day).days} days)")
+        text = "; ".join(parts)
+        if named:
+            count = sum(len(labels) for labels in stale.values())
+            text = f"{noun if count == 1 else noun + 's'} {text}"
+        notes.append(f"price over {STALE_DAYS} days old: {text}")
+    return notes
+
+
+def _labels(labels: Sequence[str]) -> str:
+    """Row labels, runs of consecutive numbers as ranges: ``2-4, 7``."""
+    if not all(label.isdigit() for label in labels):
+        return ", ".join(labels)
+    numbers = sorted(int(label) for label in labels)
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _took(seconds: float | None) -> str:
@@ -74,3 +169,25 @@ def attempts_report(
     if not lines:
         lines.append("No attempt was made and nothing was skipped.")
     return "\n".join(lines)
+
+
+def shapes_table(shapes: Sequence[Shape], today: date | None = None) -> tuple[str, list[str]]:
+    """``broker shapes``: one row per shape, undated prices marked ``*``; and the
+    footnotes on the price dates (:func:`price_date_notes`, stale shapes counted), which
+    the command prints apart from the table (with its summary, on stderr)."""
+    rows = [
+        (
+            s.id,
+            s.gpu,
+            s.gpus_per_node,
+            s.vcpus,
+            f"{s.memory_gib:g}",
+            price_cell(s.price_per_node_hour, s),
+            ",".join(s.zones),
+        )
+        for s in shapes
+    ]
+    headers = ["SHAPE", "GPU", "GPUS", "VCPUS", "MEM GIB", "$/NODE-H", "ZONES"]
+    return table(headers, rows, {2, 3, 4, 5}), price_date_notes(
+        (("", s) for s in shapes), "shape", today
+    )
