@@ -204,13 +204,17 @@ class Provisioner:
         Interrupted (a signal: the cluster is STOPPED, its nodes removed). ``skipped``:
         shapes already left out without a call (cause -> count), for the FAILED summary."""
         now = self.clock()
-        cluster = self.store.transition(
-            cluster_id,
-            Status.QUEUED,
-            now=now,
-            expect={Status.PENDING},
-            lease=Lease(self.owner, now + self.policy.lease_seconds),
-        )
+        claimed = self.store.get(cluster_id)
+        if claimed.status is Status.QUEUED and claimed.owner == self.owner:
+            cluster = claimed  # a worker claimed it for us (Store.claim_pending): QUEUED
+        else:
+            cluster = self.store.transition(
+                cluster_id,
+                Status.QUEUED,
+                now=now,
+                expect={Status.PENDING},
+                lease=Lease(self.owner, now + self.policy.lease_seconds),
+            )
         try:
             with LeaseKeeper(
                 self.store, cluster_id, self.owner, self.policy.lease_seconds, self.clock

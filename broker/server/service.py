@@ -1,13 +1,14 @@
 """The service's long-lived parts: one Broker over the store, provisioning workers that pick
 up PENDING clusters, a reconcile loop, counters for /metrics, and a graceful stop.
 
-Workers claim a cluster by moving it PENDING -> QUEUED under its lease (a compare-and-set in
-the store), so two workers, in this process or another replica, never provision the same
-cluster. A server that stops (SIGTERM) takes no new work and lets in-flight provisionings run
-for a grace period; what is still in flight then keeps its lease until it expires, and the
-reconcile loop of this or another server settles it and queues it again (a new cycle), so a
-restarted server picks up both submitted and half-provisioned clusters. The watch loop
-(runs, credits, reconcile) runs on one replica at a time: the holder of a named lease.
+Workers claim a cluster by moving it PENDING -> QUEUED under their server's lease in one
+transaction (``Store.claim_pending``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two
+workers, in this process or another replica, never provision the same cluster. A server that
+stops (SIGTERM) takes no new work and lets in-flight provisionings run for a grace period;
+what is still in flight then keeps its lease until it expires, and the reconcile loop of this
+or another server settles it and queues it again (a new cycle), so a restarted server picks
+up both submitted and half-provisioned clusters. The watch loop (runs, credits, reconcile)
+runs on one replica at a time: the holder of a named lease.
 """
 
 from __future__ import annotations
@@ -119,17 +120,23 @@ class Service:
     # -- workers --------------------------------------------------------------------------------
 
     def _claim(self) -> str | None:
+        """The oldest PENDING cluster, claimed for this worker: QUEUED under this server's
+        lease in one transaction (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL), so
+        no other worker or replica takes it."""
+        broker = self.broker
+        now = broker.clock()
         try:
-            pending = self.broker.pending(limit=32)
+            claimed = broker.store.claim_pending(
+                broker.owner, now + broker.policy.lease_seconds, 1, now=now
+            )
         except BrokerError as exc:
-            log.warning("cannot read pending clusters: %s", exc)
+            log.warning("cannot claim pending clusters: %s", exc)
+            return None
+        if not claimed:
             return None
         with self._busy_lock:
-            for cluster in pending:
-                if cluster.id not in self._busy:
-                    self._busy.add(cluster.id)
-                    return cluster.id
-        return None
+            self._busy.add(claimed[0].id)
+        return claimed[0].id
 
     def _work(self) -> None:
         while not self._stop.is_set():
