@@ -58,6 +58,9 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan, today: date | None = N
 
     s = plan.shape
     price = plan.price_per_hour
+    day = s.prices_as_of
+    if today is None:
+        today = date.today()
     if s.zone_prices:  # priced by zone: the order tried, and the price in each
         zones = order_zones(s)
         zone_prices: list[float] | None = [plan.price_in_zone(z) for z in zones]
@@ -82,18 +85,14 @@ def plan_document(quote: Quote, rank_no: int, plan: Plan, today: date | None = N
         "estimated_cost": price * quote.request.hours,
         "zones": zones,  # in the order the provisioner tries them
         "zone_prices_per_hour": zone_prices,  # the plan's price in each (None: one price)
-        "prices_as_of": _iso_day(s.prices_as_of),
-        "price_age_days": s.age_days(today),
+        "prices_as_of": None if day is None else _ISO_DAYS.get(day) or _iso_day(day),
+        "price_age_days": None if day is None else (today - day).days,
         "undated": s.undated,
     }
 
 
-def _iso_day(day: date | None) -> str | None:
-    if day is None:
-        return None
-    text = _ISO_DAYS.get(day)
-    if text is None:
-        text = _ISO_DAYS[day] = day.isoformat()
+def _iso_day(day: date) -> str:
+    text = _ISO_DAYS[day] = day.isoformat()
     return text
 
 
