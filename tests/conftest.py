@@ -243,7 +243,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_backend" in metafunc.fixturenames:
+    marked = metafunc.definition.iter_markers("parametrize")
+    if "store_backend" in metafunc.fixturenames and not any(
+        "store_backend" in m.args[0] for m in marked
+    ):  # a test may pin its backend: @pytest.mark.parametrize("store_backend", [...], ...)
         choice = metafunc.config.getoption("store_backend")
         backends = ["sqlite", "postgres"] if choice == "both" else [choice]
         metafunc.parametrize("store_backend", backends, indirect=True)
