@@ -1546,6 +1546,24 @@ class Store:
         with self._read() as conn:
             return [AgentRecord.from_row(r) for r in conn.execute(query).mappings()]
 
+    def agents_of(self, clusters: Sequence[ClusterRecord]) -> dict[str, list[AgentRecord]]:
+        """The agents of each cluster's current cycle, in one query (by cluster id; ranks
+        in order): the watch loop reads every running cluster's at once."""
+        found: dict[str, list[AgentRecord]] = {c.id: [] for c in clusters}
+        if not clusters:
+            return found
+        cycle_of = {c.id: c.cycle for c in clusters}
+        query = (
+            select(agents)
+            .where(agents.c.cluster_id.in_(list(cycle_of)))
+            .order_by(agents.c.cluster_id, agents.c.rank)
+        )
+        with self._read() as conn:
+            for row in conn.execute(query).mappings():
+                if row["cycle"] == cycle_of[row["cluster_id"]]:
+                    found[row["cluster_id"]].append(AgentRecord.from_row(row))
+        return found
+
     def update_agent(
         self,
         cluster_id: str,

@@ -207,11 +207,14 @@ class Service:
         now = self.broker.clock()
         policy = self.broker.run_policy
         try:
-            running = self.broker.store.list_clusters({Status.RUNNING})
+            running = [
+                c
+                for c in self.broker.store.list_clusters({Status.RUNNING})
+                if command_of(c) is not None
+            ]
+            agents_of = self.broker.store.agents_of(running)  # one query for all of them
             for cluster in running:
-                if command_of(cluster) is None:
-                    continue
-                agents = self.broker.store.agents(cluster.id, cluster.cycle)
+                agents = agents_of[cluster.id]
                 ending = outcome(cluster, agents) or lost_agents(cluster, agents, now, policy)
                 if ending is None and max_hours_of(cluster) is not None:  # history: one query
                     ending = over_time(cluster, self.broker.store.transitions(cluster.id), now)
