@@ -30,7 +30,7 @@ def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
             s.org,
             money(s.granted),
             money(s.spent),
-            money(s.remaining),
+            money(s.remaining) if s.remaining >= 0 else f"0 ({money(-s.remaining)} over)",
             f"{money(s.burn_per_hour)}/h",
             "-" if s.hours_left is None else f"{s.hours_left:,.1f} h",
         )

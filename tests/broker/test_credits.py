@@ -3,6 +3,8 @@ grants are checked; the local broker (no organisation) is never limited."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from broker.lifecycle import Status
 from broker.quote import QuoteRequest
 from broker.ranking import RankRequest
 from broker.state import TransitionRecord
+from tests.conftest import run_broker
 
 
 def t(status: Status, at: float, price: float | None = None) -> TransitionRecord:
@@ -54,3 +57,25 @@ def test_grants_are_checked_and_a_scoped_broker_is_refused_with_the_numbers(
     assert acme.submit(request).org == "acme"
     (status,) = acme.credit_status()
     assert status.granted == 1000 and status.remaining == 1000 and status.hours_left is None
+
+
+def test_credits_show_says_what_is_left_and_never_a_negative_amount(tmp_path: Path) -> None:
+    """`broker credits show`: the table, --json with the true (negative) figure, and an
+    overspent grant (the service stops it within a pass) as 0 and how much over."""
+    env = {"BROKER_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    acme = Broker(state_dir=tmp_path, backend="sim", org="acme")
+    acme.provision(QuoteRequest(rank=RankRequest(gpus=8)))  # RUNNING: spending from now on
+    done = run_broker(env, "credits", "set", "--org", "acme", "--usd", "1000")
+    assert done.returncode == 0, done.stderr
+    shown = run_broker(env, "credits", "show", "--org", "acme")
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["ORG", "GRANTED", "SPENT", "LEFT"]
+    assert row.split()[:2] == ["acme", "$1,000.00"] and "over" not in row
+    assert run_broker(env, "credits", "set", "--org", "acme", "--usd", "0.000001").returncode == 0
+    time.sleep(0.5)  # a running gang of GPUs spends more than that in half a second
+    over = run_broker(env, "credits", "show", "--org", "acme")
+    row = over.stdout.splitlines()[1]
+    assert " 0 ($" in row and " over)" in row and "$-" not in row, over.stdout
+    doc = json.loads(run_broker(env, "credits", "show", "--org", "acme", "--json").stdout)
+    assert doc["credits"][0]["remaining_usd"] < 0  # machines get the true figure

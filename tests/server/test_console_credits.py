@@ -193,8 +193,8 @@ def test_low_and_exhausted_credits_are_shown_loudly(console: Console) -> None:
     gone = credits_box(browser)
     assert 'class="errors credits-exhausted"' in gone and 'role="alert"' in gone
     assert text(gone).startswith(
-        f"Credits exhausted: {money(-0.5 * p)} left ({money(2 * p)} spent of "
-        f"{money(1.5 * p)} granted). New experiments are refused and live ones are stopped."
+        f"Credits exhausted: nothing left ({money(2 * p)} spent of {money(1.5 * p)} granted, "
+        f"{money(0.5 * p)} over). New experiments are refused and live ones are stopped."
     )
 
 
