@@ -102,7 +102,7 @@ def make_shape(
         gpu_memory_gib=40,
         vcpus=8 * gpus,
         memory_gib=64.0 * gpus,
-        provisioning=provisioning,  # type: ignore[arg-type] (a value string is accepted)
+        provisioning=provisioning,  # type: ignore[arg-type]  # a value string is accepted
         price_per_node_hour=price,
         zones=zones,
         **extra,
