@@ -212,7 +212,7 @@ def catalog_document(catalog: Catalog, today: date | None = None) -> Document:
                 "age_days": s.age_days(today),
                 "stale": s.is_stale(today),  # older than 90 days, or undated
                 "spot_as_of": s.spot_as_of.isoformat() if s.spot_as_of else None,
-                "undated_rows": s.undated,
+                "undated_prices": s.undated,  # shapes whose price has no date
                 "sanity_problems": len(s.problems),
                 "bundled": s.bundled,
                 "price_source": s.price_source,

@@ -58,7 +58,7 @@ class CatalogSource:
     notes: str = ""
     shapes: int = 0
     spot_as_of: date | None = None  # when the spot prices were sampled
-    undated: int = 0  # region entries with an "undated" market: its price date is unknown
+    undated: int = 0  # shapes whose price has no date (carried from an older catalog)
     problems: tuple[str, ...] = ()  # sanity problems (shapes.sanity) of a refreshed file
 
     def __post_init__(self) -> None:
@@ -346,13 +346,7 @@ def _parse_doc(doc: object, path: Path, bundled: bool) -> tuple[CatalogSource, l
         notes=doc.get("notes", ""),
         shapes=len(shapes),
         spot_as_of=spot_as_of,
-        undated=sum(
-            1
-            for spec in types.values()
-            if isinstance(spec, dict) and isinstance(spec.get("regions"), dict)
-            for entry in spec["regions"].values()
-            if isinstance(entry, dict) and entry.get("undated")
-        ),
+        undated=sum(1 for s in shapes if s.undated),
         problems=problems,
     )
     return source, shapes
@@ -646,7 +640,7 @@ class Catalog:
             if not s.bundled:
                 notes.append("refreshed")
             if s.undated:
-                notes.append(f"{s.undated} rows undated")
+                notes.append(f"{s.undated} of {s.shapes} prices undated")
             dated.append(f"{s.provider} {s.prices_as_of.isoformat()} ({', '.join(notes)})")
         unknown = sorted({s.provider for s in self.sources if s.prices_as_of is None})
         stale = sorted({s.provider for s in self.sources if s.prices_as_of and s.is_stale(today)})

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 #: Bump when the payload's layout changes (2: spot_as_of, sanity problems, undated rows;
-#: 3: each shape's price date, ``day_codes``).
-FORMAT_VERSION = 3
+#: 3: each shape's price date, ``day_codes``; 4: ``undated`` counts shapes, not entries).
+FORMAT_VERSION = 4
 _MAGIC = b"BBCATv%03d" % FORMAT_VERSION  # the format and its version
 _CRC = 4  # bytes of CRC-32 after the magic
 
@@ -49,7 +49,7 @@ class FileColumns(NamedTuple):
     notes: str
     spot_as_of: str | None  # ISO date
     problems: str  # shapes.sanity problems of a refreshed file, one a line ("" if none)
-    undated: int  # region entries marked "undated"
+    undated: int  # shapes whose price is undated
     keys: list[str]
     region: list[str]
     region_lower: list[str]

@@ -172,7 +172,7 @@ def cmd_catalog_check(args: argparse.Namespace, settings: Settings) -> int:
                         "spot_as_of": s.spot_as_of.isoformat() if s.spot_as_of else None,
                         "age_days": s.age_days(today),
                         "stale": s.is_stale(today),
-                        "undated_rows": s.undated,
+                        "undated_prices": s.undated,  # shapes whose price has no date
                         "problems": [p.to_json_dict() for p in problems],
                     }
                     for s, problems in reports

@@ -280,7 +280,12 @@ def test_a_bundled_file_without_a_price_date_is_refused(tmp_path: Path, as_of: o
     assert source.prices_as_of is None
 
 
-def test_bundled_files_carry_their_undated_rows_count() -> None:
-    by_provider = {s.provider: s for s in load_bundled_catalog().sources}
+def test_bundled_files_count_their_undated_prices_by_shape() -> None:
+    catalog = load_bundled_catalog()
+    for source in catalog.sources:  # the header's count is the shapes marked * in a quote
+        marked = sum(1 for s in catalog.shapes if s.provider == source.provider and s.undated)
+        assert source.undated == marked, source.provider
+    by_provider = {s.provider: s for s in catalog.sources}
     assert by_provider["gcp"].undated > 0 and by_provider["gcp"].problems == ()
-    assert "rows undated" in load_bundled_catalog().describe_age()
+    azure = by_provider["azure"]
+    assert f"{azure.undated} of {azure.shapes} prices undated" in catalog.describe_age()
