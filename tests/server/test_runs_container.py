@@ -136,6 +136,8 @@ def test_the_command_runs_in_the_requested_image_with_gpus_network_and_mounts(
         "image": image,
         "datasets": ["imagenet-1k"],
         "max_hours": None,
+        "max_recoveries": 0,  # on-demand: not recovered unless asked
+        "recoveries": 0,
     }
     wait_for(lambda: agent_processes(srv.state_dir) == [], timeout=15)
 
