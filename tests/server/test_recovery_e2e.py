@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from broker.ranking import order_zones
-from providers.sim import SimProvider
 from shapes.catalog import load_bundled_catalog
-from tests.server.conftest import BrokerServer, server_env, wait_for
-from tests.server.test_runs_e2e import agent_processes, ended, log_lines
+from tests.server.conftest import BrokerServer, server_env
+from tests.server.test_runs_e2e import ended, log_lines, no_node_left
 
 CATALOG = load_bundled_catalog()
 SPOT = "aws:us-east-1:g5.12xlarge:spot"  # 4 GPUs a node: 8 GPUs are a gang of 2
@@ -66,18 +65,8 @@ def submit(srv: BrokerServer, token: str, body: dict[str, Any]) -> str:
     return str(reply.json()["cluster_id"])
 
 
-def sim_nodes(srv: BrokerServer) -> list[str]:
-    sim = SimProvider(srv.state_dir, CATALOG)
-    return [n.provider_id for n in sim.all_nodes()]
-
-
 def cycles(final: dict[str, Any]) -> list[tuple[int, str, str | None]]:
     return [(t["cycle"], t["status"], t["reason"]) for t in final["transitions"]]
-
-
-def no_node_left(srv: BrokerServer) -> None:
-    wait_for(lambda: agent_processes(srv.state_dir) == [], timeout=30)
-    wait_for(lambda: sim_nodes(srv) == [], timeout=30)
 
 
 def test_a_preempted_spot_gang_is_recovered_on_another_zone_and_resumes(serve: Any) -> None:
@@ -104,7 +93,7 @@ def test_a_preempted_spot_gang_is_recovered_on_another_zone_and_resumes(serve: A
     assert lines[-1] == "step 4"
     blocks = srv.broker().blocks()
     assert any(b.scope.zone == Z1 and "Preempted" in b.reason for b in blocks)
-    no_node_left(srv)
+    no_node_left(srv.state_dir)
 
 
 def test_a_replacement_preempted_while_it_starts_is_recovered_again(serve: Any) -> None:
@@ -133,7 +122,7 @@ def test_a_replacement_preempted_while_it_starts_is_recovered_again(serve: Any) 
     assert final["run"]["recoveries"] == 2
     lines = [x for x in log_lines(srv, token, cluster_id, 0) if "[burst-agent]" not in x]
     assert lines[-1] == "step 4", lines
-    no_node_left(srv)
+    no_node_left(srv.state_dir)
 
 
 def test_recoveries_run_out_then_it_fails_preempted(serve: Any) -> None:
@@ -148,4 +137,4 @@ def test_recoveries_run_out_then_it_fails_preempted(serve: Any) -> None:
     recovery = next(t for t in final["transitions"] if t["status"] == "PENDING" and t["reason"])
     assert f" in {Z1}): gcp preemption notice" in recovery["detail"], recovery
     assert f" in {Z2}): gcp preemption notice" in final["detail"], final  # the next zone
-    no_node_left(srv)
+    no_node_left(srv.state_dir)

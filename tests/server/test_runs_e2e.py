@@ -62,6 +62,20 @@ def agent_processes(state: Path) -> list[int]:
     return pids
 
 
+def sim_nodes(state: Path) -> list[str]:
+    """The simulated cloud's live nodes (rows, whatever their processes do)."""
+    from providers.sim import SimProvider
+    from shapes.catalog import load_bundled_catalog
+
+    return [n.provider_id for n in SimProvider(state, load_bundled_catalog()).all_nodes()]
+
+
+def no_node_left(state: Path) -> None:
+    """No node process and no simulated node is left (issue 16 §3's check)."""
+    wait_for(lambda: agent_processes(state) == [], timeout=30)
+    wait_for(lambda: sim_nodes(state) == [], timeout=30)
+
+
 @pytest.mark.parametrize("nodes", [2, 6])
 def test_a_gang_runs_the_command_and_completes(server: BrokerServer, nodes: int) -> None:
     token = server.token("acme")
@@ -166,7 +180,7 @@ def test_a_run_time_limit_stops_the_command_after_its_final_sync(server: BrokerS
     got = server.call(f"/v1/clusters/{cluster_id}/artifacts", token=token).json()
     assert [a["path"] for a in got["artifacts"]] == ["checkpoints/rank-0/at-stop.txt"]
     assert final["run"]["max_hours"] == 0.001
-    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
+    no_node_left(server.state_dir)
 
 
 def test_max_hours_needs_a_launch_file_and_a_sane_value(server: BrokerServer) -> None:
@@ -202,4 +216,4 @@ def test_credits_refuse_a_first_hour_they_cannot_pay_and_stop_runs_when_gone(
     assert final["status"] == "STOPPED", final
     assert final["detail"].startswith("credits exhausted: $0.00 granted to 'acme'"), final
     assert server.call("/v1/credits", token=server.token("globex")).json()["credits"] is None
-    wait_for(lambda: agent_processes(server.state_dir) == [], timeout=15)
+    no_node_left(server.state_dir)
