@@ -172,4 +172,83 @@ class Client:
         self.conn.close()
 
 
-__all__ = ["ROOT", "Client", "Server", "clean_env", "free_port", "kill_sim_nodes", "serving"]
+def get_text(port: int, path: str) -> str:
+    """The body of ``GET path`` (no token: /metrics, /readyz) as text."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {body[:200]}")
+        return body
+    finally:
+        conn.close()
+
+
+def metric_total(text: str, name: str) -> dict[str, float]:
+    """The samples of one metric in a Prometheus text page: {labels: value}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            labels, _, value = line[len(name) :].rpartition(" ")
+            out[labels.strip()] = out.get(labels.strip(), 0.0) + float(value)
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # from field 3 (state) on
+
+
+def process_cpu(pid: int, *, descendants: bool = False) -> float | None:
+    """CPU seconds (user + system) of a live process: its threads and its reaped children;
+    with ``descendants`` also its live children's (a PostgreSQL postmaster's backends).
+    None where /proc cannot say (not Linux, or the process is gone)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+
+    def total(f: list[str]) -> float:
+        return sum(int(v) for v in f[11:15]) / _TICK  # utime stime cutime cstime
+
+    ticks = total(fields)
+    if descendants:
+        for entry in Path("/proc").iterdir():
+            child = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+            if child is not None and int(child[1]) == pid:  # its parent is ``pid``
+                ticks += total(child)
+    return ticks
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, all) CPU seconds of every core since boot, from /proc/stat (None elsewhere):
+    a window's busy share counts everyone's load, the neighbours' too."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
+
+
+__all__ = [
+    "ROOT",
+    "Client",
+    "Server",
+    "clean_env",
+    "free_port",
+    "get_text",
+    "kill_sim_nodes",
+    "machine_cpu",
+    "metric_total",
+    "process_cpu",
+    "serving",
+]
