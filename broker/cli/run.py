@@ -108,18 +108,21 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
     """Print the rank's lines as they come, until the cluster has ended and every line is
     out; the ended cluster."""
-    seen_status: Status | None = None
+    seen: tuple[Status, int] | None = None
     cluster: ClusterRecord | None = None
     for page in follow(service, cluster_id, rank, wait=5):
         for line in page.lines:
             sys.stdout.write(line.line + "\n")
         sys.stdout.flush()
         cluster = page.cluster
-        if cluster.status is not seen_status and cluster.status not in TERMINAL:
-            recovering = cluster.status is Status.PENDING and cluster.detail
-            why = f" ({cluster.reason}: {cluster.detail})" if recovering else ""
-            say(f"{cluster_id}: {cluster.status.value}{why}")  # a recovery: why it goes again
-            seen_status = cluster.status
+        now = (cluster.status, cluster.cycle)
+        if now != seen and cluster.status not in TERMINAL:
+            # A lost node's gang winds down and goes again: say why, and which cycle.
+            telling = cluster.status in (Status.TERMINATING, Status.PENDING) and cluster.detail
+            why = f" ({cluster.reason}: {cluster.detail})" if telling else ""
+            cycle = f" [cycle {cluster.cycle}]" if cluster.cycle > 1 else ""
+            say(f"{cluster_id}: {cluster.status.value}{cycle}{why}")
+            seen = now
     assert cluster is not None  # follow yields at least one page
     return cluster
 

@@ -68,3 +68,33 @@ def test_a_real_cloud_without_a_service_is_refused_before_anything(tmp_path: Pat
     assert proc.returncode == 2
     assert "broker serve --public-url" in proc.stderr
     assert not (tmp_path / "state").exists() or not list((tmp_path / "state").iterdir())
+
+
+def test_a_preempted_run_is_followed_through_its_recovery(tmp_path: Path) -> None:
+    """The spot gang is preempted mid-run (the sim's scenario); `broker run` says why it
+    goes again and which cycle runs, prints the resumed output and exits 0."""
+    scenario = tmp_path / "preempt.toml"
+    scenario.write_text(
+        '[shapes."aws:us-east-1:g5.12xlarge:spot"]\npreempt_on_line = "step 2"\n'
+        'preempt_zones = ["use1-az1"]\npreempt_notice_s = 3\n'
+    )
+    command = (
+        'f="$OUTPUT_PATH/step"; s=$(cat "$f" 2>/dev/null || echo 0); echo "resumes at $s"; '
+        'sleep 1; i=$s; while [ "$i" -lt 3 ]; do i=$((i+1)); echo "step $i"; '
+        'echo "$i" > "$f"; sleep 0.4; done'
+    )
+    job = tmp_path / "job.isc"
+    job.write_text(
+        'isc_project_id = "p"\nexperiment_name = "resumable"\ngpus = 8\ncompute_mode = "burst"\n'
+        'burst_shape_priority_list = ["aws:us-east-1:g5.12xlarge:spot"]\n'
+        f"command = '{command}'\n"  # a TOML literal string: no escapes
+    )
+    proc = run(tmp_path, str(job), "--provider", "sim", "--sim-scenario", str(scenario))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r": TERMINATING \(Preempted: recovery 1 of 3: rank 0 \(", proc.stderr)
+    assert ": RUNNING [cycle 2]" in proc.stderr and "COMPLETED" in proc.stderr
+    output = [x for x in proc.stdout.splitlines() if not x.startswith("[burst-agent]")]
+    assert output[0] == "resumes at 0" and output[-1] == "step 3", output
+    resumed = [x for x in output if x.startswith("resumes at ")][1]
+    assert int(resumed.split()[-1]) >= 2, output  # cycle 2 started from the checkpoint
+    assert "Traceback" not in proc.stderr
