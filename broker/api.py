@@ -751,8 +751,8 @@ class Broker:
             clock=self.clock,
             sleep=self.sleep,
             before_terminate=self._drain_agents,
+            after_terminate=self._revoke_node_tokens,  # before anyone sees it ended
         )[0]
-        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())
         return ended
 
     def finish(self, ending: Ending) -> ClusterRecord:
@@ -806,8 +806,10 @@ class Broker:
             clock=self.clock,
             sleep=self.sleep,
             before_terminate=self._drain_agents,  # the command stops, artifacts get synced
+            # The old cycle's tokens go before it is PENDING: a worker of any replica may
+            # make the next cycle's token as soon as it is.
+            after_terminate=self._revoke_node_tokens,
         )[0]
-        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())  # the old cycle's
         if self.progress:
             self.progress(f"{cluster.id}: {detail}; queued again as cycle {recovered.cycle}")
         return recovered, None
@@ -830,6 +832,9 @@ class Broker:
         self.store.block(
             BlockScope.zone_of(backend, shape, cluster.zone), reason=reason, until=until, now=now
         )
+
+    def _revoke_node_tokens(self, cluster: ClusterRecord) -> None:
+        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())
 
     def _drain_agents(self, cluster: ClusterRecord) -> None:
         """Before its nodes go: give a running command ``stop_grace`` to stop and its

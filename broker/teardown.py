@@ -75,11 +75,16 @@ def wind_down(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     before_terminate: Callable[[ClusterRecord], None] | None = None,
+    after_terminate: Callable[[ClusterRecord], None] | None = None,
 ) -> tuple[ClusterRecord, list[Node]]:
     """Take a live (or TERMINATING) cluster to ``how.final``: through TERMINATING when it
-    may have nodes, which are terminated and confirmed gone first. Returns the ended
-    cluster and the nodes removed. ConflictError if someone else moved it meanwhile."""
+    may have nodes, which are terminated and confirmed gone first. ``after_terminate`` runs
+    once they are gone, before the final status is written (e.g. revoking the nodes'
+    tokens: nobody may see the end while they still work). Returns the ended cluster and
+    the nodes removed. ConflictError if someone else moved it meanwhile."""
     if cluster.status is Status.PENDING or (cluster.status is Status.QUEUED and not cluster.nodes):
+        if after_terminate is not None:  # no node to terminate; a token may exist already
+            after_terminate(cluster)
         ended = store.transition(
             cluster.id,
             how.final,
@@ -109,6 +114,8 @@ def wind_down(
             if before_terminate is not None:
                 before_terminate(cluster)  # e.g. let the nodes' commands stop first
             removed = terminate_cluster_nodes(cluster.id, provider, sleep=sleep)
+    if after_terminate is not None:
+        after_terminate(cluster)
     ended = store.transition(
         cluster.id,
         how.final,
