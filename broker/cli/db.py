@@ -48,9 +48,15 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
                 f"broker's {status.head}: upgrade burst-broker"
             )
         else:
+            local = store.engine.dialect.name == "sqlite"  # upgrades itself when next opened
             say(
                 f"the store {store.where} has {status.describe()}; this broker needs "
                 f"revision {status.head}: run `broker db upgrade`"
+                + (
+                    " (a SQLite store also upgrades itself when a broker next opens it)"
+                    if local
+                    else ""
+                )
             )
         return Exit.UNAVAILABLE if args.check and not status.current else Exit.OK
     finally:
