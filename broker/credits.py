@@ -54,10 +54,7 @@ def credit_status(store: Store, org: str, now: float) -> CreditStatus | None:
         return None
     usd, granted_at = grant
     spent = burn = 0.0
-    for cluster in store.list_clusters(org=org):
-        history = store.transitions(cluster.id)
-        if history and history[-1].at < granted_at and cluster.status not in BILLED:
-            continue  # ended before the grant: nothing of it counts
+    for cluster, history in store.spending_since(org, granted_at):  # ended before: nothing
         spent += accrue(history, now, since=granted_at).cost
         if cluster.status in BILLED:
             burn += cluster.price_per_hour or 0.0

@@ -64,7 +64,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, RowMapping, make_url
 
 from broker.errors import ConflictError, NotFoundError, StateError, StoreError
 from broker.lifecycle import ALLOWED, TERMINAL, Status
@@ -275,6 +275,18 @@ EVERYONE = Everyone()
 
 def _agent_key(cluster_id: str, cycle: int, rank: int) -> Any:
     return (agents.c.cluster_id == cluster_id) & (agents.c.cycle == cycle) & (agents.c.rank == rank)
+
+
+def _transition(r: RowMapping) -> TransitionRecord:
+    return TransitionRecord(
+        cycle=r["cycle"],
+        status=Status(r["status"]),
+        at=r["at"],
+        reason=r["reason"],
+        detail=r["detail"],
+        price_per_hour=r["price_per_hour"],
+        gpus_billed=r["gpus_billed"],
+    )
 
 
 def _org_is(org: str | None) -> Any:
@@ -1246,18 +1258,31 @@ class Store:
             .order_by(transitions.c.id)
         )
         with self._read() as conn:
-            return [
-                TransitionRecord(
-                    cycle=r["cycle"],
-                    status=Status(r["status"]),
-                    at=r["at"],
-                    reason=r["reason"],
-                    detail=r["detail"],
-                    price_per_hour=r["price_per_hour"],
-                    gpus_billed=r["gpus_billed"],
-                )
-                for r in conn.execute(query).mappings()
-            ]
+            return [_transition(r) for r in conn.execute(query).mappings()]
+
+    def spending_since(
+        self, org: str | None, since: float
+    ) -> list[tuple[ClusterRecord, list[TransitionRecord]]]:
+        """The organisation's clusters that may have spent since ``since`` (not ended, or
+        changed since), each with its lifecycle: two queries however many clusters the
+        organisation ever had (what its credits are counted from)."""
+        maybe = (clusters.c.updated_at >= since) | clusters.c.status.notin_(
+            [s.value for s in TERMINAL]
+        )
+        wanted = select(clusters).where(_org_is(org), maybe).order_by(clusters.c.created_at)
+        ids = select(clusters.c.id).where(_org_is(org), maybe)
+        lives = (
+            select(transitions)
+            .where(transitions.c.cluster_id.in_(ids))
+            .order_by(transitions.c.cluster_id, transitions.c.id)
+        )
+        with self._read() as conn:
+            found = [ClusterRecord.from_row(r) for r in conn.execute(wanted).mappings()]
+            history: dict[str, list[TransitionRecord]] = {c.id: [] for c in found}
+            for r in conn.execute(lives).mappings():
+                if r["cluster_id"] in history:  # one made meanwhile waits for the next read
+                    history[r["cluster_id"]].append(_transition(r))
+        return [(c, history[c.id]) for c in found]
 
     def delete_cluster(self, cluster_id: str, *, allowed: Collection[Status]) -> None:
         with self._tx() as conn:
