@@ -65,7 +65,8 @@ class Service:
         self.counters = Counters()
         self.started = time.time()
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = threading.Condition()  # a submission wakes one idle worker, not all
+        self._wakes = 0  # wake-ups not taken yet (at most one per worker)
         self._threads: list[threading.Thread] = []
         self._busy: set[str] = set()
         self._finishing: set[str] = set()
@@ -93,7 +94,8 @@ class Service:
     def begin_stop(self) -> None:
         """Take no new work from now on (/readyz answers 503); in-flight work goes on."""
         self._stop.set()
-        self._wake.set()
+        with self._wake:
+            self._wake.notify_all()
 
     def stop(self, grace: float | None = None) -> list[str]:
         """Take no new work; wait up to ``grace`` seconds for in-flight provisionings.
@@ -114,8 +116,19 @@ class Service:
         return left
 
     def wake(self) -> None:
-        """A cluster was submitted: let an idle worker look now."""
-        self._wake.set()
+        """A cluster was submitted: let one idle worker look now (each submission wakes
+        one, so a burst of them wakes as many as there are; the others keep polling)."""
+        with self._wake:
+            self._wakes = min(self._wakes + 1, max(1, self.options.workers))
+            self._wake.notify()
+
+    def _idle(self) -> None:
+        """Wait for a wake-up, or ``poll_every`` (another replica's submissions, leases)."""
+        with self._wake:
+            if self._wakes == 0 and not self._stop.is_set():
+                self._wake.wait(self.options.poll_every)
+            if self._wakes:
+                self._wakes -= 1
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -142,8 +155,7 @@ class Service:
         while not self._stop.is_set():
             cluster_id = self._claim()
             if cluster_id is None:
-                self._wake.wait(self.options.poll_every)
-                self._wake.clear()
+                self._idle()
                 continue
             try:
                 self.run_one(cluster_id)
