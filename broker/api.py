@@ -935,13 +935,15 @@ class Broker:
             names.add(SIMULATED)
         return sorted(names)
 
-    def reconcile(self) -> ReconcileReport:
+    def reconcile(self, hand_off: Callable[[Ending], None] | None = None) -> ReconcileReport:
         """Settle clusters whose owner's lease expired, fail RUNNING gangs that lost a node,
         and terminate every tagged node of this deployment that no live cluster owns.
-        Safe to run at any time, from any process on any host, several at once."""
+        Safe to run at any time, from any process on any host, several at once.
+        ``hand_off``: ends an experiment that lost a node in the background (the service's
+        ``finish``), so one gang's drain does not hold up the rest of the pass."""
         from broker.reconcile import Reconciler
 
-        return Reconciler(self).run()
+        return Reconciler(self, hand_off).run()
 
 
 __all__ = ["SIMULATED", "Broker", "ClusterPage", "ClusterReport", "LogPage", "Usage", "accrue"]

@@ -18,6 +18,7 @@ What is live is read once, after the clouds were listed: a store error stops the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,13 +43,15 @@ class ReconcileReport:
     settled: list[str] = field(default_factory=list)  # clusters whose owner's lease expired
     lost: list[str] = field(default_factory=list)  # RUNNING clusters that lost a node: FAILED
     recovered: list[str] = field(default_factory=list)  # ... queued again as their next cycle
+    handed: list[str] = field(default_factory=list)  # ... ended or recovered in the background
     problems: list[str] = field(default_factory=list)  # what could not be checked or removed
     skipped: list[str] = field(default_factory=list)  # work another reconcile is doing
 
 
 class Reconciler:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, hand_off: Callable[[Ending], None] | None = None) -> None:
         self.broker = broker
+        self.hand_off = hand_off  # ends a lost experiment in the background (the service)
         self.store = broker.store
         self.report = ReconcileReport()
         self._present: dict[str, set[str]] = {}  # cloud -> its RUNNING nodes, this pass
@@ -102,9 +105,12 @@ class Reconciler:
             return
         detail = ", ".join(f"rank {n.rank} ({n.provider_id})" for n in lost) + " gone"
         if command_of(cluster) is not None:  # an experiment: recovered if it has a recovery left
-            ended = self.broker.finish(
-                Ending(cluster.id, Status.FAILED, FailReason.NODE_LOST.value, detail)
-            )
+            ending = Ending(cluster.id, Status.FAILED, FailReason.NODE_LOST.value, detail)
+            if self.hand_off is not None:  # its agents' drain takes a while: not in this pass
+                self.hand_off(ending)
+                self.report.handed.append(cluster.id)
+                return
+            ended = self.broker.finish(ending)
             if ended.status is Status.PENDING:
                 self.report.recovered.append(cluster.id)
                 return

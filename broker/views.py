@@ -447,6 +447,7 @@ def reconcile_document(report: ReconcileReport) -> Document:
         "settled": list(report.settled),
         "lost": list(report.lost),
         "recovered": list(report.recovered),
+        "handed": list(report.handed),
         "problems": list(report.problems),
         "skipped": list(report.skipped),
     }

@@ -308,7 +308,7 @@ class Service:
         """One reconcile pass; clusters of the service orphaned while provisioning (their
         server died or stopped) are queued again as a new cycle."""
         try:
-            report = self.broker.reconcile()
+            report = self.broker.reconcile(hand_off=self.finish)  # a lost gang drains aside
             self.last_reconcile = time.time()
         except BrokerError as exc:
             log.warning("reconcile failed: %s", exc)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.lifecycle import Status
+from broker.runs import Ending
 from broker.scopes import ScopeKind
 from broker.views import report_document
 from tests.server.test_agent_api import Run
@@ -145,3 +146,23 @@ def test_max_recoveries_is_checked_at_submit(tmp_path: Path, value: object, mess
             headers={"Authorization": f"Bearer {run.user}"},
         )
         assert reply.status_code == 422 and "give launch_file too" in reply.text, reply.text
+
+
+def test_the_service_reconcile_hands_a_lost_experiment_to_the_background(
+    spot: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch loop's reconcile does not drain a lost gang itself (that takes up to the
+    stop grace plus the final sync): it hands the ending to ``Service.finish``."""
+    spot.register_all()
+    sim = spot.broker.provider("sim")
+    gone = [n for n in sim.list_tagged() if n.provider_id == spot.cluster.nodes[1].provider_id]
+    sim.terminate(gone)
+    handed: list[Ending] = []
+    real_finish = spot.service.finish
+    monkeypatch.setattr(spot.service, "finish", handed.append)
+    spot.service.reconcile_once()
+    assert [(e.cluster_id, e.reason) for e in handed] == [(spot.cluster_id, "NodeLost")]
+    assert spot.broker.get(spot.cluster_id).status is Status.RUNNING  # not ended in the pass
+    real_finish(handed[0])  # the background thread's work: recovered
+    spot.wait_status(Status.PENDING)
+    assert (spot.broker.get(spot.cluster_id).detail or "").startswith("recovery 1 of 3: rank 1")
