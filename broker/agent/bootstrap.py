@@ -18,9 +18,11 @@ agent):
    them, says so in the log and exits 1. An agent already in place with that SHA-256 (a
    reboot: GCE runs ``startup-script`` at every boot) is used without a download;
 4. starts ``python3 -I /opt/burst-broker/agent.py --service URL --cluster ID --token-file
-   /opt/burst-broker/node-token --cloud CLOUD`` detached (``setsid nohup``, output appended to
-   the log); CLOUD (aws, gcp, azure or none) is read from the firmware's vendor
-   (``/sys/class/dmi/id/sys_vendor``), for the agent's preemption watcher.
+   /opt/burst-broker/node-token --cloud CLOUD --output-copy /var/log/burst-broker-command.log``
+   detached (``setsid nohup``, output appended to the log); CLOUD (aws, gcp, azure or none)
+   is read from the firmware's vendor (``/sys/class/dmi/id/sys_vendor``), for the agent's
+   preemption watcher; the command's output is also kept on the node (bounded) for whoever
+   logs in to look.
 
 Every value goes into the script through :func:`shlex.quote`, after a check of its form
 (an http(s) URL without user, query or fragment; a cluster id ``bb-<hex>``; a node token
@@ -84,6 +86,7 @@ __all__ = [
 
 INSTALL_DIR = "/opt/burst-broker"
 LOG_FILE = "/var/log/burst-broker-agent.log"
+OUTPUT_COPY_FILE = "burst-broker-command.log"  # next to the log: the command's output, bounded
 AGENT_FILE = "agent.py"
 TOKEN_FILE = "node-token"
 AGENT_ROUTE = "/v1/agent/agent.py"  # where the service serves the agent (node tokens only)
@@ -198,6 +201,7 @@ def bootstrap_script(
         token=q(node_token),
         agent=AGENT_FILE,
         token_file=TOKEN_FILE,
+        output_copy=OUTPUT_COPY_FILE,
         route=AGENT_ROUTE,
         size=len(source),
         sha256=agent_sha256(source),
@@ -337,7 +341,8 @@ cd "$DIR"
 SETSID=
 if command -v setsid >/dev/null 2>&1; then SETSID=setsid; fi
 $SETSID nohup "$PY" -I "$DIR/{agent}" --service "$SERVICE" --cluster "$CLUSTER" \\
-    --token-file "$DIR/{token_file}" --cloud "$CLOUD" </dev/null >>"$LOG" 2>&1 &
+    --token-file "$DIR/{token_file}" --cloud "$CLOUD" \\
+    --output-copy "$LOG_DIR/{output_copy}" </dev/null >>"$LOG" 2>&1 &
 echo "$!" >"$DIR/agent.pid"
 say "started the agent with $PY (pid $!) for $SERVICE"
 """

@@ -325,6 +325,8 @@ def agent_argv(install_dir: Path, service: str | None = None, cluster: str = CLU
         str(install_dir / "node-token"),
         "--cloud",
         host_cloud(),
+        "--output-copy",
+        str(root / "var" / "log" / "burst-broker-command.log"),
     ]
 
 

@@ -119,7 +119,8 @@ def test_a_node_installs_under_opt_and_logs_under_var_log() -> None:
     assert "\nLOG=/var/log/burst-broker-agent.log\n" in text
     assert f"\nSERVICE={SERVICE}\n" in text and f"\nCLUSTER={CLUSTER}\n" in text
     assert '"$PY" -I "$DIR/agent.py" --service "$SERVICE" --cluster "$CLUSTER"' in text
-    assert '--token-file "$DIR/node-token" --cloud "$CLOUD" </dev/null >>"$LOG" 2>&1 &' in text
+    assert '--token-file "$DIR/node-token" --cloud "$CLOUD" \\\n' in text
+    assert '--output-copy "$LOG_DIR/burst-broker-command.log" </dev/null >>"$LOG" 2>&1 &' in text
     assert 'case "$(cat /sys/class/dmi/id/sys_vendor 2>/dev/null || true)" in' in text
     assert "SETSID=setsid; fi\n$SETSID nohup " in text
     assert f'"$LOG" {FETCH_WINDOW} || exit 1\n' in text and FETCH_WINDOW == 300  # 5 minutes
