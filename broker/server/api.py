@@ -137,7 +137,7 @@ def submit(
                 )
             ]
         )
-    target = broker if backend == broker.backend else _with_backend(broker, backend)
+    target = broker if backend == broker.backend else _view(broker, backend=backend)
     cluster = target.submit(quote_request, experiment=experiment, idempotency_key=idempotency_key)
     service_of(request).wake()
     doc = cluster_document(cluster)
@@ -145,11 +145,13 @@ def submit(
     return doc
 
 
-def _with_backend(broker: Broker, backend: str | None) -> Broker:
+def _view(broker: Broker, **fields: object) -> Broker:
+    """A shallow copy of the request's Broker with some fields replaced (its backend, its
+    artifact store): it shares the store and the catalog, never opening a second engine."""
     import copy
 
     view = copy.copy(broker)
-    view.backend = backend
+    view.__dict__.update(fields)  # plain attributes and cached properties alike
     return view
 
 
@@ -226,7 +228,7 @@ def artifact_link(
 
     store = broker.artifact_store
     if isinstance(store, FileStore):  # served here: on the host the caller reached
-        view = _with_store(broker, store.with_base(str(request.base_url).rstrip("/")))
+        view = _view(broker, artifact_store=store.with_base(str(request.base_url).rstrip("/")))
         link = view.artifact_link(cluster_id, path)
     else:
         link = broker.artifact_link(cluster_id, path)
@@ -236,14 +238,6 @@ def artifact_link(
         "headers": dict(link.headers),
         "expires_at": link.expires_at,
     }
-
-
-def _with_store(broker: Broker, store: object) -> Broker:
-    import copy
-
-    view = copy.copy(broker)
-    view.__dict__["artifact_store"] = store
-    return view
 
 
 @router.post("/clusters/{cluster_id}/stop", summary="Stop (or cancel) a cluster: STOPPED")
