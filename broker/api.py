@@ -682,8 +682,10 @@ class Broker:
 
     def env(self, cluster_id: str, rank: int) -> dict[str, str]:
         from broker.env import node_env
+        from broker.runs import history_for_limit
 
-        return node_env(self._find(cluster_id), rank)
+        cluster = self._find(cluster_id)
+        return node_env(cluster, rank, history=history_for_limit(self, cluster))
 
     def util(self) -> dict[str, dict[str, float]]:
         """GPUs starting and running, and spend per hour, per provider (or backend)."""

@@ -41,7 +41,7 @@ class RequestInputs:
     max_price_per_hour: float | None = None
     hours: float = 1.0
     image: str | None = None  # the command's container image ("": on the host); None: default
-    max_hours: float | None = None  # run-time limit per cycle: then STOPPED "run-time limit"
+    max_hours: float | None = None  # run-time limit of a run: then STOPPED "run-time limit"
     max_recoveries: int | None = None  # lost-node recoveries (None: 3 on spot, 0 on-demand)
     names: dict[str, str] = field(default_factory=dict)  # field -> how the edge spells it
 

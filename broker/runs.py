@@ -147,7 +147,7 @@ def register(
         "state": "run",
         "retry_after": policy.retry_after,
         "rank": rank,
-        "env": node_env(cluster, rank),
+        "env": node_env(cluster, rank, history=history_for_limit(broker, cluster)),
         "command": command_of(cluster) or "",
         "image": image_of(cluster),
         "datasets": datasets_of(cluster),
@@ -396,24 +396,35 @@ def outcome(cluster: ClusterRecord, agents: Sequence[AgentRecord]) -> Ending | N
     return None
 
 
+def history_for_limit(broker: Broker, cluster: ClusterRecord) -> list[TransitionRecord]:
+    """The transitions a run-time limit is counted from (none needed without one)."""
+    from broker.env import max_hours_of
+
+    return broker.store.transitions(cluster.id) if max_hours_of(cluster) is not None else []
+
+
 def over_time(
     cluster: ClusterRecord, history: Sequence[TransitionRecord], now: float
 ) -> Ending | None:
-    """STOPPED "run-time limit" when this cycle has been RUNNING for ``max_hours``."""
-    from broker.env import max_hours_of
+    """STOPPED "run-time limit" when the experiment's run has been RUNNING for
+    ``max_hours`` (its recovered cycles together: broker.env.run_clock)."""
+    from broker.env import max_hours_of, run_clock
 
     limit = max_hours_of(cluster)
     if limit is None:
         return None
-    since = [t.at for t in history if t.cycle == cluster.cycle and t.status is Status.RUNNING]
-    if not since or now - since[-1] < limit * 3600:
+    clock = run_clock(history, cluster.cycle)
+    if clock.running_since is None or clock.used(now) < limit * 3600:
         return None
-    ran = (now - since[-1]) / 3600
+    ran = clock.used(now) / 3600
+    where = f"cycle {cluster.cycle}"
+    if clock.used_before:
+        where = f"cycles up to {cluster.cycle}, {clock.used_before / 3600:.2f} h before this one"
     return Ending(
         cluster.id,
         Status.STOPPED,
         None,
-        f"run-time limit: max_hours {limit:g} reached (ran {ran:.2f} h in cycle {cluster.cycle})",
+        f"run-time limit: max_hours {limit:g} reached (ran {ran:.2f} h in {where})",
     )
 
 

@@ -383,7 +383,7 @@ def report_document(r: ClusterReport) -> Document:
             "command": experiment["command"],
             "image": experiment.get("image") or None,
             "datasets": list(experiment.get("dataset_id_list") or ()),
-            "max_hours": experiment.get("max_hours"),  # per cycle; None: unlimited
+            "max_hours": experiment.get("max_hours"),  # per run; None: unlimited
             "max_recoveries": max_recoveries_of(r.cluster),  # its own, else the default
             "recoveries": recoveries_made(r.transitions),
         }

@@ -188,7 +188,8 @@ def _image(p: argparse.ArgumentParser) -> None:
         "--max-hours",
         type=positive,
         metavar="H",
-        help="run-time limit of each cycle: at the limit the command is signalled, artifacts "
+        help="run-time limit in hours of RUNNING (recovered cycles share it; a restart gets it "
+        "whole): at the limit the command is signalled, artifacts "
         "get their final sync and the cluster ends STOPPED (run-time limit); the nodes see "
         "STRONG_CYCLE_TIME_MS",
     )

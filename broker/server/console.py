@@ -684,23 +684,24 @@ def run_time_left(
     cluster: ClusterRecord, history: Sequence[TransitionRecord], now: float
 ) -> dict[str, Any]:
     """An experiment's run-time limit as the pages show it, counted as the service's watch
-    loop counts it (``broker.runs.over_time``): ``max_hours`` from the current cycle's last
-    RUNNING transition. ``state``: ``none`` (no ``max_hours``), ``waiting`` (this cycle is not
-    RUNNING yet: the whole limit is ahead), ``running`` (``left``, ``until``), ``reached``
-    (the service is stopping it) or ``ended`` (this cycle is over); ``limit`` is
-    ``max_hours`` for people."""
-    from broker.env import max_hours_of
+    loop counts it (``broker.runs.over_time``): ``max_hours`` of RUNNING in its run (the
+    current cycle and the earlier ones recoveries added: ``broker.env.run_clock``).
+    ``state``: ``none`` (no ``max_hours``), ``waiting`` (this cycle is not RUNNING yet),
+    ``running`` (``left``, ``until``), ``reached`` (the service is stopping it) or ``ended``
+    (this cycle is over); ``limit`` is ``max_hours`` for people."""
+    from broker.env import max_hours_of, run_clock
 
     hours = max_hours_of(cluster)
     if hours is None:
         return {"state": "none", "limit": None}
     limit = age(hours * 3600)
+    clock = run_clock(history, cluster.cycle)
     if cluster.status in (Status.PENDING, Status.QUEUED, Status.STARTING):
-        return {"state": "waiting", "limit": limit}
-    since = [t.at for t in history if t.cycle == cluster.cycle and t.status is Status.RUNNING]
-    if cluster.status is not Status.RUNNING or not since:
+        ahead = max(0.0, hours * 3600 - clock.used_before)  # earlier cycles of the run used some
+        return {"state": "waiting", "limit": limit, "left": age(ahead)}
+    if cluster.status is not Status.RUNNING or clock.running_since is None:
         return {"state": "ended", "limit": limit}
-    deadline = since[-1] + hours * 3600
+    deadline = clock.running_since + hours * 3600 - clock.used_before
     if now >= deadline:
         return {"state": "reached", "limit": limit}
     return {

@@ -49,7 +49,8 @@ class RequestBody(BaseModel):
         gt=0,
         le=8760,
         allow_inf_nan=False,
-        description="Run-time limit of each cycle, in hours: at the limit the command is "
+        description="Run-time limit in hours of RUNNING (cycles that recoveries add share it; "
+        "a restart gets it whole): at the limit the command is "
         'signalled, artifacts get their final sync and the cluster ends STOPPED ("run-time '
         'limit"). Nodes see it as STRONG_CYCLE_TIME_MS.',
     )
