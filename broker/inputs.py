@@ -212,37 +212,22 @@ def build_request(
                 inputs.max_recoveries, name("max_recoveries", "max_recoveries")
             )
         return request, experiment
-    if inputs.image is not None:
-        raise InvalidRequest(
-            [
-                Diagnostic(
-                    field="image",
-                    message=f"{name('image', 'image')} is the container a launch file's command "
-                    f"runs in: give {name('launch_file', 'a launch file')} too",
-                )
-            ]
-        )
-    if inputs.max_hours is not None:
-        raise InvalidRequest(
-            [
-                Diagnostic(
-                    field="max_hours",
-                    message=f"{name('max_hours', 'max_hours')} limits how long a launch file's "
-                    f"command runs: give {name('launch_file', 'a launch file')} too",
-                )
-            ]
-        )
-    if inputs.max_recoveries is not None:
-        raise InvalidRequest(
-            [
-                Diagnostic(
-                    field="max_recoveries",
-                    message=f"{name('max_recoveries', 'max_recoveries')} says how often a launch "
-                    f"file's experiment is recovered after losing a node: give "
-                    f"{name('launch_file', 'a launch file')} too",
-                )
-            ]
-        )
+    experiment_only: tuple[tuple[str, object, str], ...] = (  # fields of an experiment
+        ("image", inputs.image, "is the container a launch file's command runs in"),
+        ("max_hours", inputs.max_hours, "limits how long a launch file's command runs"),
+        (
+            "max_recoveries",
+            inputs.max_recoveries,
+            "says how often a launch file's experiment is recovered after losing a node",
+        ),
+    )
+    for field_name, value, what in experiment_only:
+        if value is not None:
+            message = (
+                f"{name(field_name, field_name)} {what}: give "
+                f"{name('launch_file', 'a launch file')} too"
+            )
+            raise InvalidRequest([Diagnostic(field=field_name, message=message)])
     if inputs.gpus is None:
         raise InvalidRequest(
             [
