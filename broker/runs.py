@@ -364,22 +364,15 @@ def outcome(cluster: ClusterRecord, agents: Sequence[AgentRecord]) -> Ending | N
     """The cluster's ending that its agents' exits decide, if they decide one yet."""
     from broker.lifecycle import FailReason
 
+    not_started = {  # the command never ran on this rank: its own reason
+        "inputs_failed": (FailReason.FAILED_INPUTS, "inputs failed"),
+        "image_pull_failed": (FailReason.FAILED_IMAGE_PULL, "image pull failed"),
+    }
     for a in agents:
         last = (": " + " | ".join(a.exit_tail)) if a.exit_tail else ""
-        if a.exit_reason == "inputs_failed":
-            return Ending(
-                cluster.id,
-                Status.FAILED,
-                FailReason.FAILED_INPUTS.value,
-                f"rank {a.rank}: inputs failed{last}",
-            )
-        if a.exit_reason == "image_pull_failed":
-            return Ending(
-                cluster.id,
-                Status.FAILED,
-                FailReason.FAILED_IMAGE_PULL.value,
-                f"rank {a.rank}: image pull failed{last}",
-            )
+        if a.exit_reason in not_started:
+            reason, what = not_started[a.exit_reason]
+            return Ending(cluster.id, Status.FAILED, reason.value, f"rank {a.rank}: {what}{last}")
         if a.exit_reason == "spawn_failed" or (
             a.exit_reason == "exited" and (a.exit_code or a.exit_signal)
         ):
