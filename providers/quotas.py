@@ -35,8 +35,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from shapes.model import Provisioning, Shape
+
+if TYPE_CHECKING:
+    from providers.errors import ProviderError
 
 GLOBAL = "global"  # the region of a project-wide quota (GCP's *_ALL_REGIONS)
 ANY_MARKET = "any"  # a quota spot and on-demand VMs share
@@ -114,6 +118,19 @@ class Shortfall:
 
 def _num(value: float) -> str:
     return f"{value:g}"
+
+
+def unreadable(exc: ProviderError, permissions: str) -> str:
+    """Why a quota or usage could not be read, in a few words: a refusal names the
+    ``permissions`` that would let the broker skip doomed regions."""
+    from providers.errors import ProviderUnavailableError
+
+    if isinstance(exc, ProviderUnavailableError):
+        return (
+            f"permission missing ({exc.code}: {exc.message}); allow {permissions} to let the "
+            "broker skip doomed regions"
+        )
+    return f"{exc.code}: {exc.message}"
 
 
 def bucket_key(bucket: str) -> str:

@@ -82,7 +82,14 @@ from providers.errors import (
     RegionConfigError,
 )
 from providers.polling import Backoff
-from providers.quotas import AWS_QUOTAS, QuotaReport, QuotaUnit, ReportBuilder, aws_quota
+from providers.quotas import (
+    AWS_QUOTAS,
+    QuotaReport,
+    QuotaUnit,
+    ReportBuilder,
+    aws_quota,
+    unreadable,
+)
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
@@ -92,6 +99,8 @@ if TYPE_CHECKING:
 __all__ = ["LIVE_STATES", "AwsProvider", "client_config"]
 
 log = logging.getLogger(__name__)
+# What reading quotas and running instances needs (said when a refusal leaves the quota unread).
+QUOTA_PERMISSIONS = "servicequotas:GetServiceQuota and ec2:DescribeInstances"
 
 # Instance states that still exist and (except stopped) bill: what describe/list_tagged show.
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
@@ -295,14 +304,16 @@ class AwsProvider:
         try:
             usage = self._quota_usage(region)
         except ProviderError as exc:
-            found.warn(f"running instances in {region} could not be listed: {_unread(exc)}")
+            why = unreadable(exc, QUOTA_PERMISSIONS)
+            found.warn(f"running instances in {region} could not be listed: {why}")
             return found.report()
         service = self._client("service-quotas", region)
         for quota in AWS_QUOTAS:
             try:
                 answer = call(service, "get_service_quota", ServiceCode="ec2", QuotaCode=quota.code)
             except ProviderError as exc:
-                found.warn(f"{quota.code} ({quota.name}) could not be read: {_unread(exc)}")
+                why = unreadable(exc, QUOTA_PERMISSIONS)
+                found.warn(f"{quota.code} ({quota.name}) could not be read: {why}")
                 if isinstance(exc, ProviderUnavailableError):
                     break  # no permission for one: none of the others either
                 continue
@@ -680,16 +691,6 @@ class AwsProvider:
                     self._delete_placement_group(ec2, region, str(group["GroupName"]))
         except ProviderError as exc:
             log.warning("could not clean placement groups in %s: %s", region, exc)
-
-
-def _unread(exc: ProviderError) -> str:
-    """Why a quota could not be read, in a few words (a refusal says what is missing)."""
-    if isinstance(exc, ProviderUnavailableError):
-        return (
-            f"permission missing ({exc.code}: {exc.message}); allow servicequotas:"
-            "GetServiceQuota and ec2:DescribeInstances to let the broker skip doomed regions"
-        )
-    return f"{exc.code}: {exc.message}"
 
 
 if TYPE_CHECKING:

@@ -96,7 +96,6 @@ from providers.errors import (
     InvalidLaunchError,
     NotConfiguredError,
     ProviderError,
-    ProviderUnavailableError,
     Reach,
     RegionConfigError,
 )
@@ -109,6 +108,7 @@ from providers.quotas import (
     QuotaUnit,
     ReportBuilder,
     bucket_key,
+    unreadable,
 )
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
@@ -121,6 +121,8 @@ if TYPE_CHECKING:
 __all__ = ["TAG_SHAPE", "TAG_TOKEN", "AzureProvider", "compute_client", "vm_base_name"]
 
 log = logging.getLogger(__name__)
+# What reading usages needs (said when a refusal leaves the quota unread).
+QUOTA_PERMISSIONS = "Microsoft.Compute/locations/usages/read"
 
 TAG_SHAPE = "broker-shape"
 TAG_TOKEN = "broker-token"
@@ -361,7 +363,8 @@ class AzureProvider:
         try:
             usages = list(self._call(lambda: list(self.compute.usage.list(region))))
         except ProviderError as exc:
-            found.warn(f"the usage of {region} could not be read: {_unread(exc)}")
+            why = unreadable(exc, QUOTA_PERMISSIONS)
+            found.warn(f"the usage of {region} could not be read: {why}")
             return found.report()
         for usage in usages:
             name = str(getattr(usage.name, "value", "") or "")
@@ -848,16 +851,6 @@ class AzureProvider:
             if getattr(_props(group), "virtual_machines", None):
                 continue
             self._delete_placement_group(str(group.name))
-
-
-def _unread(exc: ProviderError) -> str:
-    """Why the usage could not be read, in a few words (a refusal says what is missing)."""
-    if isinstance(exc, ProviderUnavailableError):
-        return (
-            f"permission missing ({exc.code}: {exc.message}); allow Microsoft.Compute/"
-            "locations/usages/read to let the broker skip doomed regions"
-        )
-    return f"{exc.code}: {exc.message}"
 
 
 def _node_state(vm: Any) -> NodeState:

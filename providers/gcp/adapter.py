@@ -87,14 +87,13 @@ from providers.errors import (
     CapacityError,
     InvalidLaunchError,
     ProviderError,
-    ProviderUnavailableError,
     RegionConfigError,
 )
 from providers.gcp.config import GcpConfig
 from providers.gcp.errors import GOOGLE_ERRORS, PROVIDER, classify
 from providers.gcp.errors import operation_error as _operation_error
 from providers.polling import Backoff
-from providers.quotas import ANY_MARKET, GLOBAL, QuotaReport, QuotaUnit, ReportBuilder
+from providers.quotas import ANY_MARKET, GLOBAL, QuotaReport, QuotaUnit, ReportBuilder, unreadable
 from shapes.catalog import Catalog
 from shapes.model import Provisioning, Shape
 
@@ -118,6 +117,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# What reading quotas needs (said when a refusal leaves the quota unread).
+QUOTA_PERMISSIONS = "compute.regions.get and compute.projects.get"
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 TAG_REQUEST = "broker-request"  # label: digest of the launch token + gang size
@@ -445,7 +446,7 @@ class GcpProvider:
                 )
             except ProviderError as exc:
                 what = f"region {region}" if scope == region else "project-wide"
-                found.warn(f"{what} quotas could not be read: {_unread(exc)}")
+                found.warn(f"{what} quotas could not be read: {unreadable(exc, QUOTA_PERMISSIONS)}")
                 continue
             for quota in answer.quotas:
                 metric = str(quota.metric)
@@ -891,16 +892,6 @@ class GcpProvider:
                     self._delete_policy(region, policy.name)
         except ProviderError as exc:
             log.warning("could not clean resource policies in %s: %s", region, exc)
-
-
-def _unread(exc: ProviderError) -> str:
-    """Why quotas could not be read, in a few words (a refusal says what is missing)."""
-    if isinstance(exc, ProviderUnavailableError):
-        return (
-            f"permission missing ({exc.code}: {exc.message}); allow compute.regions.get and "
-            "compute.projects.get to let the broker skip doomed regions"
-        )
-    return f"{exc.code}: {exc.message}"
 
 
 if TYPE_CHECKING:
