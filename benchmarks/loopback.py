@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,56 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class Submitters:
+    """``len(tokens)`` client threads, each with its own token and keep-alive connection to
+    ``ports[i % len(ports)]``, submitting its share of ``clusters`` (``{"gpus": 16}``) once
+    :meth:`go` releases them all together."""
+
+    def __init__(
+        self, ports: Sequence[int], tokens: Sequence[str], clusters: int, timeout: float
+    ) -> None:
+        clients = len(tokens)
+        self.shares = [clusters // clients + (i < clusters % clients) for i in range(clients)]
+        self.ports, self.tokens, self.timeout = list(ports), list(tokens), timeout
+        self.answered: list[float] = []  # when each client had its last answer
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._go = threading.Barrier(clients + 1)
+        self._threads = [threading.Thread(target=self._submit, args=(i,)) for i in range(clients)]
+        for t in self._threads:
+            t.start()  # each waits at the barrier
+
+    def _submit(self, i: int) -> None:
+        client = Client(self.ports[i % len(self.ports)], self.tokens[i])
+        try:
+            self._go.wait(timeout=self.timeout)
+            for _ in range(self.shares[i]):
+                status, doc = client.request("POST", "/v1/clusters", {"gpus": 16})
+                if status != 202:
+                    raise RuntimeError(f"POST /v1/clusters: {status} {doc}")
+        except Exception as exc:  # reported by finish()
+            with self._lock:
+                self.errors.append(f"client {i}: {exc}")
+        finally:
+            with self._lock:
+                self.answered.append(time.perf_counter())
+            client.close()
+
+    def go(self) -> float:
+        """Release every client; the moment they go (``time.perf_counter``)."""
+        self._go.wait(timeout=self.timeout)
+        return time.perf_counter()
+
+    def finish(self, deadline: float) -> float:
+        """Wait for every client until ``deadline`` (``perf_counter``); when the last answer
+        came. RuntimeError if a submission failed or a client did not finish."""
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.perf_counter()))
+        if self.errors or any(t.is_alive() for t in self._threads):
+            raise RuntimeError(f"submissions failed: {self.errors[:3]}")
+        return max(self.answered)
 
 
 def get_text(port: int, path: str) -> str:

@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loopback import (  # noqa: E402
     Client,
     Server,
+    Submitters,
     clean_env,
     free_port,
     get_text,
@@ -440,42 +441,14 @@ def one_run(
     try:
         with replicas(server_env, config.replicas, "--sim-scenario", str(scenario)) as servers:
             tokens = [broker.create_token("bench", name=f"client-{i}")[0] for i in range(clients)]
-            shares = [clusters // clients + (i < clusters % clients) for i in range(clients)]
-            answered: list[float] = []
-            errors: list[str] = []
-            lock = threading.Lock()
-            go = threading.Barrier(clients + 1)
-
-            def submit(i: int) -> None:
-                client = Client(servers[i % len(servers)].port, tokens[i])
-                try:
-                    go.wait(timeout=DEADLINE)
-                    for _ in range(shares[i]):
-                        status, doc = client.request("POST", "/v1/clusters", {"gpus": 16})
-                        if status != 202:
-                            raise RuntimeError(f"POST /v1/clusters: {status} {doc}")
-                except Exception as exc:  # reported after the run
-                    with lock:
-                        errors.append(f"client {i}: {exc}")
-                finally:
-                    with lock:
-                        answered.append(time.perf_counter())
-                    client.close()
-
-            threads = [threading.Thread(target=submit, args=(i,)) for i in range(clients)]
-            for t in threads:
-                t.start()
+            burst = Submitters([s.port for s in servers], tokens, clusters, timeout=DEADLINE)
             if profiler is not None:  # the profile covers the measured window only
                 for server in servers:
                     server.proc.send_signal(signal.SIGUSR1)
-            go.wait(timeout=DEADLINE)
-            t0, wall0 = time.perf_counter(), time.time()
+            t0 = burst.go()
+            wall0 = time.time()
             before = CpuSample.take(servers, pg if config.store == "postgres" else None)
-            for t in threads:
-                t.join(timeout=max(0.0, DEADLINE - (time.perf_counter() - t0)))
-            if errors or any(t.is_alive() for t in threads):
-                raise RuntimeError(f"submissions failed: {errors[:3]}")
-            submit_s = max(answered) - t0
+            submit_s = burst.finish(t0 + DEADLINE) - t0
             watcher = Client(servers[0].port, tokens[0])
             try:
                 while True:

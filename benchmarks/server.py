@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.loopback import Client, Server, clean_env, serving  # noqa: E402
+from benchmarks.loopback import Client, Server, Submitters, clean_env, serving  # noqa: E402
 from broker.api import Broker  # noqa: E402
 from broker.lifecycle import Status  # noqa: E402
 from broker.quote import QuoteRequest  # noqa: E402
@@ -83,38 +83,12 @@ class ApiRun:
 def api_run(env: Mapping[str, str], clients: int, clusters: int) -> ApiRun:
     with serving(env) as server:
         tokens = [server.token("bench", f"client-{i}") for i in range(clients)]
-        shares = [clusters // clients + (i < clusters % clients) for i in range(clients)]
-        done: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        go = threading.Barrier(clients + 1)
-
-        def submit(i: int) -> None:
-            client = Client(server.port, tokens[i])
-            try:
-                go.wait(timeout=60)
-                for _ in range(shares[i]):
-                    status, doc = client.request("POST", "/v1/clusters", {"gpus": 16})
-                    if status != 202:
-                        raise RuntimeError(f"POST /v1/clusters: {status} {doc}")
-            except Exception as exc:  # reported after the run
-                with lock:
-                    errors.append(f"client {i}: {exc}")
-            finally:
-                with lock:
-                    done.append(time.perf_counter())
-                client.close()
-
-        threads = [threading.Thread(target=submit, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        go.wait(timeout=60)
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join(timeout=DEADLINE)
-        if errors or any(t.is_alive() for t in threads):
-            raise RuntimeError(f"submissions failed: {errors[:3]}\n{server.output()[-2000:]}")
-        submitted = max(done)
+        burst = Submitters([server.port], tokens, clusters, timeout=60)
+        t0 = burst.go()
+        try:
+            submitted = burst.finish(t0 + DEADLINE)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{server.output()[-2000:]}") from None
         watcher = Client(server.port, tokens[0])
         try:
             wait_settled(watcher, t0)
