@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 from broker.api import Broker
+from broker.lifecycle import Status
 from broker.settings import Settings
+from broker.state import AttemptOutcome, ClusterRecord
 
 
 def free_port() -> int:
@@ -206,3 +208,22 @@ def wait_for(predicate: Any, timeout: float = 30, every: float = 0.05) -> Any:
 
 
 __all__ = ["BrokerServer", "Reply", "call", "free_port", "server_env", "wait_for"]
+
+
+def assert_provisioned_once(broker: Broker, cluster: ClusterRecord) -> None:
+    """One fallback loop at a time ran this cluster: its attempts are numbered 1..k across
+    cycles without a repeat (two workers running it would repeat them), each cycle has at
+    most one winning attempt and one RUNNING transition, and a RUNNING cluster's current
+    cycle exactly one of each."""
+    from collections import Counter
+
+    tried = broker.store.attempts(cluster.id)
+    numbers = sorted(a.attempt_no for a in tried)
+    assert numbers == list(range(1, len(tried) + 1)), (cluster.id, numbers)
+    won = Counter(a.cycle for a in tried if a.outcome == AttemptOutcome.RUNNING.value)
+    history = broker.store.transitions(cluster.id)
+    ran = Counter(t.cycle for t in history if t.status is Status.RUNNING)
+    assert all(n == 1 for n in won.values()), (cluster.id, won)
+    assert all(n == 1 for n in ran.values()), (cluster.id, ran)
+    if cluster.status is Status.RUNNING:
+        assert won[cluster.cycle] == 1 and ran[cluster.cycle] == 1, (cluster.id, won, ran)

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from broker.lifecycle import Status
-from broker.state import AttemptOutcome
 from providers.sim import SimProvider
-from tests.server.conftest import BrokerServer, server_env
+from tests.server.conftest import BrokerServer, assert_provisioned_once, server_env
 from tests.store.pgserver import PostgresServer
 
 REPLICAS = 3
@@ -196,16 +195,7 @@ def _load_and_check(replicas: list[BrokerServer], started: float) -> None:
     for cluster in stored:
         if cluster.status is not Status.RUNNING:
             assert cluster.reason, cluster  # ended with a reason
-        tried = broker.store.attempts(cluster.id)
-        numbers = sorted(a.attempt_no for a in tried)
-        assert numbers == list(range(1, len(tried) + 1)), (cluster.id, numbers)
-        won = Counter(a.cycle for a in tried if a.outcome == AttemptOutcome.RUNNING.value)
-        history = broker.store.transitions(cluster.id)
-        ran = Counter(t.cycle for t in history if t.status is Status.RUNNING)
-        assert all(n == 1 for n in won.values()), (cluster.id, won)
-        assert all(n == 1 for n in ran.values()), (cluster.id, ran)
-        if cluster.status is Status.RUNNING:
-            assert won[cluster.cycle] == 1 and ran[cluster.cycle] == 1, cluster.id
+        assert_provisioned_once(broker, cluster)
         orphaned_then_requeued += cluster.cycle > 1
     for srv in replicas:
         log = srv.output()
