@@ -500,7 +500,7 @@ class Broker:
             bootstrap=bootstrap,
             drain=self._drain_agents,
         )
-        running = provisioner.run(cluster.id, ranked.plans, skipped=skipped)
+        running = provisioner.run(cluster.id, ranked.plans, skipped=skipped, current=cluster)
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
             from broker.runs import outcome
 

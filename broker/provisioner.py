@@ -197,14 +197,21 @@ class Provisioner:
     # -- the fallback loop ------------------------------------------------------------------
 
     def run(
-        self, cluster_id: str, plans: Sequence[Plan], skipped: Mapping[str, int] | None = None
+        self,
+        cluster_id: str,
+        plans: Sequence[Plan],
+        skipped: Mapping[str, int] | None = None,
+        *,
+        current: ClusterRecord | None = None,
     ) -> ClusterRecord:
         """Provision the cluster on the first plan and zone that works. Raises
         ProvisionFailed (FAILED), CleanupFailed, Cancelled (someone else moved it) or
         Interrupted (a signal: the cluster is STOPPED, its nodes removed). ``skipped``:
-        shapes already left out without a call (cause -> count), for the FAILED summary."""
+        shapes already left out without a call (cause -> count), for the FAILED summary.
+        ``current``: the cluster as the caller just read it (else it is read here); every
+        move from it is a compare-and-set, so a stale one only ends in Cancelled."""
         now = self.clock()
-        claimed = self.store.get(cluster_id)
+        claimed = current if current is not None else self.store.get(cluster_id)
         if claimed.status is Status.QUEUED and claimed.owner == self.owner:
             cluster = claimed  # a worker claimed it for us (Store.claim_pending): QUEUED
         else:
