@@ -791,6 +791,9 @@ class Store:
             if path.exists() and not path.is_file():
                 raise StoreError(f"the store {path} is not a file")
             return cls(_sqlite_engine(path), where=str(path), check_schema=check_schema)
+        unsupported = StoreError(
+            f"BROKER_STATE_URL {shown}: the store runs on PostgreSQL or SQLite, not {backend}"
+        )
         try:
             engine = create_engine(parsed, pool_pre_ping=backend == "postgresql")
         except sa_exc.NoSuchModuleError:
@@ -798,6 +801,8 @@ class Store:
                 f"BROKER_STATE_URL {shown}: no SQLAlchemy dialect {parsed.drivername!r}"
             ) from None
         except ImportError as exc:
+            if backend not in ("sqlite", "postgresql"):
+                raise unsupported from None  # installing its driver would not help
             hint = "pip install 'burst-broker[postgres]'" if backend == "postgresql" else ""
             raise StoreError(
                 f"BROKER_STATE_URL {shown}: its database driver is not installed "
@@ -805,9 +810,7 @@ class Store:
             ) from None
         if backend not in ("sqlite", "postgresql"):
             engine.dispose()
-            raise StoreError(
-                f"BROKER_STATE_URL {shown}: the store runs on PostgreSQL or SQLite, not {backend}"
-            )
+            raise unsupported
         return cls(engine, where=shown, check_schema=check_schema)
 
     @contextmanager

@@ -427,6 +427,7 @@ def test_a_zero_byte_store_is_initialised(tmp_path: Path) -> None:
         ("nosuchdb://u:hunter2@localhost/x", "no SQLAlchemy dialect"),
         ("postgresql+nosuchdriver://u:hunter2@localhost/x", "no SQLAlchemy dialect"),
         ("postgresql+psycopg://u:hunter2@127.0.0.1:9/x", "127.0.0.1:9"),
+        ("mysql://u:hunter2@localhost/x", "runs on PostgreSQL or SQLite, not mysql"),
     ],
 )
 def test_bad_state_urls_never_show_the_password(tmp_path: Path, url: str, needle: str) -> None:
