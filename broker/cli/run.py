@@ -100,9 +100,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
             doc = cluster_document(cluster, service.attempts(cluster.id))
             say(attempts_report(doc["attempts"], doc["skipped"]))
-        why = f" ({cluster.reason}: {cluster.detail})" if cluster.reason else ""
-        say(f"{cluster.id} {cluster.status.value}{why}")
+        say(f"{cluster.id} {cluster.status.value}{_why(cluster)}")
         return _exit_code(cluster)
+
+
+def _why(cluster: ClusterRecord) -> str:
+    """`` (reason: detail)``, `` (detail)`` (a stop has no reason code), or nothing."""
+    said = ": ".join(x for x in (cluster.reason, cluster.detail) if x)
+    return f" ({said})" if said else ""
 
 
 def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
@@ -118,8 +123,8 @@ def _follow(service: Client, cluster_id: str, rank: int) -> ClusterRecord:
         now = (cluster.status, cluster.cycle)
         if now != seen and cluster.status not in TERMINAL:
             # A lost node's gang winds down and goes again: say why, and which cycle.
-            telling = cluster.status in (Status.TERMINATING, Status.PENDING) and cluster.detail
-            why = f" ({cluster.reason}: {cluster.detail})" if telling else ""
+            telling = cluster.status in (Status.TERMINATING, Status.PENDING)
+            why = _why(cluster) if telling else ""
             cycle = f" [cycle {cluster.cycle}]" if cluster.cycle > 1 else ""
             say(f"{cluster_id}: {cluster.status.value}{cycle}{why}")
             seen = now

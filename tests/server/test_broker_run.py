@@ -98,3 +98,19 @@ def test_a_preempted_run_is_followed_through_its_recovery(tmp_path: Path) -> Non
     resumed = [x for x in output if x.startswith("resumes at ")][1]
     assert int(resumed.split()[-1]) >= 2, output  # cycle 2 started from the checkpoint
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_time_limit_is_said_while_following(tmp_path: Path) -> None:
+    """A stop for the run-time limit has no reason code: the last line gives its detail
+    alone (it said nothing of why)."""
+    job = tmp_path / "job.isc"
+    job.write_text(
+        'isc_project_id = "p"\nexperiment_name = "limited"\ngpus = 4\ncompute_mode = "burst"\n'
+        "command = 'echo up; sleep 60'\n"
+    )
+    proc = run(tmp_path, str(job), "--provider", "sim", "--max-hours", "0.0005")  # 1.8 s
+    assert proc.returncode == 5, proc.stderr  # STOPPED
+    assert re.search(
+        r"bb-[0-9a-f]{12} STOPPED \(run-time limit: max_hours 0\.0005 reached", proc.stderr
+    )
+    assert "None" not in proc.stderr and "Traceback" not in proc.stderr
