@@ -258,15 +258,21 @@ def test_a_two_line_command_completes(stubs: list[Stub], run_agent: Any, tmp_pat
     assert code == 0, err
     names = stub.names()
     assert names[:3] == ["register"] * 3
-    assert [n for n in names if n != "heartbeat"] == ["register"] * 3 + ["started", "logs", "exit"]
+    calls = [n for n in names if n != "heartbeat"]
+    # the two lines come from two pipes, so they may be shipped in one batch or in two
+    assert calls[:4] == ["register"] * 3 + ["started"] and calls[-1] == "exit"
+    assert set(calls[4:-1]) == {"logs"} and 1 <= len(calls[4:-1]) <= 2
     register = stub.bodies("register")[0]
     assert register["cluster_id"] == CLUSTER and register["address"] == "127.0.0.1"
     assert register["agent_version"] == agent.AGENT_VERSION and register["python"]
     (started,) = stub.bodies("started")
     assert started["rank"] == 0 and started["pid"] > 0 and started["cluster_id"] == CLUSTER
-    assert stub.bodies("logs") == [
-        {"cluster_id": CLUSTER, "rank": 0, "seq": 0, "lines": ["hello", "world"], "dropped": 0}
-    ]
+    batches = stub.bodies("logs")
+    assert [b["seq"] for b in batches] == [0, 1][: len(batches)]  # seq numbers lines
+    assert [line for b in batches for line in b["lines"]] == ["hello", "world"]
+    assert all(
+        b["cluster_id"] == CLUSTER and b["rank"] == 0 and b["dropped"] == 0 for b in batches
+    )
     assert stub.exit() == {
         "cluster_id": CLUSTER,
         "rank": 0,
@@ -407,8 +413,8 @@ def test_a_503_on_logs_is_retried_with_the_same_seq_and_stored_once(
     )
     code, err = finish(run_agent(stub.url))
     assert code == 0, err
-    first, second = stub.bodies("logs")
-    assert first == second and first["seq"] == 0
+    first, second, *rest = stub.bodies("logs")  # "two" may follow in a batch of its own
+    assert first == second and first["seq"] == 0 and len(rest) <= 1
     assert stub.duplicates == 1 and stub.lines() == ["one", "two"]
     assert "logs: HTTP 503" in err
 
