@@ -224,12 +224,15 @@ class Service:
                 for c in self.broker.store.list_clusters({Status.RUNNING})
                 if command_of(c) is not None
             ]
-            agents_of = self.broker.store.agents_of(running)  # one query for all of them
+            store = self.broker.store
+            agents_of = store.agents_of(running)  # one query for all of them
+            limited = [c.id for c in running if max_hours_of(c) is not None]
+            history_of = store.transitions_of(limited) if limited else {}  # and one for these
             for cluster in running:
                 agents = agents_of[cluster.id]
                 ending = outcome(cluster, agents) or lost_agents(cluster, agents, now, policy)
-                if ending is None and max_hours_of(cluster) is not None:  # history: one query
-                    ending = over_time(cluster, self.broker.store.transitions(cluster.id), now)
+                if ending is None and cluster.id in history_of:
+                    ending = over_time(cluster, history_of[cluster.id], now)
                 if ending is not None:
                     self.finish(ending)
         except BrokerError as exc:

@@ -270,9 +270,7 @@ def test_a_two_line_command_completes(stubs: list[Stub], run_agent: Any, tmp_pat
     batches = stub.bodies("logs")
     assert [b["seq"] for b in batches] == [0, 1][: len(batches)]  # seq numbers lines
     assert [line for b in batches for line in b["lines"]] == ["hello", "world"]
-    assert all(
-        b["cluster_id"] == CLUSTER and b["rank"] == 0 and b["dropped"] == 0 for b in batches
-    )
+    assert all(b["cluster_id"] == CLUSTER and b["rank"] == 0 and b["dropped"] == 0 for b in batches)
     assert stub.exit() == {
         "cluster_id": CLUSTER,
         "rank": 0,
