@@ -161,6 +161,40 @@ def _check_backend(backend: str | None) -> None:
         )
 
 
+class _Aside:
+    """Runs a cluster's wind-down in a thread of this process (``Broker.stop(within=)``);
+    ``done`` is set when it has ended, whether or not it went well. Its errors are logged:
+    the cluster stays TERMINATING under a lease that runs out, and reconcile finishes it."""
+
+    def __init__(self, cluster_id: str) -> None:
+        import threading
+
+        self.cluster_id = cluster_id
+        self.done = threading.Event()
+        self.started = False
+
+    def __call__(self, rest: Callable[[], object]) -> None:
+        import threading
+
+        def run() -> None:
+            import logging
+
+            from shapes.errors import BrokerError
+
+            log = logging.getLogger("broker")
+            try:
+                rest()
+            except BrokerError as exc:
+                log.warning("cluster %s: cannot end it: %s", self.cluster_id, exc)
+            except Exception:  # a bug: say which cluster, keep the process up
+                log.exception("cluster %s: unexpected error while ending it", self.cluster_id)
+            finally:
+                self.done.set()
+
+        self.started = True
+        threading.Thread(target=run, name=f"broker-end-{self.cluster_id}", daemon=True).start()
+
+
 class Broker:
     """Quotes, provisions and tracks clusters; all state lives in one store."""
 
@@ -711,15 +745,21 @@ class Broker:
 
     # -- ending clusters ----------------------------------------------------------------------
 
-    def release(self, cluster_id: str) -> ClusterRecord:
+    def release(self, cluster_id: str, *, within: float | None = None) -> ClusterRecord:
         """The owner is done: terminate the nodes, then COMPLETED. A finished cluster is
-        returned as it is (releasing twice is no error)."""
-        return self._end(cluster_id, Status.COMPLETED)
+        returned as it is (releasing twice is no error). ``within``: see :meth:`stop`."""
+        return self._end(cluster_id, Status.COMPLETED, within=within)
 
-    def stop(self, cluster_id: str) -> ClusterRecord:
+    def stop(self, cluster_id: str, *, within: float | None = None) -> ClusterRecord:
         """Stop before completion (also cancels a provisioning in flight): STOPPED. A
-        finished cluster is returned as it is."""
-        return self._end(cluster_id, Status.STOPPED)
+        finished cluster is returned as it is.
+
+        ``within`` (seconds; None: wait for the end): the wind-down (the commands' stop and
+        final artifact sync, then the nodes' termination) goes on in a thread of this
+        process, and the cluster is returned as it is after at most that long, TERMINATING
+        if it has not ended yet. The service answers a stop this way: a final sync may take
+        minutes, longer than any HTTP call should."""
+        return self._end(cluster_id, Status.STOPPED, within=within)
 
     def _end(
         self,
@@ -728,6 +768,7 @@ class Broker:
         *,
         reason: str | None = None,
         detail: str | None = None,
+        within: float | None = None,
     ) -> ClusterRecord:
         from broker.teardown import WindDown, wind_down
 
@@ -745,6 +786,7 @@ class Broker:
             return cluster  # someone else is winding it down right now
         how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
         provider = self._cluster_provider(cluster)
+        aside = None if within is None else _Aside(cluster.id)
         ended = wind_down(
             self.store,
             cluster,
@@ -754,8 +796,12 @@ class Broker:
             sleep=self.sleep,
             before_terminate=self._drain_agents,
             after_terminate=self._revoke_node_tokens,  # before anyone sees it ended
+            aside=aside,
         )[0]
-        return ended
+        if aside is None or not aside.started:
+            return ended
+        aside.done.wait(within)
+        return self._find(cluster.id)  # ended, or TERMINATING while the thread goes on
 
     def finish(self, ending: Ending) -> ClusterRecord:
         """End a cluster as its agents' reports decided (COMPLETED, FAILED Error, ...). A

@@ -995,7 +995,8 @@ class Client:
 
     def stop(self, cluster_id: str) -> ClusterRecord:
         """``POST .../stop``: STOPPED, also a cluster being provisioned (retried like
-        ``release``)."""
+        ``release``). The service answers within a few seconds: TERMINATING while the
+        commands' stop and final sync go on (``broker stop`` then polls for the end)."""
         path = self._cluster_path(cluster_id, "stop")
         return self._cluster(self._call("POST", path, retry=True))
 

@@ -76,24 +76,32 @@ def wind_down(
     sleep: Callable[[float], None],
     before_terminate: Callable[[ClusterRecord], None] | None = None,
     after_terminate: Callable[[ClusterRecord], None] | None = None,
+    aside: Callable[[Callable[[], object]], None] | None = None,
 ) -> tuple[ClusterRecord, list[Node]]:
     """Take a live (or TERMINATING) cluster to ``how.final``: through TERMINATING when it
     may have nodes, which are terminated and confirmed gone first. ``after_terminate`` runs
     once they are gone, before the final status is written (e.g. revoking the nodes'
     tokens: nobody may see the end while they still work). Returns the ended cluster and
-    the nodes removed. ConflictError if someone else moved it meanwhile."""
-    if cluster.status is Status.PENDING or (cluster.status is Status.QUEUED and not cluster.nodes):
-        if after_terminate is not None:  # no node to terminate; a token may exist already
-            after_terminate(cluster)
-        ended = store.transition(
-            cluster.id,
+    the nodes removed. ConflictError if someone else moved it meanwhile.
+
+    ``aside``: once TERMINATING is written (under this owner's lease), the rest (drain,
+    terminate, final status) is handed to it to run elsewhere, e.g. a thread, and the
+    TERMINATING cluster is returned at once with no node removed yet."""
+
+    def settle(from_: ClusterRecord) -> ClusterRecord:
+        if after_terminate is not None:
+            after_terminate(from_)
+        return store.transition(
+            from_.id,
             how.final,
             now=clock(),
-            expect={cluster.status},
+            expect={from_.status},
             reason=how.reason,
             detail=how.detail,
         )
-        return ended, []
+
+    if cluster.status is Status.PENDING or (cluster.status is Status.QUEUED and not cluster.nodes):
+        return settle(cluster), []  # no node to terminate; a token may exist already
     lease = Lease(how.owner, clock() + how.lease_seconds)
     if cluster.status is not Status.TERMINATING:
         cluster = store.transition(
@@ -108,23 +116,21 @@ def wind_down(
         )
     else:  # finishing a wind-down whose owner's lease ran out: take it over
         cluster = store.take_over(cluster.id, how.owner, now=clock(), until=lease.until)
-    removed: list[Node] = []
-    if provider is not None:
-        with LeaseKeeper(store, cluster.id, how.owner, how.lease_seconds, clock):
-            if before_terminate is not None:
-                before_terminate(cluster)  # e.g. let the nodes' commands stop first
-            removed = terminate_cluster_nodes(cluster.id, provider, sleep=sleep)
-    if after_terminate is not None:
-        after_terminate(cluster)
-    ended = store.transition(
-        cluster.id,
-        how.final,
-        now=clock(),
-        expect={Status.TERMINATING},
-        reason=how.reason,
-        detail=how.detail,
-    )
-    return ended, removed
+    terminating = cluster
+
+    def rest() -> tuple[ClusterRecord, list[Node]]:
+        removed: list[Node] = []
+        if provider is not None:
+            with LeaseKeeper(store, terminating.id, how.owner, how.lease_seconds, clock):
+                if before_terminate is not None:
+                    before_terminate(terminating)  # e.g. let the nodes' commands stop first
+                removed = terminate_cluster_nodes(terminating.id, provider, sleep=sleep)
+        return settle(terminating), removed
+
+    if aside is not None:
+        aside(rest)
+        return terminating, []
+    return rest()
 
 
 __all__ = ["WindDown", "terminate_cluster_nodes", "wind_down"]

@@ -341,20 +341,65 @@ def cmd_artifacts(args: argparse.Namespace, settings: Settings) -> int:
     return Exit.OK
 
 
+END_POLL = 1.0  # seconds between looks at a cluster being wound down
+END_NUDGE = 30.0  # seconds between asking again (takes over a wind-down whose owner died)
+
+
 def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
     broker = _open(settings, lambda: _broker(args, settings))
     before = broker.get(args.cluster_id)
-    cluster = broker.release(before.id) if verb == "release" else broker.stop(before.id)
+    end = broker.release if verb == "release" else broker.stop
+    cluster = end(before.id)
+    if cluster.status is Status.TERMINATING and not args.no_wait:
+        try:
+            cluster = _wait_ended(cluster, broker.get, end)
+        except KeyboardInterrupt:
+            say(
+                f"\nbroker: stopped waiting; {cluster.id} is still being wound down "
+                f"(`broker describe {cluster.id}` shows when it has ended)"
+            )
+            return Exit.SIGINT
     if args.json:
         emit_json(cluster_document(cluster))
     elif before.status in TERMINAL:
         print(f"{cluster.id} was already {cluster.status.value}: nothing to {verb}")
     elif cluster.status is Status.TERMINATING:
-        by = f" ({cluster.owner})" if cluster.owner else ""
-        print(f"{cluster.id} is being wound down by another process{by}")
+        by = f" by {cluster.owner}" if cluster.owner else ""
+        print(
+            f"{cluster.id} TERMINATING: being wound down{by}; "
+            f"`broker describe {cluster.id}` shows when it has ended"
+        )
     else:
         print(f"{cluster.id} {cluster.status.value}")
     return Exit.OK
+
+
+def _wait_ended(
+    cluster: ClusterRecord,
+    get: Callable[[str], ClusterRecord],
+    end: Callable[[str], ClusterRecord],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ClusterRecord:
+    """Poll a TERMINATING cluster until it has ended, saying so now and then on stderr.
+    Every END_NUDGE seconds the stop is asked again: a no-op while its owner winds it down,
+    a take-over when that owner died (its lease ran out)."""
+    if cluster.status is Status.TERMINATING:
+        say(
+            f"{cluster.id} TERMINATING: its commands stop, their artifacts get a final sync, "
+            "then its nodes are terminated (Ctrl-C stops the waiting, not the wind-down)"
+        )
+    start = last = clock()
+    while cluster.status is Status.TERMINATING:
+        sleep(END_POLL)
+        if clock() - last >= END_NUDGE:
+            last = clock()
+            cluster = end(cluster.id)
+            say(f"  still TERMINATING after {last - start:.0f} s")
+        else:
+            cluster = get(cluster.id)
+    return cluster
 
 
 def cmd_release(args: argparse.Namespace, settings: Settings) -> int:

@@ -377,6 +377,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name == "restart":
             c.add_argument("--sim-scenario", metavar="FILE", help="TOML scenario for sim")
             c.add_argument("--timeout", type=positive, metavar="S", help="deadline (1800 s)")
+        if name in ("stop", "release"):
+            c.description = (
+                f"{text}. A running command is signalled and its artifacts get their final "
+                "sync before the nodes are terminated, which can take minutes; this waits for "
+                "the end, saying how it goes on stderr."
+            )
+            c.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="with BROKER_URL: return once the service has the cluster TERMINATING "
+                "and winds it down (a local store's wind-down runs in this process: it waits)",
+            )
         _json(c)
     e = sub.add_parser(
         "env",

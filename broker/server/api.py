@@ -240,14 +240,29 @@ def artifact_link(
     }
 
 
-@router.post("/clusters/{cluster_id}/stop", summary="Stop (or cancel) a cluster: STOPPED")
+# A stop's wind-down (the commands' stop and final sync, then the nodes' termination) may
+# take minutes; the answer waits this long for it, then says TERMINATING while it goes on.
+END_ANSWER_WITHIN = 5.0
+
+
+@router.post(
+    "/clusters/{cluster_id}/stop",
+    summary="Stop (or cancel) a cluster: STOPPED",
+    description="Answers once the cluster is STOPPED, or TERMINATING after "
+    f"{END_ANSWER_WITHIN:g} s while its wind-down goes on (poll the cluster).",
+)
 def stop(cluster_id: str, broker: OrgBroker) -> Document:
-    return cluster_document(broker.stop(cluster_id))
+    return cluster_document(broker.stop(cluster_id, within=END_ANSWER_WITHIN))
 
 
-@router.post("/clusters/{cluster_id}/release", summary="Release a RUNNING cluster: COMPLETED")
+@router.post(
+    "/clusters/{cluster_id}/release",
+    summary="Release a RUNNING cluster: COMPLETED",
+    description="Answers once the cluster is COMPLETED, or TERMINATING after "
+    f"{END_ANSWER_WITHIN:g} s while its wind-down goes on (poll the cluster).",
+)
 def release(cluster_id: str, broker: OrgBroker) -> Document:
-    return cluster_document(broker.release(cluster_id))
+    return cluster_document(broker.release(cluster_id, within=END_ANSWER_WITHIN))
 
 
 @router.post(

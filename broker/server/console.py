@@ -51,6 +51,7 @@ from broker.errors import InvalidRequest, NotFoundError
 from broker.inputs import RequestInputs, build_request, shape_filter
 from broker.launchfile import ComputeMode
 from broker.lifecycle import TERMINAL, Status
+from broker.server.api import END_ANSWER_WITHIN
 from broker.server.auth import service_of
 from broker.state import ClusterRecord, TransitionRecord
 from broker.tokens import Principal, digest
@@ -806,7 +807,7 @@ def cancel(request: Request, cluster_id: str, csrf: Annotated[str, Form()] = "")
     if before.status in TERMINAL:
         notice = "finished"
     else:
-        after = session.broker.stop(cluster_id)
+        after = session.broker.stop(cluster_id, within=END_ANSWER_WITHIN)
         notice = "stopped" if after.status is Status.STOPPED else "stopping"
     return RedirectResponse(
         f"/experiments/{quote(before.id)}?" + urlencode({"notice": notice}), status_code=303

@@ -258,6 +258,35 @@ def test_a_stop_tells_the_agents_and_waits_for_their_commands(run: Run) -> None:
     assert cluster.status is Status.STOPPED and cluster.reason is None
 
 
+def test_a_stop_answers_terminating_while_the_commands_still_stop(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP stop waits END_ANSWER_WITHIN for the wind-down, not for the commands' final
+    sync: it answers TERMINATING and a thread of the service finishes the job."""
+    from broker.server import api
+
+    monkeypatch.setattr(api, "END_ANSWER_WITHIN", 0.1)
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    user = {"Authorization": f"Bearer {run.user}"}
+    began = time.monotonic()
+    reply = run.client.post(f"/v1/clusters/{run.cluster_id}/stop", headers=user)
+    assert reply.status_code == 200 and reply.json()["status"] == "TERMINATING", reply.text
+    assert time.monotonic() - began < 2
+    again = run.client.post(f"/v1/clusters/{run.cluster_id}/stop", headers=user)
+    assert again.json()["status"] == "TERMINATING"  # the same wind-down, not a second one
+    assert run.call("heartbeat", rank=0)[1]["state"] == "stop"  # the token works until the end
+    for n in run.cluster.nodes:
+        run.call("exit", rank=n.rank, exit_code=None, signal=15, reason="stopped", last_lines=[])
+    run.wait_status(Status.STOPPED)
+    cluster = run.broker.get(run.cluster_id)
+    assert cluster.reason is None and cluster.owner is None
+    assert run.call("heartbeat", rank=0)[0] == 401  # revoked before STOPPED was written
+    doc = run.client.get(f"/v1/clusters/{run.cluster_id}", headers=user).json()
+    assert doc["status"] == "STOPPED"
+
+
 def test_logs_through_the_api_tail_after_and_other_organisations(run: Run) -> None:
     run.register_all()
     run.call("logs", rank=0, seq=0, lines=[f"l{i}" for i in range(5)], dropped=0)

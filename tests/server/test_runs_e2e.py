@@ -110,7 +110,9 @@ def test_stop_during_a_run_signals_the_command_first(server: BrokerServer) -> No
     cluster_id = submit(server, token, command)
     wait_for(lambda: log_lines(server, token, cluster_id, 0) == ["started"], timeout=30)
     stopped = server.call(f"/v1/clusters/{cluster_id}/stop", "POST", token=token, timeout=60)
-    assert stopped.status == 200 and stopped.json()["status"] == "STOPPED"
+    # STOPPED, or TERMINATING when the agents had not heard yet (the answer waits 5 s)
+    assert stopped.status == 200 and stopped.json()["status"] in ("STOPPED", "TERMINATING")
+    assert ended(server, token, cluster_id)["status"] == "STOPPED"
     # The last batch may land just after the stop answered; bash may also say its sleep died.
     lines = wait_for(
         lambda: (got := log_lines(server, token, cluster_id, 0))[-1:] == ["got TERM"] and got
@@ -216,4 +218,42 @@ def test_credits_refuse_a_first_hour_they_cannot_pay_and_stop_runs_when_gone(
     assert final["status"] == "STOPPED", final
     assert final["detail"].startswith("credits exhausted: $0.00 granted to 'acme'"), final
     assert server.call("/v1/credits", token=server.token("globex")).json()["credits"] is None
+    no_node_left(server.state_dir)
+
+
+def test_a_slow_stop_answers_terminating_and_the_cli_waits_for_the_end(
+    server: BrokerServer, tmp_path: Path
+) -> None:
+    """A command that takes its time after TERM (saving a checkpoint, say): the stop's HTTP
+    answer does not wait for it (TERMINATING after a few seconds), `broker stop --no-wait`
+    returns at once, and `broker stop` waits for STOPPED, saying so on stderr."""
+    import subprocess
+    import sys
+
+    token = server.token("acme")
+    command = (
+        "trap 'echo got TERM; sleep 8; echo saved; exit 0' TERM; echo started; "
+        "while true; do sleep 0.1; done"
+    )
+    cluster_id = submit(server, token, command, gpus=4)
+    wait_for(lambda: log_lines(server, token, cluster_id, 0) == ["started"], timeout=30)
+    env = server_env(tmp_path / "cli") | {"BROKER_URL": server.url, "BROKER_TOKEN": token}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cli", *argv],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    proc = cli("stop", cluster_id, "--no-wait")  # answered before the command's 8 s are up
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{cluster_id} TERMINATING: being wound down"), proc.stdout
+    proc = cli("stop", cluster_id)  # a second stop waits for the first one's end
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{cluster_id} STOPPED"
+    assert f"{cluster_id} TERMINATING: its commands stop" in proc.stderr
+    lines = log_lines(server, token, cluster_id, 0)
+    assert lines[0] == "started" and "got TERM" in lines  # bash may say its sleep died
+    assert lines.index("saved") > lines.index("got TERM")  # the drain waited for the 8 s
+    assert token not in proc.stdout + proc.stderr
     no_node_left(server.state_dir)
