@@ -775,15 +775,16 @@ class Broker:
         cluster = self._find(cluster_id)
         if cluster.status in TERMINAL:
             return cluster
-        if final is Status.COMPLETED and cluster.status is not Status.RUNNING:
-            if cluster.status is Status.TERMINATING:
-                return cluster  # someone is already ending it
+        if cluster.status is Status.TERMINATING:
+            if cluster.lease_live(self.clock()):
+                return cluster  # someone else is winding it down right now
+            if cluster.ending is not None:  # its owner died meanwhile: finish it as it meant
+                final, reason, detail = cluster.ending, cluster.reason, cluster.detail
+        elif final is Status.COMPLETED and cluster.status is not Status.RUNNING:
             raise ConflictError(
                 f"cluster {cluster.id} is {cluster.status.value}; only a RUNNING cluster can "
                 "be released (use `broker stop` to cancel a provisioning)"
             )
-        if cluster.status is Status.TERMINATING and cluster.lease_live(self.clock()):
-            return cluster  # someone else is winding it down right now
         how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
         provider = self._cluster_provider(cluster)
         aside = None if within is None else _Aside(cluster.id)

@@ -2,7 +2,8 @@
 
 1. Clusters whose owner's lease ran out (its process died, its host was lost) are settled:
    QUEUED/STARTING ones are wound down FAILED ``Orphaned``; a TERMINATING one is finished
-   with the status and reason its wind-down had written down (NodeLost stays NodeLost).
+   with the status and reason its wind-down had written down (NodeLost stays NodeLost),
+   its commands' stop and final sync included (in the background in the service).
 2. RUNNING gangs that lost a node (spot preemption, a crash) are wound down FAILED
    ``NodeLost``: a gang with a hole is useless and the rest still bills. An experiment with a
    recovery left is queued again as its next cycle instead (broker.recovery); the service
@@ -72,9 +73,19 @@ class Reconciler:
         return self.report
 
     def _end(self, cluster: ClusterRecord, how: WindDown) -> None:
-        provider = self.broker._cluster_provider(cluster)
+        """Wind it down as ``Broker.stop`` does: an experiment's commands are stopped and
+        their artifacts get the final sync first, and its node tokens are revoked before the
+        final status is written."""
+        broker = self.broker
         _, removed = wind_down(
-            self.store, cluster, how, provider, clock=self.broker.clock, sleep=self.broker.sleep
+            self.store,
+            cluster,
+            how,
+            broker._cluster_provider(cluster),
+            clock=broker.clock,
+            sleep=broker.sleep,
+            before_terminate=broker._drain_agents,
+            after_terminate=broker._revoke_node_tokens,
         )
         self.report.terminated.extend(removed)
 
@@ -120,6 +131,11 @@ class Reconciler:
 
     def _settle(self, cluster: ClusterRecord) -> None:
         if cluster.status is Status.TERMINATING and cluster.ending is not None:
+            if self.hand_off is not None and command_of(cluster) is not None:
+                # its owner died while the commands stopped and synced: that goes on aside
+                self.hand_off(Ending(cluster.id, cluster.ending, cluster.reason, cluster.detail))
+                self.report.settled.append(cluster.id)
+                return
             how = self._how(cluster.ending, cluster.reason, cluster.detail)  # finish it as meant
         else:
             detail = f"its owner ({cluster.owner or 'none'}) stopped renewing its lease"
