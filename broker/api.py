@@ -41,6 +41,8 @@ from shapes.catalog import Catalog, load_catalog
 from shapes.model import Shape
 
 if TYPE_CHECKING:
+    import threading
+
     from broker.artifacts import Artifact
     from broker.credits import CreditsSummary, CreditStatus
     from broker.provisioner import ProvisionPolicy
@@ -166,10 +168,11 @@ class _Aside:
     ``done`` is set when it has ended, whether or not it went well. Its errors are logged:
     the cluster stays TERMINATING under a lease that runs out, and reconcile finishes it."""
 
-    def __init__(self, cluster_id: str) -> None:
+    def __init__(self, cluster_id: str, winding: set[threading.Thread]) -> None:
         import threading
 
         self.cluster_id = cluster_id
+        self.winding = winding
         self.done = threading.Event()
         self.started = False
 
@@ -189,10 +192,13 @@ class _Aside:
             except Exception:  # a bug: say which cluster, keep the process up
                 log.exception("cluster %s: unexpected error while ending it", self.cluster_id)
             finally:
+                self.winding.discard(thread)
                 self.done.set()
 
         self.started = True
-        threading.Thread(target=run, name=f"broker-end-{self.cluster_id}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"broker-end-{self.cluster_id}", daemon=True)
+        self.winding.add(thread)
+        thread.start()
 
 
 class Broker:
@@ -241,6 +247,9 @@ class Broker:
         self.service_url = service_url
         self.service_public = service_public  # reachable by a real cloud's nodes
         self._providers: dict[str, Provider] = {}
+        # Threads of this process winding clusters down (stop(within=), the service's
+        # endings): shared by its scoped copies, so a graceful stop can wait for them.
+        self.winding: set[threading.Thread] = set()
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
         if scenario_path is not None:
@@ -787,7 +796,7 @@ class Broker:
             )
         how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
         provider = self._cluster_provider(cluster)
-        aside = None if within is None else _Aside(cluster.id)
+        aside = None if within is None else _Aside(cluster.id, self.winding)
         ended = wind_down(
             self.store,
             cluster,

@@ -538,7 +538,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     sv.add_argument(
         "--grace", type=positive, default=20.0, metavar="S",
-        help="seconds in-flight provisionings get on shutdown (20)",
+        help="seconds in-flight provisionings and wind-downs get on shutdown (20)",
     )  # fmt: skip
     sv.add_argument("--sim", action="store_true", help="provision every cluster on sim")
     sv.add_argument(

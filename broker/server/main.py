@@ -1,6 +1,6 @@
 """Running the server: build the Broker from settings, start the service's threads, serve
 with uvicorn, and stop gracefully on SIGINT/SIGTERM (no new work; in-flight provisionings
-get ``grace`` seconds; whatever is left is handed on through its lease)."""
+and wind-downs get ``grace`` seconds; whatever is left is handed on through its lease)."""
 
 from __future__ import annotations
 

@@ -98,8 +98,9 @@ class Service:
             self._wake.notify_all()
 
     def stop(self, grace: float | None = None) -> list[str]:
-        """Take no new work; wait up to ``grace`` seconds for in-flight provisionings.
-        Returns the clusters still in flight (their leases hand them on)."""
+        """Take no new work; wait up to ``grace`` seconds for in-flight provisionings and
+        wind-downs (stops, endings, recoveries). Returns the clusters still provisioning
+        (their leases hand them on, as they do the wind-downs left)."""
         self.begin_stop()
         deadline = time.monotonic() + (self.options.grace if grace is None else grace)
         for t in self._threads:
@@ -112,6 +113,18 @@ class Service:
                 "a reconcile queues them again",
                 len(left),
                 ", ".join(left),
+            )
+        for t in list(self.broker.winding):  # wind-downs: stops, endings, recoveries
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        winding = sorted(
+            t.name.removeprefix("broker-").split("-", 1)[1] for t in self.broker.winding
+        )
+        if winding:
+            log.warning(
+                "stopping with %d wind-down(s) in flight (%s): their leases expire and a "
+                "reconcile finishes them as they were meant",
+                len(winding),
+                ", ".join(winding),
             )
         return left
 
@@ -206,8 +219,13 @@ class Service:
             finally:
                 with self._busy_lock:
                     self._finishing.discard(ending.cluster_id)
+                self.broker.winding.discard(thread)
 
-        threading.Thread(target=run, name=f"broker-finish-{ending.cluster_id}", daemon=True).start()
+        thread = threading.Thread(
+            target=run, name=f"broker-finish-{ending.cluster_id}", daemon=True
+        )
+        self.broker.winding.add(thread)
+        thread.start()
 
     def watch_runs(self) -> None:
         """End RUNNING clusters whose agents' exits decided their end (a safety net: the exit

@@ -98,3 +98,26 @@ def test_a_live_wind_down_is_left_to_its_owner(run: Run) -> None:
     run.service.reconcile_once()
     assert run.broker.get(run.cluster_id).owner == "busy-host"
     assert len(alive(run)) == len(run.cluster.nodes)
+
+
+def test_a_graceful_stop_waits_for_the_wind_downs_in_flight(
+    run: Run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from broker.server import api
+
+    monkeypatch.setattr(api, "END_ANSWER_WITHIN", 0.05)
+    started(run)
+    user = {"Authorization": f"Bearer {run.user}"}
+    reply = run.client.post(f"/v1/clusters/{run.cluster_id}/stop", headers=user)
+    assert reply.json()["status"] == "TERMINATING"
+    assert len(run.broker.winding) == 1  # the request's wind-down thread, still waiting
+    run.service.stop(grace=0.2)  # the commands have not stopped yet: it says what is left
+    assert f"1 wind-down(s) in flight ({run.cluster_id})" in caplog.text
+    stopping = threading.Thread(target=run.service.stop, kwargs={"grace": 20})
+    stopping.start()
+    time.sleep(0.2)
+    assert stopping.is_alive()  # waiting for the commands' stop
+    agents_stop_when_told(run)
+    stopping.join(timeout=10)
+    assert not stopping.is_alive() and run.broker.winding == set()
+    assert run.broker.get(run.cluster_id).status is Status.STOPPED
