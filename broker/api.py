@@ -908,15 +908,24 @@ class Broker:
             self.clock() + policy.stop_grace + policy.final_sync_timeout + policy.heartbeat_every
         )
         silent = min(policy.heartbeat_timeout, 3 * policy.heartbeat_every + 1)
+        said = False
         while self.clock() < deadline:
             now = self.clock()
             agents = self.store.agents(cluster.id, cluster.cycle)
-            if all(
-                a.exited_at is not None  # registered agents are waited for, started or not:
-                or now - (a.heartbeat_at or a.started_at or a.registered_at) > silent
+            waiting = [
+                a
                 for a in agents
-            ):
+                if a.exited_at is None  # registered agents are waited for, started or not:
+                and now - (a.heartbeat_at or a.started_at or a.registered_at) <= silent
+            ]
+            if not waiting:
                 return
+            if not said and self.progress is not None:
+                said = True
+                self.progress(
+                    f"{cluster.id}: waiting up to {deadline - now:.0f} s for the command on "
+                    f"{len(waiting)} node(s) to stop and its artifacts' final sync"
+                )
             self.sleep(0.2)
 
     def logs(

@@ -55,6 +55,8 @@ def started(run: Run) -> None:
 def test_reconcile_finishes_an_abandoned_stop_with_the_drain_and_the_revoke(run: Run) -> None:
     started(run)
     abandoned(run)
+    said: list[str] = []
+    run.broker.progress = said.append  # as the CLI's `broker reconcile` says it
     reports = []
     reconcile = threading.Thread(target=lambda: reports.append(run.broker.reconcile()))
     reconcile.start()
@@ -62,6 +64,10 @@ def test_reconcile_finishes_an_abandoned_stop_with_the_drain_and_the_revoke(run:
     reconcile.join(timeout=10)
     assert not reconcile.is_alive()
     assert run.cluster_id in reports[0].settled
+    assert f"{run.cluster_id}: waiting up to " in said[0]
+    assert said[0].endswith(
+        f"for the command on {len(run.cluster.nodes)} node(s) to stop and its artifacts' final sync"
+    )
     cluster = run.broker.get(run.cluster_id)
     assert (cluster.status, cluster.detail) == (Status.STOPPED, "stopped by its owner")
     assert run.call("heartbeat", rank=0)[0] == 401  # its token went with it
