@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,58 @@ def kill_sim_nodes(state_dir: Path) -> None:
     nodes = state_dir / NODES_DIR
     if nodes.is_dir():
         stop_agents(state_dir, [p.name for p in nodes.iterdir()], grace=0.2)
+
+
+class Delay:
+    """A TCP forwarder on a free loopback port that holds each new connection ``seconds``
+    before it connects it to ``target`` (set later when the target's port is known): a
+    service or store far away, for clients that open a connection per call as the agent
+    does. Threads, one per direction of a connection; ``close`` stops accepting."""
+
+    def __init__(self, seconds: float, target: int | None = None) -> None:
+        self.seconds = seconds
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port: int = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, name="delay-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._join, args=(conn,), daemon=True).start()
+
+    def _join(self, conn: socket.socket) -> None:
+        time.sleep(self.seconds)
+        try:
+            if self.target is None:
+                raise OSError("no target yet")
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=CALL_TIMEOUT)
+        except OSError:
+            conn.close()
+            return
+        for a, b in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(256 * 1024):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
 
 
 class Server:

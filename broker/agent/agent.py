@@ -93,6 +93,9 @@ URL_MARGIN = 60.0  # an input's signed URL that expires sooner than this is aske
 REPORT_GRACE = 10.0  # seconds past the final sync's deadline for its reports
 MANIFEST = "sync-manifest.json"  # in --state-dir
 MANIFEST_SAVE_EVERY = 2.0  # seconds between two writes of the manifest during a sync
+SYNC_STREAMS = 8  # files a sync sends at once: each is a service call and a PUT, so latency
+# (not bandwidth) bounds a directory of small files sent one by one; a preemption notice
+# gives the final sync 30 s
 MAX_ERRORS = 5  # messages in one artifact_report
 AGENT_LINE = "[burst-agent] "  # the agent's own lines in the command's log
 OUTPUT_COPY_LIMIT = 64 * 1024 * 1024  # bytes --output-copy's file may reach
@@ -467,6 +470,7 @@ class Manifest:
         self.path = path
         self.owner = owner
         self.kinds: dict[str, dict[str, list[int]]] = {}
+        self.lock = threading.Lock()  # the sync's streams record files as they go
         self.dirty = False
         self.saved_at = 0.0
         self.failing = False
@@ -498,15 +502,21 @@ class Manifest:
         return self.kinds.setdefault(kind, {})
 
     def record(self, kind: str, path: str, size: int, mtime_ns: int) -> None:
-        self.files(kind)[path] = [size, mtime_ns]
-        self.dirty = True
+        with self.lock:
+            self.files(kind)[path] = [size, mtime_ns]
+            self.dirty = True
 
     def forget(self, kind: str, path: str) -> None:
-        if self.files(kind).pop(path, None) is not None:
-            self.dirty = True
+        with self.lock:
+            if self.files(kind).pop(path, None) is not None:
+                self.dirty = True
 
     def save(self, force: bool = False) -> None:
         """Write it if it changed (during a sync at most every MANIFEST_SAVE_EVERY seconds)."""
+        with self.lock:
+            self._save(force)
+
+    def _save(self, force: bool) -> None:
         if not self.dirty or (not force and time.monotonic() - self.saved_at < MANIFEST_SAVE_EVERY):
             return
         temp = f"{self.path}.{os.getpid()}.tmp"
@@ -640,34 +650,19 @@ class Syncer:
         for rel in [p for p in sent if p not in found]:
             self.manifest.forget(kind, rel)
         changed = [rel for rel in sorted(found) if sent.get(rel) != list(found[rel])]
-        files = size = 0
-        for index, rel in enumerate(changed):
-            if not final and self.final.is_set():
-                break  # the final sync takes over from here
-            try:
-                self.budget.check()
-                size += self.send(kind, top, rel, found[rel])
-                files += 1
-            except Vanished:
-                continue
-            except Aborted:
-                if final:
-                    left = len(changed) - index
-                    failed += left
-                    errors.append(
-                        f"the final sync ran out of time ({self.final_seconds:g}s): "
-                        f"{left} file(s) not sent"
-                    )
-                break
-            except (TransferError, CallRefused, Retryable, OSError) as error:
-                failed += 1
-                errors.append(f"{rel}: {error}")
-                log(f"artifact sync: {kind}/{rel} not sent: {error}")
-            finally:
-                self.manifest.save()
+        run = SyncRun(self, kind, top, found, changed, final)
+        run.go(min(SYNC_STREAMS, len(changed)))
         self.manifest.save(force=True)
-        if final or files or failed:
-            self.report(kind, final, files, size, failed, errors)
+        failed += run.failed
+        errors += run.errors
+        if run.aborted and final:
+            left = len(changed) - run.done
+            failed += left
+            errors.append(
+                f"the final sync ran out of time ({self.final_seconds:g}s): {left} file(s) not sent"
+            )
+        if final or run.files or failed:
+            self.report(kind, final, run.files, run.bytes, failed, errors)
 
     def report(
         self, kind: str, final: bool, files: int, size: int, failed: int, errors: list[str]
@@ -784,6 +779,90 @@ class Syncer:
             if following <= offset:
                 raise TransferError(f"the store kept nothing past byte {offset}")
             offset = following
+
+
+class SyncRun:
+    """One sync of one kind: the changed files sent by up to SYNC_STREAMS threads, in name
+    order. It stops taking files when the budget runs out (``aborted``) or, for a periodic
+    sync, when the final one is asked for (which takes over from there). A refused token
+    (or a bug) in any stream ends the others and is raised again by ``go``."""
+
+    def __init__(
+        self,
+        syncer: Syncer,
+        kind: str,
+        top: str,
+        found: dict[str, tuple[int, int]],
+        changed: list[str],
+        final: bool,
+    ) -> None:
+        self.syncer, self.kind, self.top, self.found = syncer, kind, top, found
+        self.changed, self.final = changed, final
+        self.lock = threading.Lock()
+        self.next = 0
+        self.done = 0  # files sent, failed or gone
+        self.files = self.bytes = self.failed = 0
+        self.errors: list[str] = []
+        self.aborted = False
+        self.stopped = False
+        self.raised: BaseException | None = None
+
+    def go(self, streams: int) -> None:
+        if streams <= 1:
+            self.stream()
+        else:
+            threads = [
+                threading.Thread(target=self.stream, name=f"sync-{self.kind}-{i}", daemon=True)
+                for i in range(streams)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if self.raised is not None:
+            raise self.raised
+
+    def take(self) -> str | None:
+        with self.lock:
+            if self.stopped or self.next >= len(self.changed):
+                return None
+            if not self.final and self.syncer.final.is_set():
+                self.stopped = True  # the final sync takes over from here
+                return None
+            rel = self.changed[self.next]
+            self.next += 1
+            return rel
+
+    def stream(self) -> None:
+        syncer, kind = self.syncer, self.kind
+        while (rel := self.take()) is not None:
+            try:
+                syncer.budget.check()
+                size = syncer.send(kind, self.top, rel, self.found[rel])
+                with self.lock:
+                    self.files += 1
+                    self.bytes += size
+                    self.done += 1
+            except Vanished:
+                with self.lock:
+                    self.done += 1
+            except Aborted:
+                with self.lock:
+                    self.aborted = self.stopped = True
+                return
+            except (TransferError, CallRefused, Retryable, OSError) as error:
+                with self.lock:
+                    self.failed += 1
+                    self.done += 1
+                    self.errors.append(f"{rel}: {error}")
+                log(f"artifact sync: {kind}/{rel} not sent: {error}")
+            except BaseException as error:  # TokenRefused, or a bug: every stream stops
+                with self.lock:
+                    self.stopped = True
+                    self.raised = self.raised or error
+                return
+            finally:
+                syncer.manifest.save()
 
 
 def _plan_requests(plan: object, size: int) -> list[dict[str, Any]]:
