@@ -66,6 +66,12 @@ def render(service: Service) -> str:
         [("", stats.spend_per_hour)],
     )
     metric(
+        "broker_wind_downs_in_flight",
+        "gauge",
+        "Clusters this process is winding down now (stops, endings, recoveries).",
+        [("", len(service.broker.winding))],
+    )
+    metric(
         "broker_up_seconds",
         "gauge",
         "Seconds since this server started.",

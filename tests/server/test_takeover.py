@@ -117,6 +117,7 @@ def test_a_graceful_stop_waits_for_the_wind_downs_in_flight(
     reply = run.client.post(f"/v1/clusters/{run.cluster_id}/stop", headers=user)
     assert reply.json()["status"] == "TERMINATING"
     assert len(run.broker.winding) == 1  # the request's wind-down thread, still waiting
+    assert "broker_wind_downs_in_flight 1\n" in run.client.get("/metrics").text
     run.service.stop(grace=0.2)  # the commands have not stopped yet: it says what is left
     assert f"1 wind-down(s) in flight ({run.cluster_id})" in caplog.text
     stopping = threading.Thread(target=run.service.stop, kwargs={"grace": 20})
@@ -127,3 +128,4 @@ def test_a_graceful_stop_waits_for_the_wind_downs_in_flight(
     stopping.join(timeout=10)
     assert not stopping.is_alive() and run.broker.winding == set()
     assert run.broker.get(run.cluster_id).status is Status.STOPPED
+    assert "broker_wind_downs_in_flight 0\n" in run.client.get("/metrics").text
