@@ -108,7 +108,11 @@ FIELD_LABELS = {
 }
 NOTICES: Mapping[str, tuple[str, str]] = {
     "stopped": ("ok", "Cancelled: the experiment is STOPPED and its nodes are terminated."),
-    "stopping": ("ok", "Cancelling: its nodes are being terminated."),
+    "stopping": (
+        "ok",
+        "Cancelling: its command is being stopped and its artifacts get their final sync; "
+        "then its nodes are terminated.",
+    ),
     "finished": ("info", "The experiment had already finished; nothing to cancel."),
     "signed-out": ("ok", "Signed out."),
 }

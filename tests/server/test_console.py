@@ -6,6 +6,7 @@ provisioned synchronously through the Broker."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -418,6 +419,25 @@ def test_cancel_needs_the_csrf_token_then_stops_the_cluster(console: Console) ->
     assert "Cancelled" in after.text and 'id="cancel"' not in after.text
     again = browser.post(f"/experiments/{cluster_id}/cancel", data={"csrf": csrf_of(page)})
     assert again.headers["location"].endswith("notice=finished")
+
+
+def test_a_cancel_still_winding_down_says_so(console: Console) -> None:
+    """A command that takes its time to stop: the cancel answers before the end, and the
+    page says what goes on (the experiment page shows it TERMINATING)."""
+    from broker.state import Lease
+
+    cluster_id = console.running("acme", "slow-to-stop")
+    busy = Lease("another-host", time.time() + 60)  # its wind-down is under way elsewhere
+    console.broker.store.transition(
+        cluster_id, Status.TERMINATING, now=time.time(), lease=busy, ending=Status.STOPPED
+    )
+    browser = console.signed_in("acme")
+    page = browser.get(f"/experiments/{cluster_id}")
+    reply = browser.post(f"/experiments/{cluster_id}/cancel", data={"csrf": csrf_of(page)})
+    assert reply.headers["location"] == f"/experiments/{cluster_id}?notice=stopping"
+    after = browser.get(reply.headers["location"])
+    assert "Cancelling: its command is being stopped" in after.text
+    assert "TERMINATING" in after.text
 
 
 def test_a_csrf_token_of_another_session_is_refused(console: Console) -> None:
