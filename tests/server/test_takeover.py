@@ -129,3 +129,20 @@ def test_a_graceful_stop_waits_for_the_wind_downs_in_flight(
     assert not stopping.is_alive() and run.broker.winding == set()
     assert run.broker.get(run.cluster_id).status is Status.STOPPED
     assert "broker_wind_downs_in_flight 0\n" in run.client.get("/metrics").text
+
+
+def test_an_abandoned_recovery_still_becomes_the_next_cycle(tmp_path: Path) -> None:
+    spot = Run(tmp_path, provisioning="spot")
+    with spot.client:
+        dead = Lease("dead-host", time.time() - 1)
+        spot.broker.store.transition(
+            spot.cluster_id, Status.TERMINATING, now=time.time(), lease=dead,
+            ending=Status.PENDING, reason="Preempted", detail="recovery 1 of 3: rank 0 lost",
+        )  # fmt: skip
+        spot.service.reconcile_once()
+        spot.wait_status(Status.PENDING)
+        cluster = spot.broker.get(spot.cluster_id)
+        assert (cluster.cycle, cluster.reason) == (2, "Preempted")
+        assert alive(spot) == []
+        spot.next_cycle()  # a worker provisions it as cycle 2
+        assert spot.cluster.cycle == 2 and len(alive(spot)) == len(spot.cluster.nodes)
