@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 SIMULATED = "sim"
 BILLED = frozenset({Status.STARTING, Status.RUNNING, Status.TERMINATING})
 Progress = Callable[[str], None]
+DRAIN_LOOK_AFTER = 2.0  # seconds a drain waits before it asks the cloud which nodes are gone
+DRAIN_LOOK_EVERY = 5.0  # ... and then between two asks
 
 
 class Usage(NamedTuple):
@@ -898,25 +900,32 @@ class Broker:
         """Before its nodes go: give a running command ``stop_grace`` to stop and its
         artifacts their final sync (``final_sync_timeout``): agents hear "stop" on their next
         call, signal the command, sync, and report its exit. An agent that stopped calling
-        (silent for three heartbeats: it keeps beating while it syncs) is not waited for."""
+        (silent for three heartbeats: it keeps beating while it syncs) is not waited for, nor
+        one whose node the cloud no longer runs (a preempted node after its notice: the
+        cloud is asked after DRAIN_LOOK_AFTER s of waiting, then every DRAIN_LOOK_EVERY s)."""
         from broker.runs import command_of
 
         if command_of(cluster) is None:
             return
         policy = self.run_policy
-        deadline = (
-            self.clock() + policy.stop_grace + policy.final_sync_timeout + policy.heartbeat_every
-        )
+        start = self.clock()
+        deadline = start + policy.stop_grace + policy.final_sync_timeout + policy.heartbeat_every
         silent = min(policy.heartbeat_timeout, 3 * policy.heartbeat_every + 1)
         said = False
+        gone: set[int] = set()  # ranks whose node the cloud no longer runs
+        look_at = start + DRAIN_LOOK_AFTER
         while self.clock() < deadline:
             now = self.clock()
+            if now >= look_at:
+                gone = self._gone_ranks(cluster)
+                look_at = now + DRAIN_LOOK_EVERY
             agents = self.store.agents(cluster.id, cluster.cycle)
             waiting = [
                 a
                 for a in agents
                 if a.exited_at is None  # registered agents are waited for, started or not:
                 and now - (a.heartbeat_at or a.started_at or a.registered_at) <= silent
+                and a.rank not in gone
             ]
             if not waiting:
                 return
@@ -927,6 +936,23 @@ class Broker:
                     f"{len(waiting)} node(s) to stop and its artifacts' final sync"
                 )
             self.sleep(0.2)
+
+    def _gone_ranks(self, cluster: ClusterRecord) -> set[int]:
+        """The ranks of the gang whose node the cloud no longer lists as running (none when
+        it cannot be asked now: the drain goes on waiting as before)."""
+        from providers.base import NodeState
+        from shapes.errors import BrokerError
+
+        provider = self._cluster_provider(cluster)
+        if provider is None:
+            return set()
+        try:
+            running = {
+                n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
+            }
+        except BrokerError:
+            return set()
+        return {n.rank for n in cluster.nodes if n.provider_id not in running}
 
     def logs(
         self,

@@ -1,0 +1,68 @@
+"""The drain before a gang's nodes go waits for the agents to stop their commands and sync,
+but not for an agent whose node the cloud already took (a preempted node after its notice):
+it asks the cloud after a couple of seconds instead of waiting out three heartbeats of
+silence. In-process, the test playing the agents (as test_agent_api.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.lifecycle import Status
+from broker.runs import RunPolicy
+from tests.server.test_agent_api import Run
+
+# heartbeats every 5 s: an agent is "silent" after 16 s; the drain may last 30 s and more
+POLICY = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    made = Run(tmp_path)
+    made.broker._run_policy = POLICY
+    with made.client:
+        yield made
+
+
+def test_a_node_the_cloud_took_is_not_waited_for(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    sim = run.broker.provider("sim")
+    (taken,) = [
+        n for n in sim.describe(run.cluster_id) if n.provider_id == run.cluster.nodes[1].provider_id
+    ]
+    sim.terminate([taken])  # rank 1's node is gone with its agent: it will never answer
+    began = time.monotonic()
+    stopper = threading.Thread(target=run.broker.scoped("acme").stop, args=(run.cluster_id,))
+    stopper.start()
+    while run.call("heartbeat", rank=0)[1]["state"] != "stop":
+        assert time.monotonic() - began < 10
+        time.sleep(0.02)
+    for n in run.cluster.nodes:
+        if n.rank != 1:
+            run.call(
+                "exit", rank=n.rank, exit_code=None, signal=15, reason="stopped", last_lines=[]
+            )
+    stopper.join(timeout=30)
+    took = time.monotonic() - began
+    assert run.broker.get(run.cluster_id).status is Status.STOPPED
+    assert took < 10, took  # not the 16 s of silence rank 1 would need
+
+
+def test_a_node_still_running_is_waited_for(run: Run) -> None:
+    run.register_all()
+    for n in run.cluster.nodes:
+        run.call("started", rank=n.rank, pid=1)
+    stopper = threading.Thread(target=run.broker.scoped("acme").stop, args=(run.cluster_id,))
+    stopper.start()
+    time.sleep(3)  # past the drain's first look at the cloud: every node still runs
+    assert stopper.is_alive()
+    for n in run.cluster.nodes:
+        run.call("exit", rank=n.rank, exit_code=None, signal=15, reason="stopped", last_lines=[])
+    stopper.join(timeout=10)
+    assert run.broker.get(run.cluster_id).status is Status.STOPPED
