@@ -901,7 +901,7 @@ class Broker:
         artifacts their final sync (``final_sync_timeout``): agents hear "stop" on their next
         call, signal the command, sync, and report its exit. An agent that stopped calling
         (silent for three heartbeats: it keeps beating while it syncs) is not waited for, nor
-        one whose node the cloud no longer runs (a preempted node after its notice: the
+        one whose node the cloud says is terminated (a preempted node after its notice: the
         cloud is asked after DRAIN_LOOK_AFTER s of waiting, then every DRAIN_LOOK_EVERY s)."""
         from broker.runs import command_of
 
@@ -938,8 +938,10 @@ class Broker:
             self.sleep(0.2)
 
     def _gone_ranks(self, cluster: ClusterRecord) -> set[int]:
-        """The ranks of the gang whose node the cloud no longer lists as running (none when
-        it cannot be asked now: the drain goes on waiting as before)."""
+        """The ranks of the gang whose node the cloud says is terminated or no longer lists
+        (none when it cannot be asked now: the drain goes on waiting as before). A node that
+        is stopping is not gone: a GCP VM is STOPPING through its preemption notice, while
+        its agent's final sync runs."""
         from providers.base import NodeState
         from shapes.errors import BrokerError
 
@@ -947,12 +949,14 @@ class Broker:
         if provider is None:
             return set()
         try:
-            running = {
-                n.provider_id for n in provider.describe(cluster.id) if n.state is NodeState.RUNNING
+            there = {
+                n.provider_id
+                for n in provider.describe(cluster.id)
+                if n.state is not NodeState.TERMINATED
             }
         except BrokerError:
             return set()
-        return {n.rank for n in cluster.nodes if n.provider_id not in running}
+        return {n.rank for n in cluster.nodes if n.provider_id not in there}
 
     def logs(
         self,

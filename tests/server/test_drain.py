@@ -5,6 +5,7 @@ silence. In-process, the test playing the agents (as test_agent_api.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -12,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from broker.api import Broker
 from broker.lifecycle import Status
 from broker.runs import RunPolicy
-from tests.server.test_agent_api import Run
+from broker.state import NodeRecord
+from providers.base import Node, NodeState
+from providers.errors import TransientError
+from tests.server.test_agent_api import CATALOG, Run
 
 # heartbeats every 5 s: an agent is "silent" after 16 s; the drain may last 30 s and more
 POLICY = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
@@ -66,3 +71,34 @@ def test_a_node_still_running_is_waited_for(run: Run) -> None:
         run.call("exit", rank=n.rank, exit_code=None, signal=15, reason="stopped", last_lines=[])
     stopper.join(timeout=10)
     assert run.broker.get(run.cluster_id).status is Status.STOPPED
+
+
+class Cloud:
+    """A provider's describe, as the drain asks it: these nodes in these states."""
+
+    def __init__(self, states: dict[str, str] | None) -> None:
+        self.states = states
+
+    def describe(self, cluster_id: str) -> list[Node]:
+        if self.states is None:
+            raise TransientError("throttled", code="Throttling", provider="gcp")
+        return [
+            Node(provider="gcp", provider_id=i, shape_id="s", region="r", zone="z",
+                 state=NodeState(state))
+            for i, state in self.states.items()
+        ]  # fmt: skip
+
+
+def test_only_a_terminated_or_unlisted_node_is_gone(tmp_path: Path) -> None:
+    broker = Broker(state_dir=tmp_path / "state", backend="sim", catalog=CATALOG)
+    made = broker.store.create_cluster("bb-1", request={}, experiment=None, backend="x", now=0)
+    nodes = tuple(NodeRecord(r, f"n{r}", f"10.0.0.{r}", "z", "r") for r in range(4))
+    cluster = dataclasses.replace(made, nodes=nodes)
+    # running; stopping (a GCP VM through its preemption notice: its agent still syncs);
+    # terminated; not listed at all
+    broker._providers["x"] = Cloud(  # type: ignore[assignment]
+        {"n0": "running", "n1": "terminating", "n2": "terminated"}
+    )
+    assert broker._gone_ranks(cluster) == {2, 3}
+    broker._providers["x"] = Cloud(None)  # type: ignore[assignment]
+    assert broker._gone_ranks(cluster) == set()  # cannot ask now: wait as before
