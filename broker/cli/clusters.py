@@ -352,7 +352,7 @@ def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
     cluster = end(before.id)
     if cluster.status is Status.TERMINATING and not args.no_wait:
         try:
-            cluster = _wait_ended(cluster, broker.get, end)
+            cluster = wait_ended(cluster, broker.get, end)
         except KeyboardInterrupt:
             say(
                 f"\nbroker: stopped waiting; {cluster.id} is still being wound down "
@@ -374,7 +374,7 @@ def _end(args: argparse.Namespace, settings: Settings, verb: str) -> int:
     return Exit.OK
 
 
-def _wait_ended(
+def wait_ended(
     cluster: ClusterRecord,
     get: Callable[[str], ClusterRecord],
     end: Callable[[str], ClusterRecord],

@@ -89,6 +89,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             say(f"{signal.Signals(signum).name}: stopping {cluster.id} ...")
             try:
                 stopped = service.stop(cluster.id)
+                if stopped.status is Status.TERMINATING:  # its command stops and syncs first
+                    from broker.cli.clusters import wait_ended
+
+                    stopped = wait_ended(stopped, service.get, service.stop)
                 say(f"{cluster.id} is {stopped.status.value}")
             except BrokerError as err:
                 say(f"!! could not stop {cluster.id}: {err}; run `broker stop {cluster.id}`")

@@ -38,7 +38,7 @@ def test_the_wait_polls_until_the_end_and_nudges_every_30_s(
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    final = clusters._wait_ended(
+    final = clusters.wait_ended(
         terminating,
         get,
         end,
@@ -61,4 +61,4 @@ def test_an_ended_cluster_is_not_waited_for(tmp_path: Path) -> None:
     def never(_cid: str) -> object:
         raise AssertionError("called")
 
-    assert clusters._wait_ended(stopped, never, never, sleep=never) is stopped  # type: ignore[arg-type]
+    assert clusters.wait_ended(stopped, never, never, sleep=never) is stopped  # type: ignore[arg-type]

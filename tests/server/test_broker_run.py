@@ -114,3 +114,38 @@ def test_a_run_time_limit_is_said_while_following(tmp_path: Path) -> None:
         r"bb-[0-9a-f]{12} STOPPED \(run-time limit: max_hours 0\.0005 reached", proc.stderr
     )
     assert "None" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_waits_for_the_commands_stop_and_final_sync(tmp_path: Path) -> None:
+    """Ctrl-C stops the experiment; when its command takes a while to stop (saving a
+    checkpoint), `broker run` waits for that before its service goes, so the checkpoint is
+    synced and the nodes are gone when it exits 130."""
+    import signal
+    import time
+
+    STATE_DIRS.append(tmp_path / "state")
+    job = tmp_path / "job.isc"
+    job.write_text(
+        'isc_project_id = "p"\nexperiment_name = "slow-stop"\ngpus = 4\ncompute_mode = "burst"\n'
+        "command = '''trap 'sleep 7; echo step9 > $OUTPUT_PATH/ckpt.txt; exit 0' TERM; "
+        "echo started; while true; do sleep 0.2; done'''\n"
+    )
+    env = {**os.environ, "BROKER_STATE_DIR": str(tmp_path / "state")}
+    env.pop("BROKER_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "run", str(job), "--provider", "sim"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while proc.stdout.readline().strip() != "started":
+        assert time.monotonic() < deadline and proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "TERMINATING: its commands stop, their artifacts get a final sync" in err
+    assert re.search(r"bb-[0-9a-f]{12} is STOPPED", err), err
+    synced = list((tmp_path / "state").glob("artifacts/**/checkpoints/rank-0/ckpt.txt"))
+    assert [p.read_text() for p in synced] == ["step9\n"]
+    assert not list((tmp_path / "state").glob("sim-nodes/*/agent.pid"))  # nodes are gone
+    assert "Traceback" not in err
