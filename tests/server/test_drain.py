@@ -102,3 +102,21 @@ def test_only_a_terminated_or_unlisted_node_is_gone(tmp_path: Path) -> None:
     assert broker._gone_ranks(cluster) == {2, 3}
     broker._providers["x"] = Cloud(None)  # type: ignore[assignment]
     assert broker._gone_ranks(cluster) == set()  # cannot ask now: wait as before
+
+
+def test_an_agent_told_stop_while_waiting_for_its_gang_is_not_waited_for(run: Run) -> None:
+    """Rank 0 registered and waits for the others; the stop comes first. Its next register
+    hears "stop" and the agent exits without a report: that answer counts as its exit."""
+    nodes = run.cluster.nodes
+    assert run.call("register", address=nodes[0].private_ip)[1]["state"] == "wait"
+    began = time.monotonic()
+    stopper = threading.Thread(target=run.broker.scoped("acme").stop, args=(run.cluster_id,))
+    stopper.start()
+    while run.call("register", address=nodes[0].private_ip)[1]["state"] != "stop":
+        assert time.monotonic() - began < 10
+        time.sleep(0.05)
+    stopper.join(timeout=30)
+    assert time.monotonic() - began < 10  # not the 16 s of silence it would need
+    assert run.broker.get(run.cluster_id).status is Status.STOPPED
+    (agent,) = run.broker.store.agents(run.cluster_id, 1)
+    assert (agent.rank, agent.exit_reason, agent.started_at) == (0, "stopped", None)
