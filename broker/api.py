@@ -57,8 +57,9 @@ if TYPE_CHECKING:
         TokenRecord,
         TransitionRecord,
     )
+    from broker.teardown import WindDown
     from broker.tokens import Principal
-    from providers.base import AgentLaunch, Provider
+    from providers.base import AgentLaunch, Node, Provider
     from providers.config import BrokerConfig
     from providers.sim import SimScenario
     from providers.storage.base import ArtifactStore
@@ -781,7 +782,7 @@ class Broker:
         detail: str | None = None,
         within: float | None = None,
     ) -> ClusterRecord:
-        from broker.teardown import WindDown, wind_down
+        from broker.teardown import WindDown
 
         cluster = self._find(cluster_id)
         if cluster.status in TERMINAL:
@@ -797,19 +798,8 @@ class Broker:
                 "be released (use `broker stop` to cancel a provisioning)"
             )
         how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
-        provider = self._cluster_provider(cluster)
         aside = None if within is None else _Aside(cluster.id, self.winding)
-        ended = wind_down(
-            self.store,
-            cluster,
-            how,
-            provider,
-            clock=self.clock,
-            sleep=self.sleep,
-            before_terminate=self._drain_agents,
-            after_terminate=self._revoke_node_tokens,  # before anyone sees it ended
-            aside=aside,
-        )[0]
+        ended = self._wind_down(cluster, how, aside=aside)[0]
         if aside is None or not aside.started:
             return ended
         aside.done.wait(within)
@@ -840,7 +830,7 @@ class Broker:
             recovery_detail,
         )
         from broker.runs import command_of
-        from broker.teardown import WindDown, wind_down
+        from broker.teardown import WindDown
 
         cluster = self._find(ending.cluster_id)
         if command_of(cluster) is None or cluster.status not in (Status.STARTING, Status.RUNNING):
@@ -858,18 +848,9 @@ class Broker:
             reason=ending.reason,
             detail=detail,
         )
-        recovered = wind_down(
-            self.store,
-            cluster,
-            how,
-            self._cluster_provider(cluster),
-            clock=self.clock,
-            sleep=self.sleep,
-            before_terminate=self._drain_agents,  # the command stops, artifacts get synced
-            # The old cycle's tokens go before it is PENDING: a worker of any replica may
-            # make the next cycle's token as soon as it is.
-            after_terminate=self._revoke_node_tokens,
-        )[0]
+        # The old cycle's tokens go before it is PENDING: a worker of any replica may make
+        # the next cycle's token as soon as it is.
+        recovered = self._wind_down(cluster, how)[0]
         if self.progress:
             self.progress(f"{cluster.id}: {detail}; queued again as cycle {recovered.cycle}")
         return recovered, None
@@ -891,6 +872,29 @@ class Broker:
         )
         self.store.block(
             BlockScope.zone_of(backend, shape, cluster.zone), reason=reason, until=until, now=now
+        )
+
+    def _wind_down(
+        self,
+        cluster: ClusterRecord,
+        how: WindDown,
+        aside: Callable[[Callable[[], object]], None] | None = None,
+    ) -> tuple[ClusterRecord, list[Node]]:
+        """broker.teardown.wind_down on the cluster's cloud, as every ending of an
+        experiment goes: its commands stop and their artifacts get the final sync first
+        (``_drain_agents``), and its node tokens are revoked before anyone sees the end."""
+        from broker.teardown import wind_down
+
+        return wind_down(
+            self.store,
+            cluster,
+            how,
+            self._cluster_provider(cluster),
+            clock=self.clock,
+            sleep=self.sleep,
+            before_terminate=self._drain_agents,
+            after_terminate=self._revoke_node_tokens,
+            aside=aside,
         )
 
     def _revoke_node_tokens(self, cluster: ClusterRecord) -> None:

@@ -398,7 +398,13 @@ class Provisioner:
             provider = self._provider_of(cluster)
             try:
                 cluster, removed = wind_down(
-                    self.store, cluster, how, provider, clock=self.clock, sleep=self.sleep
+                    self.store,
+                    cluster,
+                    how,
+                    provider,
+                    clock=self.clock,
+                    sleep=self.sleep,
+                    after_terminate=self._revoke_tokens,
                 )
                 self.say(f"STOPPED {cluster_id}; {len(removed)} node(s) terminated")
             except (ProviderError, TeardownFailed, ConflictError) as err:
@@ -406,6 +412,9 @@ class Provisioner:
                 cluster = self.store.get(cluster_id)
         exc.cluster = cluster
         return exc
+
+    def _revoke_tokens(self, cluster: ClusterRecord) -> None:
+        self.store.revoke_cluster_tokens(cluster.id, now=self.clock())
 
     def _provider_of(self, cluster: ClusterRecord) -> Provider | None:
         """The adapter of the attempt in flight (or the last one): where nodes may be."""
@@ -616,6 +625,7 @@ class Provisioner:
             clock=self.clock,
             sleep=self.sleep,
             before_terminate=self.drain,  # the ranks still running stop, flush and sync
+            after_terminate=self._revoke_tokens,  # the nodes' tokens go before the end shows
         )
         self._finish(
             record,

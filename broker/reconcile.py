@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from broker.errors import BrokerError, ConflictError
 from broker.lifecycle import FailReason, Status
 from broker.runs import Ending, command_of
-from broker.teardown import WindDown, wind_down
+from broker.teardown import WindDown
 from providers.base import TAG_BROKER, Node, NodeState
 from providers.errors import ProviderError
 
@@ -76,17 +76,7 @@ class Reconciler:
         """Wind it down as ``Broker.stop`` does: an experiment's commands are stopped and
         their artifacts get the final sync first, and its node tokens are revoked before the
         final status is written."""
-        broker = self.broker
-        _, removed = wind_down(
-            self.store,
-            cluster,
-            how,
-            broker._cluster_provider(cluster),
-            clock=broker.clock,
-            sleep=broker.sleep,
-            before_terminate=broker._drain_agents,
-            after_terminate=broker._revoke_node_tokens,
-        )
+        _, removed = self.broker._wind_down(cluster, how)
         self.report.terminated.extend(removed)
 
     def _how(self, final: Status, reason: str | None, detail: str | None) -> WindDown:

@@ -170,6 +170,20 @@ def test_an_image_that_cannot_be_pulled_fails_the_experiment_failed_image_pull(
     assert calls_of(calls, "run") == []
     assert log_lines(srv, token, cluster_id, 0) == []
     wait_for(lambda: agent_processes(srv.state_dir) == [], timeout=15)
+    assert live_node_tokens(srv, cluster_id) == 0  # revoked before FAILED was written
+
+
+def live_node_tokens(srv: Any, cluster_id: str) -> int:
+    from sqlalchemy import func, select
+
+    from broker.state import tokens
+
+    store = srv.broker().store
+    query = select(func.count()).where(
+        tokens.c.cluster_id == cluster_id, tokens.c.revoked_at.is_(None)
+    )
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def test_a_bad_image_reference_is_refused_at_submit(docker_server: Any) -> None:
