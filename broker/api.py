@@ -531,7 +531,7 @@ class Broker:
         from providers.clouds import quota_bucket
 
         backend_of = self._backend_of(cluster.backend)
-        agent, bootstrap = self._node_boot(cluster)
+        agent, bootstrap, token_id = self._node_boot(cluster)
         provisioner = Provisioner(
             self.store,
             lambda shape: self.provider(backend_of(shape)),
@@ -546,7 +546,12 @@ class Broker:
             bootstrap=bootstrap,
             drain=self._drain_agents,
         )
-        running = provisioner.run(cluster.id, ranked.plans, skipped=skipped, current=cluster)
+        try:
+            running = provisioner.run(cluster.id, ranked.plans, skipped=skipped, current=cluster)
+        except BaseException:
+            if token_id is not None:  # no gang of this cycle runs: its token goes with it
+                self.store.revoke_node_token(token_id, now=self.clock())
+            raise
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
             from broker.runs import outcome
 
@@ -555,29 +560,31 @@ class Broker:
                 return self.finish(ending)
         return running
 
-    def _node_boot(self, cluster: ClusterRecord) -> tuple[AgentLaunch | None, str | None]:
+    def _node_boot(
+        self, cluster: ClusterRecord
+    ) -> tuple[AgentLaunch | None, str | None, str | None]:
         """How this cluster's nodes start the agent: a fresh node token for this cycle,
-        the agent's parameters (the simulated cloud) and the boot script (the clouds).
-        None when the cluster has no command or no service is there to run it."""
+        the agent's parameters (the simulated cloud), the boot script (the clouds) and the
+        token's id. None when the cluster has no command or no service is there to run it."""
         from broker.runs import command_of
 
         if self.service_url is None or command_of(cluster) is None:
-            return None, None
+            return None, None, None
         if cluster.backend != SIMULATED and not self.service_public:
-            return None, None  # refused at submit by the service; a machines-only cluster
+            return None, None, None  # refused at submit by the service; machines only
         from broker.agent.bootstrap import bootstrap_script
         from broker.tokens import create_node_token
         from providers.base import AgentLaunch
 
-        token, _ = create_node_token(self.store, cluster.id, cluster.org, now=self.clock())
+        token, record = create_node_token(self.store, cluster.id, cluster.org, now=self.clock())
         agent_path = Path(__file__).resolve().parent / "agent" / "agent.py"
         launch = AgentLaunch(self.service_url, cluster.id, token, agent_path=str(agent_path))
         if cluster.backend == SIMULATED:
-            return launch, None
+            return launch, None, record.id
         script = bootstrap_script(
             service_url=self.service_url, cluster_id=cluster.id, node_token=token
         )
-        return launch, script
+        return launch, script, record.id
 
     def provision(
         self, request: QuoteRequest, *, experiment: Mapping[str, Any] | None = None

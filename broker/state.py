@@ -1540,6 +1540,15 @@ class Store:
             )
             return int(done.rowcount)
 
+    def revoke_node_token(self, token_id: str, *, now: float) -> bool:
+        """Revoke one node token (a cycle whose gang never came up); False if it was not
+        live any more."""
+        query = update(tokens).where(
+            tokens.c.id == token_id, tokens.c.revoked_at.is_(None), tokens.c.cluster_id.isnot(None)
+        )
+        with self._tx() as conn:
+            return int(conn.execute(query.values(revoked_at=now)).rowcount) == 1
+
     def list_tokens(self, org: str | None = None) -> list[TokenRecord]:
         """API tokens (node tokens are not listed: they live and die with their cluster)."""
         query = (
