@@ -549,8 +549,8 @@ class Broker:
         try:
             running = provisioner.run(cluster.id, ranked.plans, skipped=skipped, current=cluster)
         except BaseException:
-            if token_id is not None:  # no gang of this cycle runs: its token goes with it
-                self.store.revoke_node_token(token_id, now=self.clock())
+            if token_id is not None:
+                self._drop_token_unless_running(cluster, token_id)
             raise
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
             from broker.runs import outcome
@@ -559,6 +559,19 @@ class Broker:
             if ending is not None:
                 return self.finish(ending)
         return running
+
+    def _drop_token_unless_running(self, cluster: ClusterRecord, token_id: str) -> None:
+        """A provisioning that raised: unless this cycle's gang is RUNNING after all (an
+        error after it was recorded), no gang uses its node token, which is revoked. Best
+        effort: a store that cannot be reached leaves it to the cluster's end."""
+        from shapes.errors import BrokerError
+
+        try:
+            now = self.store.get(cluster.id)
+            if not (now.status is Status.RUNNING and now.cycle == cluster.cycle):
+                self.store.revoke_node_token(token_id, now=self.clock())
+        except BrokerError:
+            pass
 
     def _node_boot(
         self, cluster: ClusterRecord
