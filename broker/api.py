@@ -561,14 +561,15 @@ class Broker:
         return running
 
     def _drop_token_unless_running(self, cluster: ClusterRecord, token_id: str) -> None:
-        """A provisioning that raised: unless this cycle's gang is RUNNING after all (an
-        error after it was recorded), no gang uses its node token, which is revoked. Best
+        """A provisioning that raised: when the cluster has ended (no capacity anywhere,
+        an error), no gang uses its node token, which is revoked. A cluster still going on
+        keeps it: a stop's wind-down (TERMINATING) drains the agents with it and revokes
+        it after; a cluster left STARTING is settled by reconcile, which revokes it. Best
         effort: a store that cannot be reached leaves it to the cluster's end."""
         from shapes.errors import BrokerError
 
         try:
-            now = self.store.get(cluster.id)
-            if not (now.status is Status.RUNNING and now.cycle == cluster.cycle):
+            if self.store.get(cluster.id).status in TERMINAL:
                 self.store.revoke_node_token(token_id, now=self.clock())
         except BrokerError:
             pass
