@@ -69,6 +69,7 @@ BILLED = frozenset({Status.STARTING, Status.RUNNING, Status.TERMINATING})
 Progress = Callable[[str], None]
 DRAIN_LOOK_AFTER = 2.0  # seconds a drain waits before it asks the cloud which nodes are gone
 DRAIN_LOOK_EVERY = 5.0  # ... and then between two asks
+DRAIN_POLL = (0.2, 1.0)  # seconds between a drain's reads of its agents: first, at most
 
 
 class Usage(NamedTuple):
@@ -550,7 +551,7 @@ class Broker:
             running = provisioner.run(cluster.id, ranked.plans, skipped=skipped, current=cluster)
         except BaseException:
             if token_id is not None:
-                self._drop_token_unless_running(cluster, token_id)
+                self._drop_token_if_ended(cluster, token_id)
             raise
         if agent is not None:  # a quick command may have ended before RUNNING was recorded
             from broker.runs import outcome
@@ -560,7 +561,7 @@ class Broker:
                 return self.finish(ending)
         return running
 
-    def _drop_token_unless_running(self, cluster: ClusterRecord, token_id: str) -> None:
+    def _drop_token_if_ended(self, cluster: ClusterRecord, token_id: str) -> None:
         """A provisioning that raised: when the cluster has ended (no capacity anywhere,
         an error), no gang uses its node token, which is revoked. A cluster still going on
         keeps it: a stop's wind-down (TERMINATING) drains the agents with it and revokes
@@ -939,7 +940,8 @@ class Broker:
         said = False
         gone: set[int] = set()  # ranks whose node the cloud no longer runs
         look_at = start + DRAIN_LOOK_AFTER
-        while self.clock() < deadline:
+        pause = DRAIN_POLL[0]  # store reads slow down as the wait goes on: many gangs may
+        while self.clock() < deadline:  # drain at once (a zone's spot nodes all preempted)
             now = self.clock()
             if now >= look_at:
                 gone = self._gone_ranks(cluster)
@@ -960,7 +962,8 @@ class Broker:
                     f"{cluster.id}: waiting up to {deadline - now:.0f} s for the command on "
                     f"{len(waiting)} node(s) to stop and its artifacts' final sync"
                 )
-            self.sleep(0.2)
+            self.sleep(pause)
+            pause = min(DRAIN_POLL[1], pause * 1.5)
 
     def _gone_ranks(self, cluster: ClusterRecord) -> set[int]:
         """The ranks of the gang whose node the cloud says is terminated or no longer lists
