@@ -20,6 +20,7 @@ from broker.state import NodeRecord
 from providers.base import Node, NodeState
 from providers.errors import TransientError
 from tests.server.test_agent_api import CATALOG, Run
+from tests.server.test_takeover import started
 
 # heartbeats every 5 s: an agent is "silent" after 16 s; the drain may last 30 s and more
 POLICY = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
@@ -34,9 +35,7 @@ def run(tmp_path: Path) -> Iterator[Run]:
 
 
 def test_a_node_the_cloud_took_is_not_waited_for(run: Run) -> None:
-    run.register_all()
-    for n in run.cluster.nodes:
-        run.call("started", rank=n.rank, pid=1)
+    started(run)
     sim = run.broker.provider("sim")
     (taken,) = [
         n for n in sim.describe(run.cluster_id) if n.provider_id == run.cluster.nodes[1].provider_id
@@ -60,9 +59,7 @@ def test_a_node_the_cloud_took_is_not_waited_for(run: Run) -> None:
 
 
 def test_a_node_still_running_is_waited_for(run: Run) -> None:
-    run.register_all()
-    for n in run.cluster.nodes:
-        run.call("started", rank=n.rank, pid=1)
+    started(run)
     stopper = threading.Thread(target=run.broker.scoped("acme").stop, args=(run.cluster_id,))
     stopper.start()
     time.sleep(3)  # past the drain's first look at the cloud: every node still runs
