@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from broker.api import Broker
 from broker.errors import BrokerError, ConflictError, Interrupted
+from broker.lease import LeaseKeeper
 from broker.lifecycle import FailReason, Status
 from broker.runs import Ending
 
@@ -171,10 +172,20 @@ class Service:
                 self._idle()
                 continue
             try:
-                self.run_one(cluster_id)
+                # The claim's lease is kept from now on: before the provisioner's own keeper
+                # starts, ranking and a first run's imports can take longer than a lease
+                # (reconcile then settled it Orphaned under a loaded host).
+                with self._keeping(cluster_id):
+                    self.run_one(cluster_id)
             finally:
                 with self._busy_lock:
                     self._busy.discard(cluster_id)
+
+    def _keeping(self, cluster_id: str) -> LeaseKeeper:
+        broker = self.broker
+        return LeaseKeeper(
+            broker.store, cluster_id, broker.owner, broker.policy.lease_seconds, broker.clock
+        )
 
     def run_one(self, cluster_id: str) -> None:
         """Provision one PENDING cluster; every outcome is recorded in the store."""

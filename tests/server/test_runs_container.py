@@ -150,9 +150,12 @@ def test_the_configured_image_is_the_default_and_an_empty_image_runs_on_the_host
     command = 'echo "in ${FAKE_IMAGE:-the host}"'
     defaulted = submit(srv, token, {"launch_file": launch(command, gpus=4)})
     on_host = submit(srv, token, {"launch_file": launch(command, gpus=4), "image": ""})
-    assert ended(srv, token, defaulted, timeout=60)["status"] == "COMPLETED"
+    first = ended(srv, token, defaulted, timeout=60)
+    assert first["status"] == "COMPLETED"
     assert ended(srv, token, on_host, timeout=60)["status"] == "COMPLETED"
-    assert log_lines(srv, token, defaulted, 0) == ["in registry.example.com/team/default:2"]
+    told = [(t["cycle"], t["status"], t["reason"], t["detail"]) for t in first["transitions"]]
+    lines = log_lines(srv, token, defaulted, 0)
+    assert lines == ["in registry.example.com/team/default:2"], (lines, told)
     assert log_lines(srv, token, on_host, 0) == ["in the host"]
     assert [c[1] for c in calls_of(calls, "pull")] == ["registry.example.com/team/default:2"]
 
