@@ -1,7 +1,7 @@
 """A worker keeps the lease of the cluster it claimed from the claim on, not only once the
 provisioner's own keeper starts: ranking and a fresh server's first imports come in between,
 and under a loaded host they outlasted a lease, so reconcile settled the cluster Orphaned
-and it ran again as a second cycle. In-process, with a 1 s lease and a slow quote."""
+and it ran again as a second cycle. In-process, with a 2 s lease and a slow quote."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ def test_a_slow_start_keeps_the_claimed_lease(tmp_path: Path) -> None:
         state_dir=tmp_path / "state",
         backend="sim",
         catalog=load_bundled_catalog(),
-        policy=ProvisionPolicy(lease_seconds=1.0),
+        policy=ProvisionPolicy(lease_seconds=2.0),
     )
     slow_quote = broker.quote
 
     def quote(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("explain"):  # Broker.run's ranking, after the claim
-            time.sleep(2.5)  # longer than the lease
+            time.sleep(4.5)  # longer than the lease
         return slow_quote(*args, **kwargs)
 
     broker.quote = quote  # type: ignore[method-assign]
@@ -38,7 +38,7 @@ def test_a_slow_start_keeps_the_claimed_lease(tmp_path: Path) -> None:
     cluster = broker.submit(QuoteRequest(rank=RankRequest(gpus=8, priority=(shape,))))
     service.start()
     try:
-        time.sleep(1.8)  # claimed, still ranking, past the claim's first second
+        time.sleep(3.0)  # claimed, still ranking, past the claim's lease
         report = broker.reconcile()
         assert cluster.id not in report.settled
         deadline = time.monotonic() + 15

@@ -15,15 +15,13 @@ import pytest
 
 from broker.api import Broker
 from broker.lifecycle import Status
-from broker.runs import RunPolicy
 from broker.state import NodeRecord
 from providers.base import Node, NodeState
 from providers.errors import TransientError
 from tests.server.test_agent_api import CATALOG, Run
-from tests.server.test_takeover import started
+from tests.server.test_takeover import PATIENT, started
 
-# heartbeats every 5 s: an agent is "silent" after 16 s; the drain may last 30 s and more
-POLICY = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
+POLICY = PATIENT  # an agent is "silent" after 16 s; the drain may last 30 s and more
 
 
 @pytest.fixture
