@@ -167,44 +167,6 @@ def _check_backend(backend: str | None) -> None:
         )
 
 
-class _Aside:
-    """Runs a cluster's wind-down in a thread of this process (``Broker.stop(within=)``);
-    ``done`` is set when it has ended, whether or not it went well. Its errors are logged:
-    the cluster stays TERMINATING under a lease that runs out, and reconcile finishes it."""
-
-    def __init__(self, cluster_id: str, winding: set[threading.Thread]) -> None:
-        import threading
-
-        self.cluster_id = cluster_id
-        self.winding = winding
-        self.done = threading.Event()
-        self.started = False
-
-    def __call__(self, rest: Callable[[], object]) -> None:
-        import threading
-
-        def run() -> None:
-            import logging
-
-            from shapes.errors import BrokerError
-
-            log = logging.getLogger("broker")
-            try:
-                rest()
-            except BrokerError as exc:
-                log.warning("cluster %s: cannot end it: %s", self.cluster_id, exc)
-            except Exception:  # a bug: say which cluster, keep the process up
-                log.exception("cluster %s: unexpected error while ending it", self.cluster_id)
-            finally:
-                self.winding.discard(thread)
-                self.done.set()
-
-        self.started = True
-        thread = threading.Thread(target=run, name=f"broker-end-{self.cluster_id}", daemon=True)
-        self.winding.add(thread)
-        thread.start()
-
-
 class Broker:
     """Quotes, provisions and tracks clusters; all state lives in one store."""
 
@@ -252,8 +214,9 @@ class Broker:
         self.service_public = service_public  # reachable by a real cloud's nodes
         self._providers: dict[str, Provider] = {}
         # Threads of this process winding clusters down (stop(within=), the service's
-        # endings): shared by its scoped copies, so a graceful stop can wait for them.
-        self.winding: set[threading.Thread] = set()
+        # endings), each with its cluster's id: shared by its scoped copies, so a graceful
+        # stop can wait for them (``aside``).
+        self.winding: dict[threading.Thread, str] = {}
         scenario_path = sim_scenario if sim_scenario is not None else base.sim_scenario
         self.sim_scenario: SimScenario | None = None
         if scenario_path is not None:
@@ -820,12 +783,47 @@ class Broker:
                 "be released (use `broker stop` to cancel a provisioning)"
             )
         how = WindDown(final, self.owner, self.policy.lease_seconds, reason=reason, detail=detail)
-        aside = None if within is None else _Aside(cluster.id, self.winding)
-        ended = self._wind_down(cluster, how, aside=aside)[0]
-        if aside is None or not aside.started:
-            return ended
-        aside.done.wait(within)
+        if within is None:
+            return self._wind_down(cluster, how)[0]
+        done: list[threading.Event] = []  # set once the rest, handed to a thread, has ended
+        ended = self._wind_down(
+            cluster, how, aside=lambda rest: done.append(self.aside(cluster.id, rest))
+        )[0]
+        if not done:
+            return ended  # nothing to wind down: ended already
+        done[0].wait(within)
         return self._find(cluster.id)  # ended, or TERMINATING while the thread goes on
+
+    def aside(
+        self, cluster_id: str, work: Callable[[], object], what: str = "end"
+    ) -> threading.Event:
+        """Run ``work``, a cluster's wind-down, in a thread of this process, listed in
+        ``winding`` while it runs; the Event is set when it has ended, well or not. Its
+        errors are logged with the cluster's id: the cluster stays TERMINATING under a
+        lease that runs out, and reconcile finishes it."""
+        import logging
+        import threading
+
+        from shapes.errors import BrokerError
+
+        done = threading.Event()
+
+        def run() -> None:
+            log = logging.getLogger("broker")
+            try:
+                work()
+            except BrokerError as exc:
+                log.warning("cluster %s: cannot end it: %s", cluster_id, exc)
+            except Exception:  # a bug: say which cluster, keep the process up
+                log.exception("cluster %s: unexpected error while ending it", cluster_id)
+            finally:
+                self.winding.pop(thread, None)
+                done.set()
+
+        thread = threading.Thread(target=run, name=f"broker-{what}-{cluster_id}", daemon=True)
+        self.winding[thread] = cluster_id
+        thread.start()
+        return done
 
     def finish(self, ending: Ending) -> ClusterRecord:
         """End a cluster as its agents' reports decided (COMPLETED, FAILED Error, ...). A

@@ -117,9 +117,7 @@ class Service:
             )
         for t in list(self.broker.winding):  # wind-downs: stops, endings, recoveries
             t.join(timeout=max(0.0, deadline - time.monotonic()))
-        winding = sorted(
-            t.name.removeprefix("broker-").split("-", 1)[1] for t in self.broker.winding
-        )
+        winding = sorted(self.broker.winding.values())
         if winding:
             log.warning(
                 "stopping with %d wind-down(s) in flight (%s): their leases expire and a "
@@ -223,20 +221,11 @@ class Service:
                     self.wake()
                 else:
                     self.counters.provision(f"run:{ending.reason or ending.final.value}")
-            except BrokerError as exc:
-                log.warning("cluster %s: cannot end it: %s", ending.cluster_id, exc)
-            except Exception:  # a bug: say which cluster, keep the server up
-                log.exception("cluster %s: unexpected error while ending it", ending.cluster_id)
             finally:
                 with self._busy_lock:
                     self._finishing.discard(ending.cluster_id)
-                self.broker.winding.discard(thread)
 
-        thread = threading.Thread(
-            target=run, name=f"broker-finish-{ending.cluster_id}", daemon=True
-        )
-        self.broker.winding.add(thread)
-        thread.start()
+        self.broker.aside(ending.cluster_id, run, "finish")  # logs what goes wrong
 
     def watch_runs(self) -> None:
         """End RUNNING clusters whose agents' exits decided their end (a safety net: the exit

@@ -132,7 +132,7 @@ def test_a_graceful_stop_waits_for_the_wind_downs_in_flight(
     assert stopping.is_alive()  # waiting for the commands' stop
     agents_stop_when_told(run)
     stopping.join(timeout=10)
-    assert not stopping.is_alive() and run.broker.winding == set()
+    assert not stopping.is_alive() and run.broker.winding == {}
     assert run.broker.get(run.cluster_id).status is Status.STOPPED
     assert "broker_wind_downs_in_flight 0\n" in run.client.get("/metrics").text
 
