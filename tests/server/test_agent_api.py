@@ -29,20 +29,28 @@ def launch_file(command: str = "echo hello", gpus: int = 16) -> str:
     )
 
 
+# The test plays the agents: ranks it leaves running never report an exit, so a drain
+# gives up on them quickly (silent after 1.3 s)...
+QUICK = RunPolicy(stop_grace=0.3, heartbeat_every=0.1, final_sync_timeout=0.3)
+# ...unless the test has its agents answer a stop, and the drain must wait for them however
+# loaded the machine: heartbeats every 5 s (silent after 16 s), 30 s to stop.
+PATIENT = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
+
+
 class Run:
     def __init__(
         self,
         tmp_path: Path,
         gpus: int = 16,
         provisioning: str = "on-demand",
+        run_policy: RunPolicy = QUICK,
         **fields: object,
     ) -> None:
         self.broker = Broker(
             state_dir=tmp_path / "state",
             backend="sim",
             catalog=CATALOG,
-            # The test plays the agents: ranks it leaves running never report an exit.
-            run_policy=RunPolicy(stop_grace=0.3, heartbeat_every=0.1, final_sync_timeout=0.3),
+            run_policy=run_policy,
         )
         self.service = Service(self.broker, ServiceOptions(workers=0, reconcile_every=0))
         self.client = TestClient(create_app(self.service, console=False))
@@ -266,8 +274,7 @@ def test_a_stop_answers_terminating_while_the_commands_still_stop(
     from broker.server import api
 
     monkeypatch.setattr(api, "END_ANSWER_WITHIN", 0.1)
-    # the drain waits for this test's agents however loaded the machine (silent after 16 s)
-    run.broker._run_policy = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5)
+    run.broker._run_policy = PATIENT  # the drain waits for this test's agents
     run.register_all()
     for n in run.cluster.nodes:
         run.call("started", rank=n.rank, pid=1)

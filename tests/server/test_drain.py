@@ -18,16 +18,13 @@ from broker.lifecycle import Status
 from broker.state import NodeRecord
 from providers.base import Node, NodeState
 from providers.errors import TransientError
-from tests.server.test_agent_api import CATALOG, Run
-from tests.server.test_takeover import PATIENT, started
-
-POLICY = PATIENT  # an agent is "silent" after 16 s; the drain may last 30 s and more
+from tests.server.test_agent_api import CATALOG, PATIENT, Run
+from tests.server.test_takeover import started
 
 
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Run]:
-    made = Run(tmp_path)
-    made.broker._run_policy = POLICY
+    made = Run(tmp_path, run_policy=PATIENT)  # silent after 16 s; a drain may last 30 s
     with made.client:
         yield made
 

@@ -13,19 +13,13 @@ from pathlib import Path
 import pytest
 
 from broker.lifecycle import Status
-from broker.runs import RunPolicy
 from broker.state import Lease
-from tests.server.test_agent_api import Run
-
-# The drains here must wait for the test's agents whatever the machine's load: heartbeats
-# every 5 s (an agent is silent after 16 s), 30 s to stop. The agents exit when told.
-PATIENT = RunPolicy(stop_grace=30.0, heartbeat_every=5.0, final_sync_timeout=5.0)
+from tests.server.test_agent_api import PATIENT, Run
 
 
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Run]:
-    made = Run(tmp_path)
-    made.broker._run_policy = PATIENT
+    made = Run(tmp_path, run_policy=PATIENT)  # the agents here exit when told: wait for them
     with made.client:
         yield made
 
