@@ -123,14 +123,14 @@ def register(
 
     cluster = _cluster_for(broker, node, body.get("cluster_id"))
     wait = {"state": "wait", "retry_after": policy.retry_after}
-    if cluster.status is Status.TERMINATING:
-        _ends_unstarted(broker, cluster, body.get("address"))
+    address = body.get("address")
+    rank = next((n.rank for n in cluster.nodes if n.private_ip == address), None)
+    if cluster.status is Status.TERMINATING and rank is not None:
+        _ends_unstarted(broker, cluster, rank)
     if cluster.status in TERMINAL or cluster.status is Status.TERMINATING:
         return {"state": "stop"}
     if cluster.status not in (Status.STARTING, Status.RUNNING) or not cluster.nodes:
         return wait  # the gang is still being launched
-    address = body.get("address")
-    rank = next((n.rank for n in cluster.nodes if n.private_ip == address), None)
     if rank is None:
         raise ConflictError(f"{address!r} is not the address of a node of {cluster.id}")
     instance = body.get("instance_id")
@@ -163,13 +163,10 @@ def register(
     }
 
 
-def _ends_unstarted(broker: Broker, cluster: ClusterRecord, address: object) -> None:
+def _ends_unstarted(broker: Broker, cluster: ClusterRecord, rank: int) -> None:
     """An agent that registered and waited for its gang is told "stop" before its command
     started: it exits at once without an exit report (docs/agent-protocol.md), so its exit
     is recorded here, and the drain does not wait out its silence."""
-    rank = next((n.rank for n in cluster.nodes if n.private_ip == address), None)
-    if rank is None:
-        return
     mine = [a for a in broker.store.agents(cluster.id, cluster.cycle) if a.rank == rank]
     if mine and mine[0].started_at is None and mine[0].exited_at is None:
         broker.store.update_agent(
