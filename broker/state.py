@@ -1543,11 +1543,7 @@ class Store:
     def revoke_node_token(self, token_id: str, *, now: float) -> bool:
         """Revoke one node token (a cycle whose gang never came up); False if it was not
         live any more."""
-        query = update(tokens).where(
-            tokens.c.id == token_id, tokens.c.revoked_at.is_(None), tokens.c.cluster_id.isnot(None)
-        )
-        with self._tx() as conn:
-            return int(conn.execute(query.values(revoked_at=now)).rowcount) == 1
+        return self._revoke_one(token_id, tokens.c.cluster_id.isnot(None), now=now)
 
     def list_tokens(self, org: str | None = None) -> list[TokenRecord]:
         """API tokens (node tokens are not listed: they live and die with their cluster)."""
@@ -1564,11 +1560,14 @@ class Store:
     def revoke_token(self, token_id: str, *, now: float, org: str | None = None) -> bool:
         """Revoke it (with ``org``: only if it is that organisation's); False if no such
         live token."""
-        query = update(tokens).where(
-            tokens.c.id == token_id, tokens.c.revoked_at.is_(None), tokens.c.cluster_id.is_(None)
+        api = tokens.c.cluster_id.is_(None)
+        return self._revoke_one(
+            token_id, api if org is None else api & (tokens.c.org == org), now=now
         )
-        if org is not None:
-            query = query.where(tokens.c.org == org)
+
+    def _revoke_one(self, token_id: str, which: Any, *, now: float) -> bool:
+        """Revoke the live token ``token_id`` if it matches ``which``: whether it did."""
+        query = update(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None), which)
         with self._tx() as conn:
             return int(conn.execute(query.values(revoked_at=now)).rowcount) == 1
 
